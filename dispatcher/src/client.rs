@@ -1,0 +1,279 @@
+//! The dispatcher client: submit a script to a circle and wait for its result.
+//!
+//! Submission is one atomic `MULTI HSET LPUSH EXEC`. Waiting is a server-side
+//! `BLPOP` on the task's reply list: the client sleeps inside Redis and wakes
+//! the moment the worker pushes the outcome — there is no polling loop.
+//! `run` pipelines both on one connection, so a whole task costs the client
+//! a single round trip.
+//!
+//! A blocking `BLPOP` holds its connection, so concurrent waits each need one.
+//! Those connections are kept in a small idle list and reused; short
+//! non-blocking commands share one multiplexed connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Pipeline};
+
+use crate::error::DispatchError;
+use crate::protocol::{task_details_key, task_queue_key, task_reply_key};
+use crate::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus, field, now_rfc3339};
+use crate::CirclePublicKey;
+
+/// Idle blocking connections kept for reuse; more are opened on demand.
+const MAX_IDLE_WAITERS: usize = 64;
+/// Extra client-side slack over the server-side `BLPOP` timeout before we
+/// decide the connection itself is dead.
+const TRANSPORT_SLACK: Duration = Duration::from_secs(5);
+
+/// Submits scripts to circles and waits for their results. Cheap to clone;
+/// clones share connections.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    client: Client,
+    /// For short commands (submit, status); never used for blocking ones.
+    commands: MultiplexedConnection,
+    /// Idle connections for blocking waits; taken for one wait, then returned.
+    waiters: Mutex<Vec<MultiplexedConnection>>,
+    /// Recorded as `caller_id` on every task this dispatcher submits.
+    caller_id: String,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("url", &self.inner.url)
+            .field("caller_id", &self.inner.caller_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// Connects to Redis at `redis_url`; tasks will carry `caller_id`.
+    pub async fn connect(redis_url: &str, caller_id: impl Into<String>) -> Result<Self, DispatchError> {
+        let client = Client::open(redis_url).map_err(|source| DispatchError::InvalidRedisUrl {
+            url: redis_url.to_string(),
+            source,
+        })?;
+        let commands = client
+            .get_multiplexed_async_connection_with_config(&command_config())
+            .await
+            .map_err(|source| DispatchError::RedisUnavailable {
+                url: redis_url.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: redis_url.to_string(),
+                client,
+                commands,
+                waiters: Mutex::new(Vec::new()),
+                caller_id: caller_id.into(),
+            }),
+        })
+    }
+
+    /// The caller id recorded on tasks.
+    pub fn caller_id(&self) -> &str {
+        &self.inner.caller_id
+    }
+
+    /// The Redis URL this dispatcher talks to.
+    pub fn redis_url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// A connection for short commands, shared with this dispatcher.
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.inner.commands.clone()
+    }
+
+    /// Queues `script` for `circle` and returns its id without waiting.
+    pub async fn submit(
+        &self,
+        circle: &CirclePublicKey,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<TaskId, DispatchError> {
+        self.submit_as(circle, script, timeout, &self.inner.caller_id).await
+    }
+
+    /// Like [`Self::submit`], recording `caller_id` instead of the dispatcher's
+    /// own (the WebSocket server passes the authenticated key).
+    pub async fn submit_as(
+        &self,
+        circle: &CirclePublicKey,
+        script: &str,
+        timeout: Duration,
+        caller_id: &str,
+    ) -> Result<TaskId, DispatchError> {
+        let task_id = TaskId::new();
+        let pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
+        pipe.query_async::<()>(&mut self.inner.commands.clone()).await?;
+        tracing::debug!(%task_id, %circle, "task submitted");
+        Ok(task_id)
+    }
+
+    /// Waits (blocking in Redis, no polling) for the task's reply.
+    /// Returns the output, or the worker's error as [`DispatchError::ScriptError`].
+    pub async fn await_result(&self, task_id: &TaskId, timeout: Duration) -> Result<String, DispatchError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("BLPOP").arg(task_reply_key(task_id)).arg(blpop_timeout(timeout));
+        self.wait_reply(task_id, timeout, pipe).await
+    }
+
+    /// Submits and waits in one round trip.
+    pub async fn run(&self, circle: &CirclePublicKey, script: &str, timeout: Duration) -> Result<String, DispatchError> {
+        self.run_as(circle, script, timeout, &self.inner.caller_id).await
+    }
+
+    /// [`Self::run`] with an explicit caller id.
+    pub async fn run_as(
+        &self,
+        circle: &CirclePublicKey,
+        script: &str,
+        timeout: Duration,
+        caller_id: &str,
+    ) -> Result<String, DispatchError> {
+        let task_id = TaskId::new();
+        let mut pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
+        pipe.cmd("BLPOP").arg(task_reply_key(&task_id)).arg(blpop_timeout(timeout));
+        self.wait_reply(&task_id, timeout, pipe).await
+    }
+
+    /// Reads a task's hash.
+    pub async fn status(&self, task_id: &TaskId) -> Result<TaskRecord, DispatchError> {
+        let fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(task_details_key(task_id))
+            .query_async(&mut self.inner.commands.clone())
+            .await?;
+        if fields.is_empty() {
+            return Err(DispatchError::TaskNotFound(*task_id));
+        }
+        Ok(TaskRecord::from_fields(*task_id, fields))
+    }
+
+    /// Runs `pipe`, whose last command is the `BLPOP`, on a blocking connection.
+    async fn wait_reply(&self, task_id: &TaskId, timeout: Duration, pipe: Pipeline) -> Result<String, DispatchError> {
+        let mut conn = self.take_waiter().await?;
+        let query = pipe.query_async::<Vec<redis::Value>>(&mut conn);
+        let values = match tokio::time::timeout(timeout + TRANSPORT_SLACK, query).await {
+            Ok(result) => result?,
+            // The server should have answered nil by now: the connection is
+            // suspect, so drop it instead of returning it to the pool.
+            Err(_) => {
+                return Err(DispatchError::Timeout {
+                    task_id: *task_id,
+                    waited: timeout,
+                });
+            }
+        };
+        self.return_waiter(conn);
+        let reply = values.into_iter().last().unwrap_or(redis::Value::Nil);
+        let entry: Option<(String, String)> = redis::from_redis_value(reply).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "unexpected BLPOP reply", e.to_string()))
+        })?;
+        let Some((_, entry)) = entry else {
+            return Err(DispatchError::Timeout {
+                task_id: *task_id,
+                waited: timeout,
+            });
+        };
+        match TaskOutcome::from_reply(&entry) {
+            TaskOutcome::Completed { output } => Ok(output),
+            TaskOutcome::Error { error } => Err(DispatchError::ScriptError {
+                task_id: *task_id,
+                message: error,
+            }),
+        }
+    }
+
+    async fn take_waiter(&self) -> Result<MultiplexedConnection, DispatchError> {
+        let idle = self.inner.waiters.lock().expect("waiter pool poisoned").pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self
+                .inner
+                .client
+                .get_multiplexed_async_connection_with_config(&blocking_config())
+                .await
+                .map_err(|source| DispatchError::RedisUnavailable {
+                    url: self.inner.url.clone(),
+                    source,
+                }),
+        }
+    }
+
+    fn return_waiter(&self, conn: MultiplexedConnection) {
+        let mut idle = self.inner.waiters.lock().expect("waiter pool poisoned");
+        if idle.len() < MAX_IDLE_WAITERS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// `MULTI; HSET details …; LPUSH queue id; EXEC` as a plain pipeline, so that
+/// a `BLPOP` can follow it in the same write.
+fn submit_pipeline(
+    circle: &CirclePublicKey,
+    task_id: &TaskId,
+    script: &str,
+    timeout: Duration,
+    caller_id: &str,
+) -> Result<Pipeline, DispatchError> {
+    if script.trim().is_empty() {
+        return Err(DispatchError::EmptyScript);
+    }
+    let now = now_rfc3339();
+    let mut pipe = redis::pipe();
+    pipe.cmd("MULTI").ignore();
+    pipe.cmd("HSET")
+        .arg(task_details_key(task_id))
+        .arg(field::SCRIPT)
+        .arg(script)
+        .arg(field::STATUS)
+        .arg(TaskStatus::Pending.as_str())
+        .arg(field::CALLER_ID)
+        .arg(caller_id)
+        .arg(field::CONTEXT_ID)
+        .arg(circle.to_hex())
+        .arg(field::CREATED_AT)
+        .arg(&now)
+        .arg(field::UPDATED_AT)
+        .arg(&now)
+        .arg(field::TIMEOUT_SECS)
+        .arg(timeout.as_secs().max(1))
+        .ignore();
+    pipe.cmd("LPUSH")
+        .arg(task_queue_key(circle))
+        .arg(task_id.to_string())
+        .ignore();
+    pipe.cmd("EXEC").ignore();
+    Ok(pipe)
+}
+
+/// `BLPOP` takes seconds as a float; 0 would mean "forever", which a caller
+/// with a timeout never wants.
+fn blpop_timeout(timeout: Duration) -> f64 {
+    timeout.as_secs_f64().max(0.001)
+}
+
+fn command_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Blocking commands must not be cut off by a response timeout: the
+/// server-side timeout bounds them, and `wait_reply` adds a transport guard.
+fn blocking_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(None)
+}

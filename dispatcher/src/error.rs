@@ -1,0 +1,65 @@
+//! Errors of the dispatcher library.
+
+use std::time::Duration;
+
+use crate::task::TaskId;
+use crate::InvalidKey;
+
+/// Everything that can go wrong when submitting a task or waiting for it.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The circle key is not a valid secp256k1 public key.
+    #[error(transparent)]
+    InvalidKey(#[from] InvalidKey),
+    /// The Redis URL does not parse.
+    #[error("invalid Redis URL `{url}`: {source}")]
+    InvalidRedisUrl {
+        /// The URL as given.
+        url: String,
+        /// What the parser said.
+        source: redis::RedisError,
+    },
+    /// Nothing answers at the Redis URL.
+    #[error("Redis unreachable at {url}: {source}")]
+    RedisUnavailable {
+        /// The URL dialled.
+        url: String,
+        /// The connection error.
+        source: redis::RedisError,
+    },
+    /// A Redis command failed after connecting.
+    #[error("Redis command failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No reply arrived in time. The task stays queued and may still run.
+    #[error("task {task_id} timed out after {}s without a result", waited.as_secs_f64())]
+    Timeout {
+        /// The task that is still out there.
+        task_id: TaskId,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The worker ran the task and it failed; `message` is the worker's text.
+    #[error("{message}")]
+    ScriptError {
+        /// The failed task.
+        task_id: TaskId,
+        /// The worker's error message.
+        message: String,
+    },
+    /// No hash exists for this task id (never submitted, or expired).
+    #[error("task {0} not found (never submitted, or expired)")]
+    TaskNotFound(TaskId),
+    /// A script with nothing in it.
+    #[error("the script is empty")]
+    EmptyScript,
+}
+
+impl DispatchError {
+    /// Whether this is a transport problem (Redis) rather than a task outcome.
+    pub fn is_redis(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis(_) | Self::RedisUnavailable { .. } | Self::InvalidRedisUrl { .. }
+        )
+    }
+}

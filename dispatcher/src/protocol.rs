@@ -1,0 +1,81 @@
+//! Every Redis key, environment variable and default that the circles
+//! programs share, in one place.
+//!
+//! The first three key families are the external contract (`SPEC.md`); the
+//! rest are ours, documented here so that `redis-cli` users can find them.
+
+use crate::CirclePublicKey;
+use crate::task::TaskId;
+
+/// List of task ids waiting for a circle's worker. The dispatcher `LPUSH`es,
+/// the worker takes from the right, so the queue is first-in first-out.
+pub const TASK_QUEUE_PREFIX: &str = "rhai_tasks:";
+/// Hash holding one task (`script`, `status`, `output`, `error`, ...).
+pub const TASK_DETAILS_PREFIX: &str = "rhai_task_details:";
+/// List that receives exactly one entry when a task ends; the dispatcher
+/// blocks on it with `BLPOP`.
+pub const TASK_REPLY_PREFIX: &str = "rhai_reply:";
+/// List of task ids a worker has taken but not yet finished. A task is moved
+/// here atomically (`BLMOVE`) when taken, so a worker that dies mid-task
+/// leaves a trace its successor can find and answer.
+pub const PROCESSING_PREFIX: &str = "rhai_processing:";
+/// String (JSON [`crate::WorkerHeartbeat`]) a live worker refreshes with a TTL.
+/// It disappears within the TTL when the worker dies.
+pub const WORKER_HEARTBEAT_PREFIX: &str = "rhai_worker:";
+/// Set of every circle key that has had a worker. The WebSocket server routes
+/// paths for these circles, so circles added later need no server restart.
+pub const CIRCLES_SET: &str = "rhai_circles";
+
+/// Environment variable: when set (to anything but `0`/`false`/empty),
+/// finished tasks never expire and a stopping worker leaves queued tasks queued.
+pub const ENV_PRESERVE_TASKS: &str = "PRESERVE_TASKS";
+/// Environment variable: log filter for every binary (tracing `EnvFilter`).
+pub const ENV_RUST_LOG: &str = "RUST_LOG";
+/// Environment variable: set by systemd for `Type=notify` services, and by
+/// the launcher in direct mode, so one readiness protocol serves both.
+pub const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// Environment variable: the launcher's PID, given to workers it spawns so
+/// that they exit when the launcher is gone (no orphans).
+pub const ENV_LAUNCHER_PID: &str = "CIRCLES_LAUNCHER_PID";
+
+/// Where the default Redis lives.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// How long the dispatcher waits for a result unless told otherwise.
+pub const DEFAULT_TASK_TIMEOUT_SECS: u64 = 30;
+/// How long finished task hashes and reply lists are kept.
+pub const DEFAULT_TASK_RETENTION_SECS: u64 = 24 * 60 * 60;
+/// How long a worker heartbeat lives without being refreshed.
+pub const HEARTBEAT_TTL_SECS: u64 = 10;
+
+/// `rhai_tasks:<pk>`
+pub fn task_queue_key(circle: &CirclePublicKey) -> String {
+    format!("{TASK_QUEUE_PREFIX}{circle}")
+}
+
+/// `rhai_task_details:<task_id>`
+pub fn task_details_key(task: &TaskId) -> String {
+    format!("{TASK_DETAILS_PREFIX}{task}")
+}
+
+/// `rhai_reply:<task_id>`
+pub fn task_reply_key(task: &TaskId) -> String {
+    format!("{TASK_REPLY_PREFIX}{task}")
+}
+
+/// `rhai_processing:<pk>`
+pub fn processing_key(circle: &CirclePublicKey) -> String {
+    format!("{PROCESSING_PREFIX}{circle}")
+}
+
+/// `rhai_worker:<pk>`
+pub fn worker_heartbeat_key(circle: &CirclePublicKey) -> String {
+    format!("{WORKER_HEARTBEAT_PREFIX}{circle}")
+}
+
+/// Whether an environment flag such as `PRESERVE_TASKS` is on.
+pub fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| {
+        let v = v.to_string_lossy();
+        !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false") || v.eq_ignore_ascii_case("no"))
+    })
+}
