@@ -1,0 +1,1 @@
+//! The circles WebSocket server (work in progress).

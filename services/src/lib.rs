@@ -1,0 +1,1 @@
+//! Service backends for circles (work in progress).
