@@ -16,10 +16,10 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Pipeline};
 
+use crate::CirclePublicKey;
 use crate::error::DispatchError;
 use crate::protocol::{task_details_key, task_queue_key, task_reply_key};
 use crate::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus, field, now_rfc3339};
-use crate::CirclePublicKey;
 
 /// Idle blocking connections kept for reuse; more are opened on demand.
 const MAX_IDLE_WAITERS: usize = 64;
@@ -56,7 +56,10 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     /// Connects to Redis at `redis_url`; tasks will carry `caller_id`.
-    pub async fn connect(redis_url: &str, caller_id: impl Into<String>) -> Result<Self, DispatchError> {
+    pub async fn connect(
+        redis_url: &str,
+        caller_id: impl Into<String>,
+    ) -> Result<Self, DispatchError> {
         let client = Client::open(redis_url).map_err(|source| DispatchError::InvalidRedisUrl {
             url: redis_url.to_string(),
             source,
@@ -101,7 +104,8 @@ impl Dispatcher {
         script: &str,
         timeout: Duration,
     ) -> Result<TaskId, DispatchError> {
-        self.submit_as(circle, script, timeout, &self.inner.caller_id).await
+        self.submit_as(circle, script, timeout, &self.inner.caller_id)
+            .await
     }
 
     /// Like [`Self::submit`], recording `caller_id` instead of the dispatcher's
@@ -115,22 +119,35 @@ impl Dispatcher {
     ) -> Result<TaskId, DispatchError> {
         let task_id = TaskId::new();
         let pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
-        pipe.query_async::<()>(&mut self.inner.commands.clone()).await?;
+        pipe.query_async::<()>(&mut self.inner.commands.clone())
+            .await?;
         tracing::debug!(%task_id, %circle, "task submitted");
         Ok(task_id)
     }
 
     /// Waits (blocking in Redis, no polling) for the task's reply.
     /// Returns the output, or the worker's error as [`DispatchError::ScriptError`].
-    pub async fn await_result(&self, task_id: &TaskId, timeout: Duration) -> Result<String, DispatchError> {
+    pub async fn await_result(
+        &self,
+        task_id: &TaskId,
+        timeout: Duration,
+    ) -> Result<String, DispatchError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("BLPOP").arg(task_reply_key(task_id)).arg(blpop_timeout(timeout));
+        pipe.cmd("BLPOP")
+            .arg(task_reply_key(task_id))
+            .arg(blpop_timeout(timeout));
         self.wait_reply(task_id, timeout, pipe).await
     }
 
     /// Submits and waits in one round trip.
-    pub async fn run(&self, circle: &CirclePublicKey, script: &str, timeout: Duration) -> Result<String, DispatchError> {
-        self.run_as(circle, script, timeout, &self.inner.caller_id).await
+    pub async fn run(
+        &self,
+        circle: &CirclePublicKey,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<String, DispatchError> {
+        self.run_as(circle, script, timeout, &self.inner.caller_id)
+            .await
     }
 
     /// [`Self::run`] with an explicit caller id.
@@ -143,7 +160,9 @@ impl Dispatcher {
     ) -> Result<String, DispatchError> {
         let task_id = TaskId::new();
         let mut pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
-        pipe.cmd("BLPOP").arg(task_reply_key(&task_id)).arg(blpop_timeout(timeout));
+        pipe.cmd("BLPOP")
+            .arg(task_reply_key(&task_id))
+            .arg(blpop_timeout(timeout));
         self.wait_reply(&task_id, timeout, pipe).await
     }
 
@@ -160,7 +179,12 @@ impl Dispatcher {
     }
 
     /// Runs `pipe`, whose last command is the `BLPOP`, on a blocking connection.
-    async fn wait_reply(&self, task_id: &TaskId, timeout: Duration, pipe: Pipeline) -> Result<String, DispatchError> {
+    async fn wait_reply(
+        &self,
+        task_id: &TaskId,
+        timeout: Duration,
+        pipe: Pipeline,
+    ) -> Result<String, DispatchError> {
         let mut conn = self.take_waiter().await?;
         let query = pipe.query_async::<Vec<redis::Value>>(&mut conn);
         let values = match tokio::time::timeout(timeout + TRANSPORT_SLACK, query).await {
@@ -177,7 +201,11 @@ impl Dispatcher {
         self.return_waiter(conn);
         let reply = values.into_iter().last().unwrap_or(redis::Value::Nil);
         let entry: Option<(String, String)> = redis::from_redis_value(reply).map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "unexpected BLPOP reply", e.to_string()))
+            redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected BLPOP reply",
+                e.to_string(),
+            ))
         })?;
         let Some((_, entry)) = entry else {
             return Err(DispatchError::Timeout {
@@ -195,7 +223,12 @@ impl Dispatcher {
     }
 
     async fn take_waiter(&self) -> Result<MultiplexedConnection, DispatchError> {
-        let idle = self.inner.waiters.lock().expect("waiter pool poisoned").pop();
+        let idle = self
+            .inner
+            .waiters
+            .lock()
+            .expect("waiter pool poisoned")
+            .pop();
         match idle {
             Some(conn) => Ok(conn),
             None => self

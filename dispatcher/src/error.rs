@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::task::TaskId;
 use crate::InvalidKey;
+use crate::task::TaskId;
 
 /// Everything that can go wrong when submitting a task or waiting for it.
 #[derive(Debug, thiserror::Error)]

@@ -76,6 +76,9 @@ pub fn worker_heartbeat_key(circle: &CirclePublicKey) -> String {
 pub fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| {
         let v = v.to_string_lossy();
-        !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false") || v.eq_ignore_ascii_case("no"))
+        !(v.is_empty()
+            || v == "0"
+            || v.eq_ignore_ascii_case("false")
+            || v.eq_ignore_ascii_case("no"))
     })
 }

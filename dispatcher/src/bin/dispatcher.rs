@@ -14,7 +14,11 @@ use circles_dispatcher::{CirclePublicKey, DispatchError, Dispatcher, TaskId};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "dispatcher", version, about = "Submit Rhai scripts to circles and wait for their results")]
+#[command(
+    name = "dispatcher",
+    version,
+    about = "Submit Rhai scripts to circles and wait for their results"
+)]
 struct Cli {
     /// Redis URL.
     #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
@@ -74,10 +78,14 @@ impl RunArgs {
         match self.script.as_deref() {
             Some("-") | None => {
                 if std::io::stdin().is_terminal() {
-                    anyhow::bail!("no script given: pass it as an argument, with --file, or on standard input");
+                    anyhow::bail!(
+                        "no script given: pass it as an argument, with --file, or on standard input"
+                    );
                 }
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("failed to read standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("failed to read standard input")?;
                 Ok(s)
             }
             Some(s) => Ok(s.to_string()),
@@ -92,7 +100,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let json = cli.json;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -104,9 +115,10 @@ fn main() -> ExitCode {
             };
             if json {
                 let task_id = match err.downcast_ref::<DispatchError>() {
-                    Some(DispatchError::ScriptError { task_id, .. } | DispatchError::Timeout { task_id, .. }) => {
-                        Some(task_id.to_string())
-                    }
+                    Some(
+                        DispatchError::ScriptError { task_id, .. }
+                        | DispatchError::Timeout { task_id, .. },
+                    ) => Some(task_id.to_string()),
                     _ => None,
                 };
                 let v = serde_json::json!({"ok": false, "kind": kind, "error": format!("{err:#}"), "task_id": task_id});
@@ -128,17 +140,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let dispatcher = Dispatcher::connect(&cli.redis_url, &args.caller).await?;
             if matches!(cli.command, Command::Submit(_)) {
                 let task_id = dispatcher.submit(&circle, &script, timeout).await?;
-                print_out(cli.json, &serde_json::json!({"ok": true, "task_id": task_id}), &task_id.to_string());
+                print_out(
+                    cli.json,
+                    &serde_json::json!({"ok": true, "task_id": task_id}),
+                    &task_id.to_string(),
+                );
             } else {
                 let output = dispatcher.run(&circle, &script, timeout).await?;
-                print_out(cli.json, &serde_json::json!({"ok": true, "output": output}), &output);
+                print_out(
+                    cli.json,
+                    &serde_json::json!({"ok": true, "output": output}),
+                    &output,
+                );
             }
         }
         Command::Wait { task_id, timeout } => {
             let task_id = parse_task_id(task_id)?;
             let dispatcher = Dispatcher::connect(&cli.redis_url, "dispatcher-cli").await?;
-            let output = dispatcher.await_result(&task_id, Duration::from_secs((*timeout).max(1))).await?;
-            print_out(cli.json, &serde_json::json!({"ok": true, "output": output}), &output);
+            let output = dispatcher
+                .await_result(&task_id, Duration::from_secs((*timeout).max(1)))
+                .await?;
+            print_out(
+                cli.json,
+                &serde_json::json!({"ok": true, "output": output}),
+                &output,
+            );
         }
         Command::Status { task_id } => {
             let task_id = parse_task_id(task_id)?;
@@ -159,11 +185,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn parse_task_id(value: &str) -> anyhow::Result<TaskId> {
-    value.parse().map_err(|_| anyhow::anyhow!("invalid task id `{value}`: expected a UUID"))
+    value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid task id `{value}`: expected a UUID"))
 }
 
 fn print_out(json: bool, value: &serde_json::Value, text: &str) {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`dispatcher … | head -0`) is not an error worth a message.
-    let _ = if json { writeln!(out, "{value}") } else { writeln!(out, "{text}") };
+    let _ = if json {
+        writeln!(out, "{value}")
+    } else {
+        writeln!(out, "{text}")
+    };
 }

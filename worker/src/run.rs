@@ -1,0 +1,377 @@
+//! The worker's main loop: connect, recover, announce readiness, then take
+//! and run tasks one at a time until told to stop.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use circles_dispatcher::protocol::{CIRCLES_SET, HEARTBEAT_TTL_SECS, worker_heartbeat_key};
+use circles_dispatcher::task::now_rfc3339;
+use circles_dispatcher::{CirclePublicKey, TaskOutcome, WorkerHeartbeat};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use crate::WorkerError;
+use crate::engine::{Limits, ScriptEngine};
+use crate::queue::{Taken, TaskQueue};
+use crate::store::{CircleStore, database_file_name};
+
+/// Everything a worker needs to know, resolved from its command line.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Redis URL.
+    pub redis_url: String,
+    /// The circle this worker serves.
+    pub circle: CirclePublicKey,
+    /// Directory holding `circle_db_<pk>.redb`.
+    pub db_dir: PathBuf,
+    /// Script limits.
+    pub limits: Limits,
+    /// How long finished tasks are kept; `None` keeps them (`PRESERVE_TASKS`).
+    pub retention: Option<Duration>,
+    /// `PRESERVE_TASKS`: on shutdown leave queued tasks queued instead of
+    /// ending them as errors.
+    pub preserve_tasks: bool,
+    /// How often the heartbeat key is refreshed.
+    pub heartbeat_interval: Duration,
+}
+
+impl WorkerConfig {
+    /// The database file of this circle.
+    pub fn db_file(&self) -> PathBuf {
+        self.db_dir.join(database_file_name(&self.circle.to_hex()))
+    }
+}
+
+/// How long one `BLMOVE` waits before the loop looks around again.
+const TAKE_WAIT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the worker until `shutdown` resolves. The task in hand is always
+/// finished first; then queued tasks are left (`preserve_tasks`) or ended as
+/// errors, and the heartbeat is removed.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let store = Arc::new(CircleStore::open(&config.db_file())?);
+    tracing::info!(db = %store.path().display(), circle = %config.circle, "circle database open");
+    let engine = Arc::new(ScriptEngine::new(store, config.limits.clone()));
+    let queue = TaskQueue::new(config.circle, config.retention);
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let Some(mut conn) = connect(&config.redis_url, &mut stop_rx).await? else {
+        return Ok(());
+    };
+    // Connection for the blocking BLMOVE; short commands go on `conn`.
+    let mut blocking = connect_blocking(&config.redis_url).await?;
+
+    let recovered = retry(&mut stop_rx, "recovering abandoned tasks", || {
+        let (queue, mut c) = (queue.clone(), conn.clone());
+        async move { queue.recover_abandoned(&mut c).await }
+    })
+    .await;
+    if let Some(n) = recovered.filter(|n| *n > 0) {
+        tracing::warn!(
+            count = n,
+            "ended tasks abandoned by a previous worker as errors"
+        );
+    }
+
+    let tasks_done = Arc::new(AtomicU64::new(0));
+    let heartbeat = Heartbeat {
+        key: worker_heartbeat_key(&config.circle),
+        beat: WorkerHeartbeat {
+            pid: std::process::id(),
+            started_at: now_rfc3339(),
+            beat_at: String::new(),
+            tasks_done: 0,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        tasks_done: tasks_done.clone(),
+    };
+    // Registration and first heartbeat before READY, so whoever waits on
+    // readiness can already route to this circle.
+    let registered = retry(&mut stop_rx, "registering the worker", || {
+        let (mut c, hb, circle) = (conn.clone(), heartbeat.clone(), config.circle);
+        async move {
+            redis::cmd("SADD")
+                .arg(CIRCLES_SET)
+                .arg(circle.to_hex())
+                .query_async::<()>(&mut c)
+                .await?;
+            hb.beat(&mut c).await
+        }
+    })
+    .await;
+    if registered.is_none() {
+        return Ok(());
+    }
+    let heartbeat_task = tokio::spawn(
+        heartbeat
+            .clone()
+            .run(conn.clone(), config.heartbeat_interval),
+    );
+    notify_ready(&config);
+    tracing::info!(circle = %config.circle, queue = %circles_dispatcher::protocol::task_queue_key(&config.circle), "worker ready");
+
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *stop_rx.borrow() {
+            break;
+        }
+        let taken = tokio::select! {
+            biased;
+            _ = stop_rx.changed() => break,
+            taken = queue.take(&mut blocking, TAKE_WAIT) => taken,
+        };
+        let raw_id = match taken {
+            Ok(Some(id)) => {
+                backoff = BACKOFF_MIN;
+                id
+            }
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Redis unavailable; reconnecting");
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        // From here on the task is ours: finish it even if asked to stop.
+        let outcome = run_task(&queue, &mut conn, &engine, &raw_id).await;
+        let id = raw_id.clone();
+        let finished = retry_forever("finishing a task", || {
+            let (queue, mut c, id, outcome) =
+                (queue.clone(), conn.clone(), id.clone(), outcome.clone());
+            async move { queue.finish(&mut c, &id, &outcome).await }
+        })
+        .await;
+        let _ = finished;
+        tasks_done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    notify_stopping();
+    heartbeat_task.abort();
+    tracing::info!("shutting down");
+    // A BLMOVE cancelled by the shutdown may already have moved an id; we
+    // never started it, so it goes back to the queue.
+    let cleanup = async {
+        let requeued = queue.requeue_unstarted(&mut conn).await?;
+        if requeued > 0 {
+            tracing::info!(count = requeued, "returned untouched tasks to the queue");
+        }
+        if config.preserve_tasks {
+            let left = queue.depth(&mut conn).await?;
+            tracing::info!(count = left, "PRESERVE_TASKS set: queued tasks stay queued");
+        } else {
+            let failed = queue
+                .fail_pending(&mut conn, "worker shut down before running this task")
+                .await?;
+            if failed > 0 {
+                tracing::warn!(
+                    count = failed,
+                    "ended queued tasks as errors (set PRESERVE_TASKS to keep them)"
+                );
+            }
+        }
+        redis::cmd("DEL")
+            .arg(worker_heartbeat_key(&config.circle))
+            .query_async::<()>(&mut conn)
+            .await
+    };
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(10), cleanup)
+        .await
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))))
+    {
+        tracing::warn!(error = %e, "could not tidy the queue on shutdown; the next worker will");
+    }
+    Ok(())
+}
+
+/// Loads and runs one task, turning every failure into an error outcome.
+async fn run_task(
+    queue: &TaskQueue,
+    conn: &mut ConnectionManager,
+    engine: &Arc<ScriptEngine>,
+    raw_id: &str,
+) -> TaskOutcome {
+    let id = raw_id.to_string();
+    let taken = retry_forever("loading a task", || {
+        let (queue, mut c, id) = (queue.clone(), conn.clone(), id.clone());
+        async move { queue.load(&mut c, &id).await }
+    })
+    .await;
+    let record = match taken {
+        Taken::Task(record) => record,
+        Taken::Broken(reason) => {
+            tracing::warn!(task_id = %raw_id.escape_debug(), %reason, "broken task");
+            return TaskOutcome::Error { error: reason };
+        }
+    };
+    let script = record.script.unwrap_or_default();
+    let caller = record.caller_id.unwrap_or_default();
+    let context = queue_circle_hex(queue);
+    let wall = record.timeout_secs.map(Duration::from_secs);
+    let engine = engine.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || engine.run(&script, &context, &caller, wall))
+        .await
+        .unwrap_or_else(|e| Err(format!("script panicked: {e}")));
+    tracing::debug!(task_id = %raw_id, elapsed = ?started.elapsed(), ok = result.is_ok(), "task done");
+    match result {
+        Ok(output) => TaskOutcome::Completed { output },
+        Err(error) => TaskOutcome::Error { error },
+    }
+}
+
+fn queue_circle_hex(queue: &TaskQueue) -> String {
+    queue.circle().to_hex()
+}
+
+/// What the worker publishes about itself, refreshed with a TTL.
+#[derive(Clone)]
+struct Heartbeat {
+    key: String,
+    beat: WorkerHeartbeat,
+    tasks_done: Arc<AtomicU64>,
+}
+
+impl Heartbeat {
+    async fn beat(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let mut beat = self.beat.clone();
+        beat.beat_at = now_rfc3339();
+        beat.tasks_done = self.tasks_done.load(Ordering::Relaxed);
+        let json = serde_json::to_string(&beat).expect("heartbeat serialises");
+        redis::cmd("SET")
+            .arg(&self.key)
+            .arg(json)
+            .arg("EX")
+            .arg(HEARTBEAT_TTL_SECS)
+            .query_async(conn)
+            .await
+    }
+
+    async fn run(self, mut conn: ConnectionManager, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.beat(&mut conn).await {
+                tracing::debug!(error = %e, "heartbeat not written");
+            }
+        }
+    }
+}
+
+/// Tells systemd (or the launcher, which speaks the same protocol on its own
+/// socket) that the worker is connected and its queue open.
+fn notify_ready(config: &WorkerConfig) {
+    if std::env::var_os(circles_dispatcher::protocol::ENV_NOTIFY_SOCKET).is_none() {
+        return;
+    }
+    let status = format!("serving circle {}", config.circle);
+    let states = [
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::MainPid(std::process::id()),
+        sd_notify::NotifyState::Status(&status),
+    ];
+    if let Err(e) = sd_notify::notify(&states) {
+        tracing::warn!(error = %e, "could not send readiness notification");
+    }
+}
+
+fn notify_stopping() {
+    if std::env::var_os(circles_dispatcher::protocol::ENV_NOTIFY_SOCKET).is_some() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
+}
+
+/// Connects, retrying with backoff until Redis answers or we are told to
+/// stop (`Ok(None)`). Never a tight loop.
+async fn connect(
+    url: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<ConnectionManager>, WorkerError> {
+    let client = redis::Client::open(url).map_err(|source| WorkerError::RedisUrl {
+        url: url.to_string(),
+        source,
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_max_delay(BACKOFF_MAX);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+            Ok(conn) => return Ok(Some(conn)),
+            Err(e) => {
+                tracing::warn!(%url, error = %e, retry_in = ?backoff, "Redis unreachable; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return Ok(None),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// A lazily connecting manager without response timeout, for `BLMOVE`: the
+/// server-side timeout bounds it.
+async fn connect_blocking(url: &str) -> Result<ConnectionManager, WorkerError> {
+    let client = redis::Client::open(url).map_err(|source| WorkerError::RedisUrl {
+        url: url.to_string(),
+        source,
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(TAKE_WAIT + Duration::from_secs(5)))
+        .set_max_delay(BACKOFF_MAX);
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+}
+
+/// Retries a Redis operation with backoff until it succeeds (`Some`) or stop
+/// is requested (`None`).
+async fn retry<T, F, Fut>(stop: &mut watch::Receiver<bool>, what: &str, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Redis error while {what}; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Retries until success: used once a task is ours, because giving up would
+/// lose its outcome.
+async fn retry_forever<T, F, Fut>(what: &str, op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let (_tx, mut never) = watch::channel(false);
+    retry(&mut never, what, op).await.expect("never stopped")
+}
