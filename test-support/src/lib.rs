@@ -49,7 +49,9 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}); install it: apt-get install -y redis-server")
+                panic!(
+                    "cannot start redis-server ({e}); install it: apt-get install -y redis-server"
+                )
             });
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10));
@@ -108,7 +110,10 @@ pub fn free_port() -> u16 {
 pub fn wait_for_port(port: u16, timeout: Duration) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < timeout, "nothing listens on port {port} after {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "nothing listens on port {port} after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -120,7 +125,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -148,10 +156,101 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// Two well-known valid circle keys (public keys of secret keys 1 and 2).
 pub const KEY_ONE: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
 /// See [`KEY_ONE`].
 pub const KEY_TWO: &str = "02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5";
+
+/// A `worker` process started by a test; killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Child,
+    /// The circle it serves (as given).
+    pub circle: String,
+}
+
+impl WorkerProcess {
+    /// Starts `worker` for `circle` and waits until its heartbeat (with its
+    /// own PID) is in Redis, i.e. it is ready.
+    pub fn start(
+        redis: &RedisServer,
+        circle: &str,
+        db_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(binary("worker"));
+        cmd.args([
+            "--redis-url",
+            &redis.url(),
+            "--circle-public-key",
+            circle,
+            "--db-path",
+        ])
+        .arg(db_dir)
+        .args(extra_args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn worker");
+        let worker = Self {
+            child,
+            circle: circle.to_string(),
+        };
+        worker.wait_ready(redis);
+        worker
+    }
+
+    /// Waits until the heartbeat key carries this process's PID.
+    pub fn wait_ready(&self, redis: &RedisServer) {
+        let key = format!("rhai_worker:{}", self.circle.to_lowercase());
+        let needle = format!("\"pid\":{}", self.child.id());
+        wait_until("worker heartbeat", Duration::from_secs(15), || {
+            redis.cli(&["GET", &key]).contains(&needle).then_some(())
+        });
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by number (`libc`-free: uses `kill`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "worker did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -152,13 +152,12 @@ pub async fn run(
         // From here on the task is ours: finish it even if asked to stop.
         let outcome = run_task(&queue, &mut conn, &engine, &raw_id).await;
         let id = raw_id.clone();
-        let finished = retry_forever("finishing a task", || {
+        retry_forever("finishing a task", || {
             let (queue, mut c, id, outcome) =
                 (queue.clone(), conn.clone(), id.clone(), outcome.clone());
             async move { queue.finish(&mut c, &id, &outcome).await }
         })
         .await;
-        let _ = finished;
         tasks_done.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -1,0 +1,365 @@
+//! The worker against a real Redis, as its users see it: through the
+//! dispatcher, the task hashes and signals.
+
+use std::time::Duration;
+
+use circles_dispatcher::{CirclePublicKey, DispatchError, Dispatcher, TaskStatus};
+use circles_test_support::{KEY_ONE, KEY_TWO, RedisServer, WorkerProcess, binary, wait_until};
+
+const T: Duration = Duration::from_secs(10);
+
+fn circle(key: &str) -> CirclePublicKey {
+    key.parse().unwrap()
+}
+
+async fn dispatcher(redis: &RedisServer) -> Dispatcher {
+    Dispatcher::connect(&redis.url(), "tester").await.unwrap()
+}
+
+fn script_error(r: Result<String, DispatchError>) -> String {
+    match r {
+        Err(DispatchError::ScriptError { message, .. }) => message,
+        other => panic!("expected a script error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trip_errors_and_identity_constants() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+
+    assert_eq!(d.run(&c, "40 + 2", T).await.unwrap(), "42");
+    let msg = script_error(d.run(&c, r#"throw "no such thing""#, T).await);
+    assert!(msg.contains("no such thing"), "{msg}");
+    assert_eq!(d.run(&c, "CONTEXT_ID", T).await.unwrap(), KEY_ONE);
+    assert_eq!(
+        d.run_as(&c, "CALLER_ID", T, "alice").await.unwrap(),
+        "alice"
+    );
+
+    // The hash tells the same story, with the SPEC's fields.
+    let id = d.submit(&c, "1 + 1", T).await.unwrap();
+    assert_eq!(d.await_result(&id, T).await.unwrap(), "2");
+    let rec = d.status(&id).await.unwrap();
+    assert_eq!(rec.status, Some(TaskStatus::Completed));
+    assert_eq!(rec.output.as_deref(), Some("2"));
+    assert_eq!(rec.context_id.as_deref(), Some(KEY_ONE));
+    assert_eq!(rec.caller_id.as_deref(), Some("tester"));
+    assert!(rec.created_at.is_some() && rec.updated_at.is_some());
+    // Finished tasks expire after the retention period.
+    let ttl: i64 = redis
+        .cli(&["TTL", &format!("rhai_task_details:{id}")])
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "finished task should have a TTL, got {ttl}");
+
+    // An uncompressed key names the same circle.
+    let unc = c.to_uncompressed_hex();
+    assert_eq!(
+        d.run(&CirclePublicKey::parse(&unc).unwrap(), "CONTEXT_ID", T)
+            .await
+            .unwrap(),
+        KEY_ONE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_persists_across_tasks_and_restarts() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let c = circle(KEY_ONE);
+    {
+        let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+        let d = dispatcher(&redis).await;
+        d.run(&c, r#"db_set("greeting", #{text: "hello", n: 1})"#, T)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.run(&c, r#"db_get("greeting").text"#, T).await.unwrap(),
+            "hello"
+        );
+        assert_eq!(
+            d.run(&c, r#"db_insert("notes", "a")"#, T).await.unwrap(),
+            "1"
+        );
+        assert_eq!(
+            d.run(&c, r#"db_insert("notes", "b")"#, T).await.unwrap(),
+            "2"
+        );
+    }
+    // A new worker process on the same data directory sees it all.
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+    let d = dispatcher(&redis).await;
+    assert_eq!(d.run(&c, r#"db_get("greeting").n"#, T).await.unwrap(), "1");
+    assert_eq!(
+        d.run(&c, r#"db_insert("notes", "c")"#, T).await.unwrap(),
+        "3"
+    );
+    assert_eq!(
+        d.run(&c, r#"db_keys("notes:")"#, T).await.unwrap(),
+        r#"["notes:1","notes:2","notes:3"]"#
+    );
+    // Circles do not share databases.
+    let _w2 = WorkerProcess::start(&redis, KEY_TWO, db.path(), &[], &[]);
+    assert_eq!(
+        d.run(&circle(KEY_TWO), r#"db_get("greeting")"#, T)
+            .await
+            .unwrap(),
+        ""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_end_runaway_scripts_and_the_worker_keeps_serving() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _w = WorkerProcess::start(
+        &redis,
+        KEY_ONE,
+        db.path(),
+        &["--max-operations", "200000", "--max-string-size", "10000"],
+        &[],
+    );
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    let msg = script_error(d.run(&c, "loop { }", T).await);
+    assert!(msg.contains("operations limit"), "{msg}");
+    let msg = script_error(d.run(&c, r#"let s = "ab"; loop { s += s; }"#, T).await);
+    assert!(msg.contains("string size limit"), "{msg}");
+    assert_eq!(d.run(&c, "6 * 7", T).await.unwrap(), "42");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wall_time_limit_comes_from_the_task_timeout() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &["--max-operations", "0"], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    // The client waits 1 s; the script is stopped at 1 s, so the client gets
+    // the error (it waits a little longer than the task's own timeout).
+    let id = d
+        .submit(&c, "loop { }", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let msg = script_error(d.await_result(&id, T).await);
+    assert!(msg.contains("wall time limit (1.0s)"), "{msg}");
+    assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
+}
+
+/// A script that keeps the worker busy for `secs` seconds.
+fn slow_script(secs: f64) -> String {
+    format!("let t = timestamp(); while t.elapsed < {secs} {{ }} \"slept\"")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_mid_task_the_task_ends_as_error_and_the_queue_survives() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let args = ["--max-operations", "0"];
+    let w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+
+    let slow = d.submit(&c, &slow_script(30.0), T).await.unwrap();
+    let behind: Vec<_> = submit_numbers(&d, &c, 3).await;
+    wait_until("slow task taken", T, || {
+        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
+            .then_some(())
+    });
+    let waiter = {
+        let d = d.clone();
+        tokio::spawn(async move { d.await_result(&slow, Duration::from_secs(30)).await })
+    };
+    w.signal("KILL");
+    drop(w);
+
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let msg = script_error(waiter.await.unwrap());
+    assert!(msg.contains("killed or crashed"), "{msg}");
+    assert_eq!(
+        d.status(&slow).await.unwrap().status,
+        Some(TaskStatus::Error)
+    );
+    for (i, id) in behind.iter().enumerate() {
+        assert_eq!(d.await_result(id, T).await.unwrap(), i.to_string());
+    }
+    assert_eq!(
+        redis.cli(&["LLEN", &format!("rhai_processing:{KEY_ONE}")]),
+        "0"
+    );
+}
+
+async fn submit_numbers(
+    d: &Dispatcher,
+    c: &CirclePublicKey,
+    n: usize,
+) -> Vec<circles_dispatcher::TaskId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(d.submit(c, &i.to_string(), T).await.unwrap());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconnects_after_redis_restarts() {
+    let mut redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+    let c = circle(KEY_ONE);
+    assert_eq!(dispatcher(&redis).await.run(&c, "1", T).await.unwrap(), "1");
+
+    redis.restart();
+    // Same process, fresh Redis: it comes back on its own (heartbeat again).
+    w.wait_ready(&redis);
+    let d = dispatcher(&redis).await;
+    assert_eq!(d.run(&c, "2 + 2", T).await.unwrap(), "4");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_or_answered_and_the_worker_keeps_going() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+
+    // An invalid key: non-zero exit, the message names the value.
+    let out = std::process::Command::new(binary("worker"))
+        .args([
+            "--redis-url",
+            &redis.url(),
+            "--circle-public-key",
+            "02nothex",
+            "--db-path",
+        ])
+        .arg(db.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`02nothex`") && err.contains("66"), "{err}");
+
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    let queue = format!("rhai_tasks:{KEY_ONE}");
+
+    // A hash without a script.
+    let id = uuid_like(1);
+    redis.cli(&[
+        "HSET",
+        &format!("rhai_task_details:{id}"),
+        "status",
+        "pending",
+    ]);
+    redis.cli(&["LPUSH", &queue, &id]);
+    let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{id}"), "10"]);
+    assert!(reply.contains("has no script"), "{reply}");
+    assert_eq!(
+        redis.cli(&["HGET", &format!("rhai_task_details:{id}"), "status"]),
+        "error"
+    );
+
+    // A queued id with no hash at all, and one that is not a UUID.
+    let ghost = uuid_like(2);
+    redis.cli(&["LPUSH", &queue, &ghost]);
+    assert!(
+        redis
+            .cli(&["BLPOP", &format!("rhai_reply:{ghost}"), "10"])
+            .contains("no details hash")
+    );
+    redis.cli(&["LPUSH", &queue, "not-a-uuid"]);
+    assert!(
+        redis
+            .cli(&["BLPOP", "rhai_reply:not-a-uuid", "10"])
+            .contains("not a UUID")
+    );
+
+    // Garbage bytes in every field.
+    let junk = uuid_like(3);
+    let key = format!("rhai_task_details:{junk}");
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'HSET {key} script \"\\xff\\xfe\" timeout_secs abc caller_id \"\\xc3\\x28\"\\r\\nLPUSH {queue} {junk}\\r\\n' | redis-cli -p {}",
+            redis.port()
+        ))
+        .status()
+        .unwrap();
+    let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{junk}"), "10"]);
+    assert!(reply.contains("error"), "{reply}");
+
+    assert_eq!(d.run(&c, "\"still here\"", T).await.unwrap(), "still here");
+}
+
+fn uuid_like(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_task_in_hand_and_ends_queued_ones() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let mut w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &["--max-operations", "0"], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+
+    let slow = d.submit(&c, &slow_script(1.5), T).await.unwrap();
+    let queued = submit_numbers(&d, &c, 2).await;
+    wait_until("slow task taken", T, || {
+        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
+            .then_some(())
+    });
+    w.signal("TERM");
+    assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
+    assert_eq!(w.wait_exit(T), Some(0));
+    for id in &queued {
+        let msg = script_error(d.await_result(id, T).await);
+        assert!(msg.contains("worker shut down"), "{msg}");
+    }
+    assert_eq!(
+        redis.cli(&["EXISTS", &format!("rhai_worker:{KEY_ONE}")]),
+        "0",
+        "heartbeat removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_preserve_tasks_keeps_queued_tasks_for_the_next_worker() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let env = [("PRESERVE_TASKS", "1")];
+    let args = ["--max-operations", "0"];
+    let mut w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &env);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+
+    let slow = d.submit(&c, &slow_script(1.0), T).await.unwrap();
+    let queued = submit_numbers(&d, &c, 2).await;
+    wait_until("slow task taken", T, || {
+        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
+            .then_some(())
+    });
+    w.signal("INT");
+    assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
+    assert_eq!(w.wait_exit(T), Some(0));
+    assert_eq!(redis.cli(&["LLEN", &format!("rhai_tasks:{KEY_ONE}")]), "2");
+    for id in &queued {
+        assert_eq!(
+            d.status(id).await.unwrap().status,
+            Some(TaskStatus::Pending)
+        );
+    }
+    // With PRESERVE_TASKS finished tasks do not expire.
+    assert_eq!(
+        redis.cli(&["TTL", &format!("rhai_task_details:{slow}")]),
+        "-1"
+    );
+
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &env);
+    for (i, id) in queued.iter().enumerate() {
+        assert_eq!(d.await_result(id, T).await.unwrap(), i.to_string());
+    }
+}
