@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The one test command for circles.
+#
+#   scripts/test.sh            fmt check, clippy -D warnings, build, all tests
+#
+# It makes sure the real components the tests use are installed (redis-server,
+# plistutil, systemd), installing them with apt-get when missing and root.
+# Tests that need a booted systemd live in test targets named `systemd_*`; on
+# the host they skip loudly, then this script boots a private systemd
+# (scripts/systemd-sandbox) and runs them inside it for real. With
+# CIRCLES_CI=1 (set by .ci/run) a sandbox that cannot boot fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need_pkgs=()
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v plistutil >/dev/null || need_pkgs+=(libplist-utils)
+[[ -x /lib/systemd/systemd ]] || need_pkgs+=(systemd)
+command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
+command -v unshare >/dev/null || need_pkgs+=(util-linux)
+if ((${#need_pkgs[@]})); then
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "${need_pkgs[@]}" >/dev/null ||
+      { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${need_pkgs[@]}" >/dev/null; }
+  else
+    echo "missing: ${need_pkgs[*]} — install them (e.g. sudo apt-get install -y ${need_pkgs[*]})" >&2
+    command -v redis-server >/dev/null || exit 1
+  fi
+fi
+
+say "cargo fmt --check"
+cargo fmt --all --check
+
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "build"
+cargo build --workspace --bins --examples --locked
+cargo test --workspace --locked --no-run
+
+say "tests (host)"
+cargo test --workspace --locked
+
+sandbox_ok=1
+[[ $EUID -eq 0 && -x /lib/systemd/systemd ]] && command -v unshare >/dev/null || sandbox_ok=0
+if ((sandbox_ok)); then
+  say "tests inside a private systemd (scripts/systemd-sandbox)"
+  state=$PWD/target/systemd-sandbox
+  trap 'scripts/systemd-sandbox stop "$state" >/dev/null || true' EXIT
+  scripts/systemd-sandbox start "$state" >/dev/null
+  scripts/systemd-sandbox exec "$state" -- env CIRCLES_REQUIRE_SYSTEMD=1 \
+    cargo test --workspace --locked --test 'systemd_*'
+else
+  msg="SKIPPED: the systemd tests need root, util-linux and systemd to boot a private systemd"
+  if [[ ${CIRCLES_CI:-} == 1 ]]; then echo "FAIL: $msg" >&2; exit 1; fi
+  printf '\n\033[1;33m!!! %s !!!\033[0m\n' "$msg" >&2
+fi
+
+say "all tests passed"
