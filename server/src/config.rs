@@ -1,0 +1,69 @@
+//! What a [`crate::Server`] is told to do: where to listen, which Redis to
+//! use, which circles to serve, and the limits of its calls.
+//!
+//! The value is plain data with no I/O; the `server` binary builds it from
+//! its flags and the launcher builds it from its own configuration.
+
+use std::time::Duration;
+
+use circles_dispatcher::CirclePublicKey;
+use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS};
+
+use crate::auth::DEFAULT_NONCE_TTL;
+
+/// Interface the main listener binds unless told otherwise: loopback, so
+/// that nothing is exposed to the network by accident.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Port of the main listener unless told otherwise.
+pub const DEFAULT_PORT: u16 = 8080;
+/// The `caller_id` recorded on tasks from connections that have not
+/// authenticated (only possible when authentication is off).
+pub const ANONYMOUS_CALLER_ID: &str = "anonymous";
+/// How long a shutdown waits for calls in flight before answering them with
+/// an error and closing their connections.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a [`crate::Server`] needs to know before it binds.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Host name or IP address every listener binds to.
+    pub host: String,
+    /// Port of the main listener, which routes `/<circle_pk>` to any known
+    /// circle. `0` picks a free port (see [`crate::Server::local_addr`]).
+    pub port: u16,
+    /// Redis that carries the task queues and the set of known circles.
+    pub redis_url: String,
+    /// Circles served even before their worker has registered in Redis.
+    /// Circles in the Redis set `rhai_circles` are served as well.
+    pub circles: Vec<CirclePublicKey>,
+    /// Extra listeners bound to a single circle: on such a port, `/` and
+    /// `/<that circle's key>` reach that circle (the launcher's
+    /// `circles.json` format gives every circle its own port).
+    pub circle_ports: Vec<(CirclePublicKey, u16)>,
+    /// Whether `play` requires a prior `authenticate` on the connection.
+    pub enable_auth: bool,
+    /// How long a `play` waits for the worker's result before answering
+    /// with the timeout error. Also sent to the worker as the task's
+    /// `timeout_secs`.
+    pub play_timeout: Duration,
+    /// How long a nonce from `fetch_nonce` can be redeemed.
+    pub nonce_ttl: Duration,
+    /// How long a shutdown lets calls in flight finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: DEFAULT_HOST.to_string(),
+            port: DEFAULT_PORT,
+            redis_url: DEFAULT_REDIS_URL.to_string(),
+            circles: Vec::new(),
+            circle_ports: Vec::new(),
+            enable_auth: false,
+            play_timeout: Duration::from_secs(DEFAULT_TASK_TIMEOUT_SECS),
+            nonce_ttl: DEFAULT_NONCE_TTL,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! One client's WebSocket to one circle: reading request frames, running
+//! them, and writing the answers.
+//!
+//! A connection has three kinds of task. The reader (this module's
+//! [`serve`]) reads frames in order. `fetch_nonce` and `authenticate` are
+//! cheap and change the session, so the reader handles them itself: a
+//! `play` sent right after `authenticate` is read after the session has
+//! changed. Each `play` waits on a worker, possibly for a long time, so it
+//! gets its own task and many can be in flight at once. All answers go
+//! through a channel to one writer task, the only owner of the socket's
+//! sending half, so frames never interleave.
+//!
+//! On shutdown the reader stops reading, waits for its `play` tasks (which
+//! give up with an error when the server's grace period ends), then sends
+//! a close frame ("going away").
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use circles_dispatcher::{CirclePublicKey, DispatchError};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::auth::{AuthError, EthSignature};
+use crate::config::ANONYMOUS_CALLER_ID;
+use crate::rpc::{
+    self, AuthenticateParams, Call, FetchNonceParams, PlayParams, RequestId, Response, RpcError,
+    code,
+};
+use crate::server::Shared;
+
+/// `play` calls one connection may have in flight. When a client sends more
+/// without waiting, the reader stops reading until one finishes, so one
+/// client cannot pile up unbounded work (TCP pushes back on it instead).
+const MAX_PLAYS_IN_FLIGHT: usize = 256;
+/// Answers waiting for the writer.
+const OUTBOX_CAPACITY: usize = 64;
+
+/// Serves one upgraded connection until the client leaves or the server
+/// shuts down.
+pub(crate) async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    circle: CirclePublicKey,
+    peer: SocketAddr,
+) {
+    let span = tracing::info_span!("connection", %circle, %peer);
+    async move {
+        tracing::debug!("connected");
+        let (sink, mut frames) = socket.split();
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let writer = tokio::spawn(write_frames(sink, outbox_rx).in_current_span());
+        let mut session = Session {
+            shared: Arc::clone(&shared),
+            circle,
+            authenticated: None,
+            outbox: outbox.clone(),
+        };
+        let mut plays = JoinSet::new();
+        let mut shutdown = shared.shutdown.clone();
+
+        let reason = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.raised() => break EndReason::ServerShutdown,
+                Some(finished) = plays.join_next(), if !plays.is_empty() => {
+                    if let Err(e) = finished
+                        && e.is_panic()
+                    {
+                        tracing::error!(error = %e, "a play task panicked");
+                    }
+                }
+                frame = frames.next(), if plays.len() < MAX_PLAYS_IN_FLIGHT => match frame {
+                    Some(Ok(Message::Text(text))) => session.handle_text(text.as_str(), &mut plays).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        let error = RpcError::new(
+                            code::INVALID_REQUEST,
+                            "binary frames are not supported: send each JSON-RPC request as a text frame",
+                        );
+                        session.send(Response::error(RequestId::Null, error)).await;
+                    }
+                    // Pings are answered by the WebSocket layer itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break EndReason::ClientClosed,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read failed");
+                        break EndReason::ClientClosed;
+                    }
+                },
+            }
+        };
+
+        match reason {
+            // Nobody is left to read the answers: stop waiting for them.
+            // The tasks stay queued in Redis and the worker still runs them.
+            EndReason::ClientClosed => plays.abort_all(),
+            EndReason::ServerShutdown => {
+                // Each play ends by itself when the grace period is over.
+                while plays.join_next().await.is_some() {}
+                let close = Message::Close(Some(CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "server shutting down".into(),
+                }));
+                let _ = outbox.send(close).await;
+            }
+        }
+        drop(session);
+        drop(outbox);
+        let _ = writer.await;
+        tracing::debug!(?reason, "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum EndReason {
+    ClientClosed,
+    ServerShutdown,
+}
+
+/// Writes every queued frame, flushing when the queue runs dry so that a
+/// burst of answers costs one write, then closes the socket.
+async fn write_frames(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut outbox: mpsc::Receiver<Message>,
+) {
+    while let Some(message) = outbox.recv().await {
+        let mut result = sink.feed(message).await;
+        while result.is_ok() {
+            match outbox.try_recv() {
+                Ok(message) => result = sink.feed(message).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = result.and(sink.flush().await) {
+            tracing::debug!(error = %e, "write failed");
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// What a connection knows about its client.
+struct Session {
+    shared: Arc<Shared>,
+    circle: CirclePublicKey,
+    /// The key proven by the last successful `authenticate`, if any.
+    authenticated: Option<CirclePublicKey>,
+    outbox: mpsc::Sender<Message>,
+}
+
+impl Session {
+    async fn handle_text(&mut self, text: &str, plays: &mut JoinSet<()>) {
+        let request = match rpc::parse_request(text) {
+            Ok(request) => request,
+            Err(rejected) => {
+                tracing::debug!(error = %rejected.error.message, "rejected frame");
+                self.send(rejected.into_response()).await;
+                return;
+            }
+        };
+        let id = request.id;
+        let call = match Call::from_request(&request.method, request.params) {
+            Ok(call) => call,
+            Err(error) => return self.answer(id, Err(error)).await,
+        };
+        match call {
+            Call::FetchNonce(params) => {
+                let outcome = self.fetch_nonce(params);
+                self.answer(id, outcome).await;
+            }
+            Call::Authenticate(params) => {
+                let outcome = self.authenticate(params);
+                self.answer(id, outcome).await;
+            }
+            Call::Play(params) => match self.caller_id() {
+                Ok(caller_id) => {
+                    let play = play(Arc::clone(&self.shared), self.circle, caller_id, params);
+                    let outbox = self.outbox.clone();
+                    plays.spawn(
+                        async move {
+                            let outcome = play.await;
+                            if let Some(id) = id {
+                                let _ = outbox
+                                    .send(text_frame(Response::from_outcome(id, outcome)))
+                                    .await;
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+                Err(error) => self.answer(id, Err(error)).await,
+            },
+        }
+    }
+
+    /// Who a `play` runs as: the authenticated key, or anonymous when
+    /// authentication is off.
+    fn caller_id(&self) -> Result<String, RpcError> {
+        match (&self.authenticated, self.shared.enable_auth) {
+            (Some(key), _) => Ok(key.to_hex()),
+            (None, false) => Ok(ANONYMOUS_CALLER_ID.to_string()),
+            (None, true) => Err(RpcError::new(
+                code::AUTHENTICATION_REQUIRED,
+                "authentication required: call fetch_nonce, sign the nonce, then authenticate",
+            )),
+        }
+    }
+
+    fn fetch_nonce(&self, params: FetchNonceParams) -> Result<Value, RpcError> {
+        let key = parse_pubkey(&params.pubkey)?;
+        let issued = self.shared.nonces.issue(key);
+        Ok(json!({ "nonce": issued.nonce, "expires_at": issued.expires_at }))
+    }
+
+    fn authenticate(&mut self, params: AuthenticateParams) -> Result<Value, RpcError> {
+        let key = parse_pubkey(&params.pubkey)?;
+        let outcome = EthSignature::parse(&params.signature)
+            .and_then(|signature| self.shared.nonces.redeem(&key, &signature));
+        match outcome {
+            Ok(()) => {
+                tracing::info!(caller = %key, "authenticated");
+                self.authenticated = Some(key);
+                Ok(json!({ "authenticated": true }))
+            }
+            Err(error) => {
+                tracing::debug!(caller = %key, %error, "authentication failed");
+                let code = match error {
+                    AuthError::MalformedSignature(_) => code::INVALID_PARAMS,
+                    AuthError::InvalidSignature
+                    | AuthError::NoValidNonce { .. }
+                    | AuthError::SignatureMismatch => code::INVALID_CREDENTIALS,
+                };
+                Err(RpcError::new(code, error.to_string()))
+            }
+        }
+    }
+
+    /// Answers a request; a notification (no id) gets nothing.
+    async fn answer(&self, id: Option<RequestId>, outcome: Result<Value, RpcError>) {
+        if let Some(id) = id {
+            self.send(Response::from_outcome(id, outcome)).await;
+        }
+    }
+
+    async fn send(&self, response: Response) {
+        // Fails only when the writer is gone, i.e. the client is: the
+        // reader notices on its next read.
+        let _ = self.outbox.send(text_frame(response)).await;
+    }
+}
+
+fn text_frame(response: Response) -> Message {
+    Message::Text(response.to_json().into())
+}
+
+fn parse_pubkey(text: &str) -> Result<CirclePublicKey, RpcError> {
+    CirclePublicKey::parse(text).map_err(|e| RpcError::new(code::INVALID_PARAMS, e.to_string()))
+}
+
+/// Runs a script on the circle through the dispatcher and maps the outcome
+/// to JSON-RPC.
+async fn play(
+    shared: Arc<Shared>,
+    circle: CirclePublicKey,
+    caller_id: String,
+    params: PlayParams,
+) -> Result<Value, RpcError> {
+    let mut grace_over = shared.grace_over.clone();
+    let run = shared
+        .dispatcher
+        .run_as(&circle, &params.script, shared.play_timeout, &caller_id);
+    tokio::select! {
+        outcome = run => play_outcome(outcome),
+        () = grace_over.raised() => Err(RpcError::new(
+            code::INTERNAL_ERROR,
+            "the server shut down before the script finished; it was queued and may still run",
+        )),
+    }
+}
+
+fn play_outcome(outcome: Result<String, DispatchError>) -> Result<Value, RpcError> {
+    match outcome {
+        Ok(output) => Ok(Value::String(output)),
+        Err(DispatchError::ScriptError { task_id, message }) => {
+            tracing::debug!(%task_id, %message, "script failed");
+            Err(RpcError::new(code::EXECUTION_ERROR, message.clone())
+                .with_data(Value::String(message)))
+        }
+        Err(DispatchError::Timeout { task_id, waited }) => Err(RpcError::new(
+            code::TIMEOUT,
+            format!(
+                "no result within {}s (task {task_id} stays queued and may still run)",
+                waited.as_secs_f64()
+            ),
+        )
+        .with_data(json!({ "task_id": task_id.to_string() }))),
+        Err(error @ DispatchError::EmptyScript) => {
+            Err(RpcError::new(code::INVALID_PARAMS, error.to_string()))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "play failed");
+            Err(RpcError::new(code::INTERNAL_ERROR, error.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use circles_dispatcher::TaskId;
+    use std::time::Duration;
+
+    #[test]
+    fn dispatch_outcomes_map_to_the_spec_codes() {
+        assert_eq!(play_outcome(Ok("42".into())), Ok(json!("42")));
+
+        let err = play_outcome(Err(DispatchError::ScriptError {
+            task_id: TaskId::new(),
+            message: "Variable not found: x".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(err.code, code::EXECUTION_ERROR);
+        assert_eq!(err.message, "Variable not found: x");
+        assert_eq!(err.data, Some(json!("Variable not found: x")));
+
+        let task_id = TaskId::new();
+        let err = play_outcome(Err(DispatchError::Timeout {
+            task_id,
+            waited: Duration::from_secs(2),
+        }))
+        .unwrap_err();
+        assert_eq!(err.code, code::TIMEOUT);
+        assert!(err.message.contains("2s"), "{}", err.message);
+        assert_eq!(err.data, Some(json!({ "task_id": task_id.to_string() })));
+
+        let err = play_outcome(Err(DispatchError::EmptyScript)).unwrap_err();
+        assert_eq!(err.code, code::INVALID_PARAMS);
+
+        let err = play_outcome(Err(DispatchError::TaskNotFound(TaskId::new()))).unwrap_err();
+        assert_eq!(err.code, code::INTERNAL_ERROR);
+    }
+}

@@ -1,0 +1,252 @@
+//! The server's life: [`Server::bind`] claims every port and connects to
+//! Redis, so that all configuration errors surface before anything is
+//! served; [`Server::run`] serves until its shutdown future resolves, then
+//! drains.
+//!
+//! Draining, in order: every listener stops accepting (new connections are
+//! refused); each connection stops reading and waits for its calls in
+//! flight; when the grace period ends, calls still waiting are answered with
+//! an error; each connection sends a close frame. `run` returns when every
+//! connection is gone, or shortly after the grace period if some client
+//! does not let go.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use circles_dispatcher::{CirclePublicKey, Dispatcher};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::auth::NonceStore;
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::routing::{self, CircleDirectory};
+use crate::signal::{self, Signal};
+
+/// Recorded as the dispatcher's own caller id; every `play` overrides it
+/// with the connection's caller, so it shows only if that ever goes wrong.
+const DISPATCHER_CALLER_ID: &str = "circles-server";
+/// After the grace period, how long connections get to send their last
+/// answers and close frames before `run` returns without them.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every listener and connection of a running server shares.
+///
+/// `run` learns that the last connection has ended when the last `Shared`
+/// is dropped: each connection holds an `Arc<Shared>` for its whole life.
+pub(crate) struct Shared {
+    /// Submits `play` scripts and waits for their results.
+    pub(crate) dispatcher: Dispatcher,
+    /// Which circles exist.
+    pub(crate) directory: CircleDirectory,
+    /// Outstanding `fetch_nonce` nonces.
+    pub(crate) nonces: NonceStore,
+    /// Whether `play` requires authentication.
+    pub(crate) enable_auth: bool,
+    /// How long a `play` waits for its result.
+    pub(crate) play_timeout: Duration,
+    /// Raised when shutdown begins.
+    pub(crate) shutdown: Signal,
+    /// Raised when the shutdown's grace period is over.
+    pub(crate) grace_over: Signal,
+    /// Never sent on; dropped with the last `Shared`, which closes the
+    /// channel `run` waits on.
+    _alive: mpsc::Sender<()>,
+}
+
+/// A bound, not yet running server.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    dispatcher: Dispatcher,
+    main: BoundListener,
+    circle_listeners: Vec<(CirclePublicKey, BoundListener)>,
+}
+
+#[derive(Debug)]
+struct BoundListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Connects to Redis and binds the main listener and every per-circle
+    /// listener. Fails, naming the port or URL, if any of them cannot be
+    /// had; nothing is served until [`Self::run`].
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        if config.play_timeout.is_zero() {
+            return Err(ServerError::InvalidConfig(
+                "the play timeout must be longer than zero".to_string(),
+            ));
+        }
+        let dispatcher = Dispatcher::connect(&config.redis_url, DISPATCHER_CALLER_ID).await?;
+        let main = bind_listener(&config.host, config.port).await?;
+        let mut circle_listeners = Vec::with_capacity(config.circle_ports.len());
+        for &(circle, port) in &config.circle_ports {
+            circle_listeners.push((circle, bind_listener(&config.host, port).await?));
+        }
+        Ok(Server {
+            config,
+            dispatcher,
+            main,
+            circle_listeners,
+        })
+    }
+
+    /// The main listener's address (with the real port when bound to 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.main.addr
+    }
+
+    /// Each per-circle listener's circle and address.
+    pub fn circle_addrs(&self) -> Vec<(CirclePublicKey, SocketAddr)> {
+        self.circle_listeners
+            .iter()
+            .map(|(circle, bound)| (*circle, bound.addr))
+            .collect()
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see the module docs)
+    /// and returns `Ok`. Returns an error if a listener fails on its own.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (shutdown_trigger, shutdown_signal) = signal::flag();
+        let (grace_trigger, grace_signal) = signal::flag();
+        let (alive, mut all_gone) = mpsc::channel::<()>(1);
+        let configured = self
+            .config
+            .circles
+            .iter()
+            .chain(self.config.circle_ports.iter().map(|(circle, _)| circle))
+            .copied();
+        let shared = Arc::new(Shared {
+            directory: CircleDirectory::new(configured, self.dispatcher.connection()),
+            dispatcher: self.dispatcher,
+            nonces: NonceStore::new(self.config.nonce_ttl),
+            enable_auth: self.config.enable_auth,
+            play_timeout: self.config.play_timeout,
+            shutdown: shutdown_signal.clone(),
+            grace_over: grace_signal,
+            _alive: alive,
+        });
+
+        let mut listeners = JoinSet::new();
+        let main_addr = self.main.addr;
+        tracing::info!(
+            auth = self.config.enable_auth,
+            "serving circles on ws://{main_addr}/<circle_pk>"
+        );
+        spawn_listener(
+            &mut listeners,
+            self.main,
+            routing::main_router(Arc::clone(&shared)),
+            shutdown_signal.clone(),
+        );
+        for (circle, bound) in self.circle_listeners {
+            tracing::info!(%circle, "serving circle on ws://{}/", bound.addr);
+            spawn_listener(
+                &mut listeners,
+                bound,
+                routing::circle_router(Arc::clone(&shared), circle),
+                shutdown_signal.clone(),
+            );
+        }
+        drop(shared);
+
+        let failure = tokio::select! {
+            () = shutdown => None,
+            Some(stopped) = listeners.join_next() => Some(match stopped {
+                Ok(Err(error)) => error,
+                // A listener only returns after the shutdown signal, which
+                // has not been raised yet.
+                Ok(Ok(addr)) => ServerError::ListenerStopped { addr, reason: "it returned early".into() },
+                Err(e) => ServerError::ListenerStopped { addr: main_addr, reason: e.to_string() },
+            }),
+        };
+        if let Some(error) = &failure {
+            tracing::error!(%error, "a listener failed; shutting down");
+        }
+        tracing::info!("shutting down: no new connections; waiting for calls in flight");
+        let grace_deadline = Instant::now() + self.config.shutdown_grace;
+        shutdown_trigger.raise();
+
+        // Listeners end once they stop accepting and their plain HTTP
+        // exchanges are done; upgraded connections are not theirs to wait
+        // for (they are tracked through `Shared`).
+        let _ = tokio::time::timeout_at(grace_deadline, async {
+            while listeners.join_next().await.is_some() {}
+        })
+        .await;
+        listeners.abort_all();
+        while listeners.join_next().await.is_some() {}
+
+        if tokio::time::timeout_at(grace_deadline, all_gone.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "calls still in flight after {:?}; answering them with an error",
+                self.config.shutdown_grace
+            );
+            grace_trigger.raise();
+            if tokio::time::timeout(CLOSE_TIMEOUT, all_gone.recv())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some connections did not close in time; leaving them");
+            }
+        }
+        tracing::info!("server stopped");
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Binds `host:port`, naming the port when it is taken.
+async fn bind_listener(host: &str, port: u16) -> Result<BoundListener, ServerError> {
+    let listener = TcpListener::bind((host, port)).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            ServerError::PortInUse {
+                host: host.to_string(),
+                port,
+            }
+        } else {
+            ServerError::Bind {
+                host: host.to_string(),
+                port,
+                source,
+            }
+        }
+    })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        host: host.to_string(),
+        port,
+        source,
+    })?;
+    Ok(BoundListener { listener, addr })
+}
+
+fn spawn_listener(
+    listeners: &mut JoinSet<Result<SocketAddr, ServerError>>,
+    bound: BoundListener,
+    router: Router,
+    mut shutdown: Signal,
+) {
+    let BoundListener { listener, addr } = bound;
+    listeners.spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.raised().await })
+        .await
+        .map_err(|source| ServerError::Serve { addr, source })?;
+        Ok(addr)
+    });
+}
