@@ -135,12 +135,15 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
 
 /// The workspace's target profile directory (`target/debug` for tests).
 pub fn target_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps.
+    // Test executables live in target/<profile>/deps, binaries (such as the
+    // bench) in target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary built by `cargo build --workspace --bins`.

@@ -1,0 +1,57 @@
+//! Latency samples and their percentiles.
+
+use std::time::Duration;
+
+/// Latencies of one measured run plus its wall time.
+#[derive(Debug, Clone)]
+pub struct Samples {
+    sorted: Vec<Duration>,
+    /// Wall time of the measured part.
+    pub elapsed: Duration,
+}
+
+impl Samples {
+    /// Sorts the samples once.
+    pub fn new(mut samples: Vec<Duration>, elapsed: Duration) -> Self {
+        samples.sort_unstable();
+        Self {
+            sorted: samples,
+            elapsed,
+        }
+    }
+
+    /// The `p`-th percentile (0–100).
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * (self.sorted.len() - 1) as f64).round() as usize;
+        self.sorted[rank.min(self.sorted.len() - 1)]
+    }
+
+    /// Operations per second.
+    pub fn throughput(&self) -> f64 {
+        self.sorted.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `123 µs` / `1.23 ms` / `1.23 s`.
+pub fn fmt_duration(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else if us < 1e6 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{:.2} s", us / 1e6)
+    }
+}
+
+/// `a / b` as `1.23×`.
+pub fn ratio(a: f64, b: f64) -> String {
+    if b == 0.0 {
+        "-".into()
+    } else {
+        format!("{:.2}×", a / b)
+    }
+}

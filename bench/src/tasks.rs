@@ -1,0 +1,184 @@
+//! Task round trip through a real worker, beside the floor: the same Redis
+//! commands driven by an in-process loop without Rhai (`TaskQueue` used
+//! directly, answering "42"), measured in the same run.
+//!
+//! "Workers" means circles: with 2, there are two circles with one worker
+//! each and the clients alternate between them (one worker per circle is the
+//! design: a circle's queue has exactly one consumer).
+
+use std::time::{Duration, Instant};
+
+use circles_dispatcher::{CirclePublicKey, Dispatcher, TaskOutcome};
+use circles_test_support::{KEY_ONE, KEY_TWO, RedisServer, WorkerProcess};
+use circles_worker::queue::{Taken, TaskQueue};
+use comfy_table::Table;
+use tokio::sync::watch;
+
+use crate::stats::{Samples, fmt_duration, ratio};
+
+/// One configuration's result, real and floor.
+struct Row {
+    workers: usize,
+    clients: usize,
+    real: Samples,
+    floor: Samples,
+}
+
+/// Runs the task benchmark and returns its table.
+pub async fn run(per_run: Duration) -> anyhow::Result<Table> {
+    let redis = RedisServer::start();
+    let circles: Vec<CirclePublicKey> = [KEY_ONE, KEY_TWO]
+        .iter()
+        .map(|k| k.parse().unwrap())
+        .collect();
+    let data = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    let mut rss = Vec::new();
+    for workers in [1usize, 2] {
+        let used = &circles[..workers];
+        for clients in [1usize, 8, 32] {
+            // Real workers.
+            let procs: Vec<WorkerProcess> = used
+                .iter()
+                .map(|c| WorkerProcess::start(&redis, &c.to_hex(), data.path(), &[], &[]))
+                .collect();
+            if rss.is_empty() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                rss.push(rss_kib(procs[0].pid()));
+            }
+            let real = drive(&redis, used, clients, per_run).await?;
+            drop(procs);
+            // Floor: same commands, no Rhai, in this process.
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let mut floors = Vec::new();
+            for c in used {
+                floors.push(tokio::spawn(floor_worker(redis.url(), *c, stop_rx.clone())));
+            }
+            let floor = drive(&redis, used, clients, per_run).await?;
+            let _ = stop_tx.send(true);
+            for f in floors {
+                f.await??;
+            }
+            rows.push(Row {
+                workers,
+                clients,
+                real,
+                floor,
+            });
+        }
+    }
+    let mut table = Table::new();
+    table.load_style(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header([
+        "workers",
+        "clients",
+        "p50",
+        "p95",
+        "p99",
+        "tasks/s",
+        "floor p50",
+        "floor p99",
+        "floor tasks/s",
+        "p50 ÷ floor",
+        "tasks/s ÷ floor",
+    ]);
+    for r in &rows {
+        table.add_row([
+            r.workers.to_string(),
+            r.clients.to_string(),
+            fmt_duration(r.real.percentile(50.0)),
+            fmt_duration(r.real.percentile(95.0)),
+            fmt_duration(r.real.percentile(99.0)),
+            format!("{:.0}", r.real.throughput()),
+            fmt_duration(r.floor.percentile(50.0)),
+            fmt_duration(r.floor.percentile(99.0)),
+            format!("{:.0}", r.floor.throughput()),
+            ratio(
+                r.real.percentile(50.0).as_secs_f64(),
+                r.floor.percentile(50.0).as_secs_f64(),
+            ),
+            ratio(r.real.throughput(), r.floor.throughput()),
+        ]);
+    }
+    let rss = rss.first().copied().unwrap_or(0);
+    println!("idle worker RSS: {:.1} MiB", rss as f64 / 1024.0);
+    Ok(table)
+}
+
+/// `clients` concurrent dispatcher loops running `40 + 2` for `per_run`
+/// (after a short warm-up), spread over `circles`.
+async fn drive(
+    redis: &RedisServer,
+    circles: &[CirclePublicKey],
+    clients: usize,
+    per_run: Duration,
+) -> anyhow::Result<Samples> {
+    let dispatcher = Dispatcher::connect(&redis.url(), "bench").await?;
+    let warm_until = Instant::now() + Duration::from_millis(300);
+    let end = warm_until + per_run;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let d = dispatcher.clone();
+        let circle = circles[i % circles.len()];
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let out = d.run(&circle, "40 + 2", Duration::from_secs(10)).await?;
+                anyhow::ensure!(out == "42", "unexpected output {out}");
+                if t0 >= warm_until {
+                    lat.push(t0.elapsed());
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(Samples::new(all, per_run))
+}
+
+/// The floor: a worker loop doing the worker's Redis commands with no engine.
+async fn floor_worker(
+    url: String,
+    circle: CirclePublicKey,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let cfg = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
+    let mut conn =
+        redis::aio::ConnectionManager::new_with_config(client.clone(), cfg.clone()).await?;
+    let mut blocking = redis::aio::ConnectionManager::new_with_config(client, cfg).await?;
+    let queue = TaskQueue::new(circle, Some(Duration::from_secs(3600)));
+    loop {
+        let id = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            id = queue.take(&mut blocking, Duration::from_secs(1)) => id?,
+        };
+        let Some(id) = id else { continue };
+        let outcome = match queue.load(&mut conn, &id).await? {
+            Taken::Task(_) => TaskOutcome::Completed {
+                output: "42".into(),
+            },
+            Taken::Broken(error) => TaskOutcome::Error { error },
+        };
+        queue.finish(&mut conn, &id, &outcome).await?;
+    }
+}
+
+/// Resident set size of a process, in KiB (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
