@@ -12,6 +12,7 @@
 //! with backoff; readiness is announced with `sd_notify` (`READY=1`) after
 //! the worker is registered and its heartbeat key written.
 
+pub mod cli;
 pub mod engine;
 pub mod queue;
 mod run;

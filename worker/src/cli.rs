@@ -1,0 +1,149 @@
+//! The worker's command line, shared by the `worker` binary and the
+//! launcher's built-in worker (`launcher run-worker …`), so a launcher built
+//! alone can still run circles.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use circles_dispatcher::CirclePublicKey;
+use circles_dispatcher::protocol::{
+    DEFAULT_REDIS_URL, DEFAULT_TASK_RETENTION_SECS, ENV_LAUNCHER_PID, ENV_PRESERVE_TASKS, env_flag,
+};
+use clap::Parser;
+
+use crate::{Limits, WorkerConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "worker",
+    version,
+    about = "Run Rhai scripts from one circle's Redis queue against its own database"
+)]
+pub struct WorkerArgs {
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// The circle's secp256k1 public key (hex, compressed or uncompressed).
+    #[arg(long)]
+    pub circle_public_key: String,
+    /// Directory of the circle database (`circle_db_<pk>.redb`).
+    #[arg(long, default_value = "launch_data")]
+    pub db_path: PathBuf,
+    /// Rhai operations allowed per task (0 = unlimited).
+    #[arg(long, default_value_t = Limits::default().max_operations)]
+    pub max_operations: u64,
+    /// Nested function calls allowed.
+    #[arg(long, default_value_t = Limits::default().max_call_levels)]
+    pub max_call_levels: usize,
+    /// Largest string a script may build, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_string_size)]
+    pub max_string_size: usize,
+    /// Largest array a script may build.
+    #[arg(long, default_value_t = Limits::default().max_array_size)]
+    pub max_array_size: usize,
+    /// Largest object map a script may build.
+    #[arg(long, default_value_t = Limits::default().max_map_size)]
+    pub max_map_size: usize,
+    /// Wall time per task in seconds (a task's own timeout may lower it).
+    #[arg(long, default_value_t = Limits::default().max_wall_time.as_secs_f64())]
+    pub max_wall_time_secs: f64,
+    /// How long finished tasks are kept in Redis, in seconds (ignored with PRESERVE_TASKS).
+    #[arg(long, default_value_t = DEFAULT_TASK_RETENTION_SECS)]
+    pub task_retention_secs: u64,
+    /// Seconds between heartbeat refreshes.
+    #[arg(long, default_value_t = 2.0)]
+    pub heartbeat_interval_secs: f64,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Runs a worker with these arguments until SIGTERM/SIGINT; the exit code
+/// says how it ended (2: bad arguments, 1: could not run).
+pub fn main_with(cli: WorkerArgs) -> ExitCode {
+    init_logging(cli.verbose);
+    let circle = match CirclePublicKey::parse(&cli.circle_public_key) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !(cli.max_wall_time_secs > 0.0 && cli.heartbeat_interval_secs > 0.0) {
+        eprintln!("error: --max-wall-time-secs and --heartbeat-interval-secs must be positive");
+        return ExitCode::from(2);
+    }
+    let preserve_tasks = env_flag(ENV_PRESERVE_TASKS);
+    let config = WorkerConfig {
+        redis_url: cli.redis_url,
+        circle,
+        db_dir: cli.db_path,
+        limits: Limits {
+            max_operations: cli.max_operations,
+            max_call_levels: cli.max_call_levels,
+            max_string_size: cli.max_string_size,
+            max_array_size: cli.max_array_size,
+            max_map_size: cli.max_map_size,
+            max_wall_time: Duration::from_secs_f64(cli.max_wall_time_secs),
+        },
+        retention: (!preserve_tasks).then(|| Duration::from_secs(cli.task_retention_secs)),
+        preserve_tasks,
+        heartbeat_interval: Duration::from_secs_f64(cli.heartbeat_interval_secs),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(crate::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Resolves on SIGTERM, SIGINT, or when the launcher that spawned us is gone
+/// (its PID is in `CIRCLES_LAUNCHER_PID` and we were reparented).
+async fn shutdown_signal() {
+    let launcher_pid: Option<u32> = std::env::var(ENV_LAUNCHER_PID)
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let orphaned = async move {
+        let Some(pid) = launcher_pid else {
+            return std::future::pending().await;
+        };
+        loop {
+            if std::os::unix::process::parent_id() != pid {
+                tracing::warn!(launcher_pid = pid, "launcher is gone; stopping");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = orphaned => {}
+    }
+}
