@@ -16,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use circles_dispatcher::{CirclePublicKey, DispatchError};
@@ -266,6 +267,13 @@ fn parse_pubkey(text: &str) -> Result<CirclePublicKey, RpcError> {
 
 /// Runs a script on the circle through the dispatcher and maps the outcome
 /// to JSON-RPC.
+///
+/// The play timeout is kept by a local timer as well as by the dispatcher's
+/// `BLPOP`: Redis only checks blocked clients' timeouts a few times a second,
+/// so without the timer an answer could come up to ~100 ms late, and a
+/// script cut off by the worker's wall-time limit (which is the same
+/// timeout) would usually win the race and come back as `-32000` rather
+/// than as the timeout it is.
 async fn play(
     shared: Arc<Shared>,
     circle: CirclePublicKey,
@@ -273,11 +281,41 @@ async fn play(
     params: PlayParams,
 ) -> Result<Value, RpcError> {
     let mut grace_over = shared.grace_over.clone();
-    let run = shared
-        .dispatcher
-        .run_as(&circle, &params.script, shared.play_timeout, &caller_id);
+    let timeout = shared.play_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let dispatcher = &shared.dispatcher;
+    let run = async {
+        let task_id = match tokio::time::timeout_at(
+            deadline,
+            dispatcher.submit_as(&circle, &params.script, timeout, &caller_id),
+        )
+        .await
+        {
+            Ok(Ok(task_id)) => task_id,
+            Ok(Err(error)) => return play_outcome(Err(error), timeout),
+            Err(_) => {
+                return Err(RpcError::new(
+                    code::TIMEOUT,
+                    format!(
+                        "Redis did not accept the task within {}s",
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        };
+        tracing::debug!(%task_id, %caller_id, "play submitted");
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome =
+            tokio::time::timeout_at(deadline, dispatcher.await_result(&task_id, remaining))
+                .await
+                .unwrap_or(Err(DispatchError::Timeout {
+                    task_id,
+                    waited: timeout,
+                }));
+        play_outcome(outcome, timeout)
+    };
     tokio::select! {
-        outcome = run => play_outcome(outcome),
+        outcome = run => outcome,
         () = grace_over.raised() => Err(RpcError::new(
             code::INTERNAL_ERROR,
             "the server shut down before the script finished; it was queued and may still run",
@@ -285,7 +323,12 @@ async fn play(
     }
 }
 
-fn play_outcome(outcome: Result<String, DispatchError>) -> Result<Value, RpcError> {
+/// Maps a dispatcher outcome to JSON-RPC; `timeout` is the play timeout the
+/// client waited (the dispatcher's own figure may be the remainder of it).
+fn play_outcome(
+    outcome: Result<String, DispatchError>,
+    timeout: Duration,
+) -> Result<Value, RpcError> {
     match outcome {
         Ok(output) => Ok(Value::String(output)),
         Err(DispatchError::ScriptError { task_id, message }) => {
@@ -293,11 +336,11 @@ fn play_outcome(outcome: Result<String, DispatchError>) -> Result<Value, RpcErro
             Err(RpcError::new(code::EXECUTION_ERROR, message.clone())
                 .with_data(Value::String(message)))
         }
-        Err(DispatchError::Timeout { task_id, waited }) => Err(RpcError::new(
+        Err(DispatchError::Timeout { task_id, .. }) => Err(RpcError::new(
             code::TIMEOUT,
             format!(
                 "no result within {}s (task {task_id} stays queued and may still run)",
-                waited.as_secs_f64()
+                timeout.as_secs_f64()
             ),
         )
         .with_data(json!({ "task_id": task_id.to_string() }))),
@@ -315,35 +358,43 @@ fn play_outcome(outcome: Result<String, DispatchError>) -> Result<Value, RpcErro
 mod tests {
     use super::*;
     use circles_dispatcher::TaskId;
-    use std::time::Duration;
+
+    const T: Duration = Duration::from_secs(2);
 
     #[test]
     fn dispatch_outcomes_map_to_the_spec_codes() {
-        assert_eq!(play_outcome(Ok("42".into())), Ok(json!("42")));
+        assert_eq!(play_outcome(Ok("42".into()), T), Ok(json!("42")));
 
-        let err = play_outcome(Err(DispatchError::ScriptError {
-            task_id: TaskId::new(),
-            message: "Variable not found: x".into(),
-        }))
+        let err = play_outcome(
+            Err(DispatchError::ScriptError {
+                task_id: TaskId::new(),
+                message: "Variable not found: x".into(),
+            }),
+            T,
+        )
         .unwrap_err();
         assert_eq!(err.code, code::EXECUTION_ERROR);
         assert_eq!(err.message, "Variable not found: x");
         assert_eq!(err.data, Some(json!("Variable not found: x")));
 
         let task_id = TaskId::new();
-        let err = play_outcome(Err(DispatchError::Timeout {
-            task_id,
-            waited: Duration::from_secs(2),
-        }))
+        let err = play_outcome(
+            Err(DispatchError::Timeout {
+                task_id,
+                waited: Duration::from_millis(1998),
+            }),
+            T,
+        )
         .unwrap_err();
         assert_eq!(err.code, code::TIMEOUT);
-        assert!(err.message.contains("2s"), "{}", err.message);
+        // The play timeout, not whatever remainder the dispatcher waited.
+        assert!(err.message.contains("within 2s"), "{}", err.message);
         assert_eq!(err.data, Some(json!({ "task_id": task_id.to_string() })));
 
-        let err = play_outcome(Err(DispatchError::EmptyScript)).unwrap_err();
+        let err = play_outcome(Err(DispatchError::EmptyScript), T).unwrap_err();
         assert_eq!(err.code, code::INVALID_PARAMS);
 
-        let err = play_outcome(Err(DispatchError::TaskNotFound(TaskId::new()))).unwrap_err();
+        let err = play_outcome(Err(DispatchError::TaskNotFound(TaskId::new())), T).unwrap_err();
         assert_eq!(err.code, code::INTERNAL_ERROR);
     }
 }
