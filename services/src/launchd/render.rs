@@ -1,0 +1,142 @@
+//! Rendering a [`ServiceSpec`] into a launchd property list.
+//!
+//! The template is parsed with the `plist` crate and the fields we own are set
+//! as typed values, then the whole dictionary is serialized as XML: no string
+//! is ever pasted into XML by hand, so an argument with `<`, `&` or quotes
+//! cannot corrupt the file. Keys of the template we do not own
+//! (`ProcessType`, `ExitTimeOut`, ...) are kept after ours.
+
+use plist::{Dictionary, Value};
+
+use crate::error::ServiceError;
+use crate::spec::ServiceSpec;
+use crate::templates::Templates;
+
+/// Our marker key: a plist with our label but without this key was not written
+/// by circles and is never overwritten. It holds the description and the
+/// fingerprint, so a new binary changes the file.
+pub const MANAGED_KEY: &str = "TfOurworldCirclesManaged";
+
+/// The note stored under [`MANAGED_KEY`].
+pub const MANAGED_NOTE: &str = "Managed by circles launcher — do not edit; changes are overwritten";
+
+/// The keys the renderer owns; template values for them are replaced.
+pub const OWNED_KEYS: [&str; 11] = [
+    "Label",
+    "ProgramArguments",
+    "EnvironmentVariables",
+    "WorkingDirectory",
+    "RunAtLoad",
+    "KeepAlive",
+    "ThrottleInterval",
+    "StandardOutPath",
+    "StandardErrorPath",
+    MANAGED_KEY,
+    // launchd would run `Program` instead of ProgramArguments[0].
+    "Program",
+];
+
+/// Whether `contents` (an installed plist) was written by us.
+pub fn is_ours(contents: &str) -> bool {
+    Value::from_reader_xml(contents.as_bytes())
+        .ok()
+        .and_then(Value::into_dictionary)
+        .is_some_and(|d| d.contains_key(MANAGED_KEY))
+}
+
+/// `<log_dir>/<name>.out.log` and `.err.log`.
+pub fn log_paths(spec: &ServiceSpec) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        spec.log_dir.join(format!("{}.out.log", spec.name)),
+        spec.log_dir.join(format!("{}.err.log", spec.name)),
+    )
+}
+
+/// Renders the plist for `spec` from `templates`, as XML text.
+pub fn render_plist(spec: &ServiceSpec, templates: &Templates) -> Result<String, ServiceError> {
+    spec.validate()?;
+    check_xml_text(spec)?;
+    let template = templates.launchd(spec.template);
+    let template_error = |reason: String| ServiceError::Template {
+        template: template.origin.clone(),
+        reason,
+    };
+    let parsed = Value::from_reader_xml(template.text.as_bytes())
+        .map_err(|e| template_error(format!("not a valid XML plist: {e}")))?;
+    let Some(template_dict) = parsed.into_dictionary() else {
+        return Err(template_error("the top-level value is not a <dict>".into()));
+    };
+
+    let text = |s: &str| Value::String(s.to_string());
+    let path = |p: &std::path::Path| Value::String(p.to_str().expect("validated").to_string());
+    let (out_log, err_log) = log_paths(spec);
+
+    let mut dict = Dictionary::new();
+    dict.insert("Label".into(), text(spec.name.as_str()));
+    let mut argv = vec![path(&spec.program)];
+    argv.extend(spec.args.iter().map(|a| text(a)));
+    dict.insert("ProgramArguments".into(), Value::Array(argv));
+    if !spec.env.is_empty() {
+        let env: Dictionary = spec.env.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+        dict.insert("EnvironmentVariables".into(), Value::Dictionary(env));
+    }
+    dict.insert("WorkingDirectory".into(), path(&spec.working_directory));
+    dict.insert("RunAtLoad".into(), Value::Boolean(true));
+    dict.insert("KeepAlive".into(), Value::Boolean(true));
+    dict.insert(
+        "ThrottleInterval".into(),
+        Value::Integer(spec.restart.restart_sec.into()),
+    );
+    dict.insert("StandardOutPath".into(), path(&out_log));
+    dict.insert("StandardErrorPath".into(), path(&err_log));
+
+    let mut managed = Dictionary::new();
+    managed.insert("Note".into(), text(MANAGED_NOTE));
+    managed.insert("Description".into(), text(&spec.description));
+    let fingerprint: Dictionary = spec
+        .fingerprint
+        .iter()
+        .map(|(k, v)| (k.clone(), text(v)))
+        .collect();
+    managed.insert("Fingerprint".into(), Value::Dictionary(fingerprint));
+    dict.insert(MANAGED_KEY.into(), Value::Dictionary(managed));
+
+    for (key, value) in template_dict {
+        if !OWNED_KEYS.contains(&key.as_str()) {
+            dict.insert(key, value);
+        }
+    }
+
+    let mut xml = Vec::new();
+    Value::Dictionary(dict)
+        .to_writer_xml(&mut xml)
+        .map_err(|source| ServiceError::Plist {
+            name: spec.name.clone(),
+            source,
+        })?;
+    let mut xml = String::from_utf8(xml).expect("the plist crate writes UTF-8");
+    xml.push('\n');
+    Ok(xml)
+}
+
+/// XML 1.0 cannot carry control characters other than tab, newline and
+/// carriage return, not even escaped, so such text cannot go into a plist.
+fn check_xml_text(spec: &ServiceSpec) -> Result<(), ServiceError> {
+    let bad = |s: &str| {
+        s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    };
+    let offending = spec
+        .args
+        .iter()
+        .map(|a| ("argument", a))
+        .chain(spec.env.values().map(|v| ("environment value", v)))
+        .find(|(_, s)| bad(s));
+    match offending {
+        Some((what, value)) => Err(ServiceError::InvalidSpec {
+            name: spec.name.clone(),
+            reason: format!("the {what} {value:?} has control characters a plist cannot hold"),
+        }),
+        None => Ok(()),
+    }
+}

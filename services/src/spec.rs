@@ -1,0 +1,227 @@
+//! What the launcher asks for: generic, backend-neutral service descriptions.
+//!
+//! A [`ServiceSpec`] is plain data with every path absolute, so rendering it
+//! is a pure function and the same spec renders to the same file on every
+//! run. [`ServiceSpec::validate`] rejects, before anything is written, the
+//! values no backend can carry faithfully (relative paths, NUL bytes,
+//! multi-line descriptions, invalid environment names).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::ServiceError;
+use crate::name::ServiceName;
+
+/// Which template a service is rendered from: `service_templates/<backend>/`
+/// `circle-worker.*` or `circle-ws-server.*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceTemplate {
+    /// A circle's worker process.
+    Worker,
+    /// The WebSocket server shared by all circles.
+    WsServer,
+}
+
+impl ServiceTemplate {
+    /// Every template, for loading and listing.
+    pub const ALL: [ServiceTemplate; 2] = [ServiceTemplate::Worker, ServiceTemplate::WsServer];
+
+    /// The template's file stem under `service_templates/<backend>/`.
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            ServiceTemplate::Worker => "circle-worker",
+            ServiceTemplate::WsServer => "circle-ws-server",
+        }
+    }
+}
+
+/// How the service manager restarts a service that exits.
+///
+/// Services always restart; these numbers bound how fast and how often, so a
+/// service that cannot start (bad configuration, missing binary) ends up
+/// `failed` instead of looping forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RestartPolicy {
+    /// Seconds between an exit and the restart (systemd `RestartSec=`, launchd
+    /// `ThrottleInterval`).
+    pub restart_sec: u32,
+    /// Window for counting starts (systemd `StartLimitIntervalSec=`).
+    pub start_limit_interval_sec: u32,
+    /// Starts allowed within the window before systemd gives up
+    /// (`StartLimitBurst=`).
+    pub start_limit_burst: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            restart_sec: 2,
+            start_limit_interval_sec: 60,
+            start_limit_burst: 5,
+        }
+    }
+}
+
+/// One service to install. Pure data; every path absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Unit name / launchd label.
+    pub name: ServiceName,
+    /// Which template to render.
+    pub template: ServiceTemplate,
+    /// One line shown by `systemctl status`.
+    pub description: String,
+    /// Absolute path of the binary.
+    pub program: PathBuf,
+    /// Arguments after the program; any text, quoted by the renderer.
+    pub args: Vec<String>,
+    /// Environment of the process.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the process.
+    pub working_directory: PathBuf,
+    /// Paths the service may write to (systemd `ReadWritePaths=`; the rest of
+    /// the file system is read-only under `ProtectSystem=strict`). They must
+    /// exist when the service starts.
+    pub read_write_paths: Vec<PathBuf>,
+    /// launchd writes `<log_dir>/<name>.out.log` and `.err.log` here; systemd
+    /// logs to the journal and ignores it.
+    pub log_dir: PathBuf,
+    /// The program tells the service manager it is ready (systemd
+    /// `Type=notify` with `READY=1`), so a start completes only then.
+    pub notify_ready: bool,
+    /// Restart timing.
+    pub restart: RestartPolicy,
+    /// Rendered into the file (comments in a unit, a dict in a plist) so that
+    /// a change to, say, the binary's hash changes the file and the service is
+    /// restarted by the next apply. Keys `[A-Za-z0-9._-]+`, one-line values.
+    pub fingerprint: BTreeMap<String, String>,
+}
+
+impl ServiceSpec {
+    /// Checks what every backend needs; see the module docs.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        let invalid = |reason: String| ServiceError::InvalidSpec {
+            name: self.name.clone(),
+            reason,
+        };
+        check_path("program", &self.program).map_err(invalid)?;
+        check_path("working directory", &self.working_directory).map_err(invalid)?;
+        check_path("log directory", &self.log_dir).map_err(invalid)?;
+        for path in &self.read_write_paths {
+            check_path("read-write path", path).map_err(invalid)?;
+        }
+        if self.description.trim().is_empty() {
+            return Err(invalid("the description is empty".into()));
+        }
+        if self.description.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "the description {:?} must be one line without control characters",
+                self.description
+            )));
+        }
+        for arg in &self.args {
+            if arg.contains('\0') {
+                return Err(invalid(format!("argument {arg:?} contains a NUL byte")));
+            }
+        }
+        for (key, value) in &self.env {
+            let mut chars = key.chars();
+            let valid_key = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_key {
+                return Err(invalid(format!(
+                    "environment variable name {key:?} is not [A-Za-z_][A-Za-z0-9_]*"
+                )));
+            }
+            if value.contains('\0') {
+                return Err(invalid(format!(
+                    "environment variable {key} contains a NUL byte"
+                )));
+            }
+        }
+        for (key, value) in &self.fingerprint {
+            let valid_key = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid_key {
+                return Err(invalid(format!(
+                    "fingerprint key {key:?} is not [A-Za-z0-9._-]+"
+                )));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(invalid(format!(
+                    "fingerprint value for {key} must be one line"
+                )));
+            }
+        }
+        if self.restart.start_limit_burst == 0 {
+            return Err(invalid("start_limit_burst must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A path that can go into a unit file or plist as it is: absolute, UTF-8,
+/// no control characters (a newline would end the unit-file line).
+fn check_path(what: &str, path: &Path) -> Result<(), String> {
+    let Some(text) = path.to_str() else {
+        return Err(format!("the {what} {} is not UTF-8", path.display()));
+    };
+    if !path.is_absolute() {
+        return Err(format!("the {what} {text:?} is not an absolute path"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("the {what} {text:?} contains control characters"));
+    }
+    if text.ends_with(char::is_whitespace) || text.ends_with('\\') {
+        // Unit-file parsers strip trailing whitespace and treat a final `\` as
+        // a line continuation, so such a path cannot round-trip.
+        return Err(format!(
+            "the {what} {text:?} ends in whitespace or a backslash"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether services belong to the whole system or to the calling user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceScope {
+    /// `/etc/systemd/system`, `/Library/LaunchDaemons`; needs root.
+    System,
+    /// `~/.config/systemd/user`, `~/Library/LaunchAgents`.
+    User,
+}
+
+impl fmt::Display for ServiceScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceScope::System => "system",
+            ServiceScope::User => "user",
+        })
+    }
+}
+
+/// Which service manager a backend drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// systemd over D-Bus (Linux).
+    Systemd,
+    /// launchd through `launchctl` (macOS).
+    Launchd,
+    /// The `service-manager` crate, for every other platform.
+    Fallback,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Systemd => "systemd",
+            BackendKind::Launchd => "launchd",
+            BackendKind::Fallback => "fallback",
+        })
+    }
+}
