@@ -1,11 +1,11 @@
 //! The slice of systemd's D-Bus API we use (`org.freedesktop.systemd1(5)`),
 //! plus connecting the way `systemctl` does.
 //!
-//! Proxies are built without a property cache: the cache would subscribe to
-//! `PropertiesChanged` through the bus daemon, which the private socket does
-//! not have, and every read we do wants the current value anyway.
+//! Proxies are built without a property cache: every read we do wants the
+//! current value, and the cache would cost a `PropertiesChanged` subscription
+//! per proxy.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath};
@@ -158,40 +158,26 @@ pub(crate) fn is_no_such_unit(err: &zbus::Error) -> bool {
         if name.as_str().ends_with(".NoSuchUnit") || name.as_str().ends_with(".UnitNotLoaded"))
 }
 
-/// Connects to the manager for `scope` like `systemctl` does: the manager's
-/// private socket when we may use it (no bus daemon needed), else the bus.
+/// Connects to the bus that carries the manager for `scope`: the system bus,
+/// or the user's session bus (`$DBUS_SESSION_BUS_ADDRESS`, else
+/// `$XDG_RUNTIME_DIR/bus`, which `dbus-user-session` provides).
+///
+/// Why not the managers' private sockets (`/run/systemd/private`,
+/// `$XDG_RUNTIME_DIR/systemd/private`) as `systemctl` uses them: on those
+/// peer-to-peer connections systemd puts its well-known name
+/// `org.freedesktop.systemd1` in the sender field, and zbus 6 rejects any
+/// message whose sender is not a unique name (`:1.42`), so the first reply
+/// already fails.
 pub(crate) async fn connect(
     scope: ServiceScope,
-    euid: u32,
     runtime_dir: &Path,
     session_bus_address: Option<&str>,
 ) -> Result<Connection, ServiceError> {
-    let private: Option<PathBuf> = match scope {
-        // Only root may talk to PID 1's private socket.
-        ServiceScope::System => (euid == 0).then(|| PathBuf::from("/run/systemd/private")),
-        ServiceScope::User => Some(runtime_dir.join("systemd/private")),
-    };
-    let mut tried = Vec::new();
-    let mut last_error = None;
-    if let Some(socket) = private.filter(|p| p.exists()) {
-        let address = format!("unix:path={}", socket.display());
-        match zbus::connection::Builder::address(address.as_str())
-            .p2p()
-            .build()
-            .await
-        {
-            Ok(conn) => return Ok(conn),
-            Err(e) => {
-                tracing::debug!("private systemd socket {address}: {e}");
-                tried.push(address);
-                last_error = Some(e);
-            }
-        }
-    }
     let (builder, address) = match scope {
         ServiceScope::System => (
             zbus::connection::Builder::system(),
-            "the system bus".to_string(),
+            std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+                .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".into()),
         ),
         ServiceScope::User => {
             let address = session_bus_address
@@ -203,21 +189,12 @@ pub(crate) async fn connect(
             )
         }
     };
-    tried.push(address);
-    match builder.build().await {
-        Ok(conn) => Ok(conn),
-        Err(e) => Err(ServiceError::Connect {
+    builder
+        .build()
+        .await
+        .map_err(|source| ServiceError::Connect {
             scope,
-            address: tried.join(" or "),
-            // Both failed: the private socket's error is usually the telling
-            // one (permission, refused), so report it and log the other.
-            source: match last_error {
-                Some(private_error) => {
-                    tracing::debug!("bus connection failed too: {e}");
-                    private_error
-                }
-                None => e,
-            },
-        }),
-    }
+            address,
+            source,
+        })
 }

@@ -144,14 +144,12 @@ impl SystemdBackend {
         &self.unit_dir
     }
 
-    /// The D-Bus connection, made on first use (the private socket, as
-    /// `systemctl` does, else the bus) and subscribed to job signals.
+    /// The D-Bus connection, made on first use and subscribed to job signals.
     pub async fn connection(&self) -> Result<&Connection, ServiceError> {
         self.conn
             .get_or_try_init(|| async {
                 let conn = dbus::connect(
                     self.scope,
-                    self.host.euid,
                     &self.host.runtime_dir(),
                     self.host.dbus_session_bus_address.as_deref(),
                 )

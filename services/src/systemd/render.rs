@@ -42,13 +42,24 @@ pub fn render_unit(
     templates: &Templates,
 ) -> Result<String, ServiceError> {
     spec.validate()?;
+    let program = path_text(&spec.program);
+    if program.contains(['"', '\'', '\\', '\x7f']) {
+        // systemd refuses such an ExecStart= ("Executable name contains
+        // special characters"), however it is quoted.
+        return Err(ServiceError::InvalidSpec {
+            name: spec.name.clone(),
+            reason: format!(
+                "systemd cannot run a program whose path contains quotes or backslashes: {program:?}"
+            ),
+        });
+    }
     let template = templates.systemd(spec.template);
     let template_error = |reason: String| ServiceError::Template {
         template: template.origin.clone(),
         reason,
     };
 
-    let exec_start = std::iter::once(quote_word(path_text(&spec.program), false))
+    let exec_start = std::iter::once(quote_word(program, false))
         .chain(spec.args.iter().map(|a| quote_word(a, true)))
         .collect::<Vec<_>>()
         .join(" ");
