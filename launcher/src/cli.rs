@@ -1,0 +1,146 @@
+//! The launcher's command line, as clap structs that do no I/O. The
+//! [`crate::settings`] module turns them into validated settings.
+
+use std::path::PathBuf;
+
+use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS};
+use clap::{Args, Parser, Subcommand};
+
+/// Default data directory: circle databases, generated keys, rendered
+/// service files, logs.
+pub const DEFAULT_DATA_DIR: &str = "launch_data";
+/// Default config file when no circle is given.
+pub const DEFAULT_CONFIG_FILE: &str = "circles.json";
+
+/// Bring circles up: their workers and one WebSocket server, as child
+/// processes or as systemd/launchd services.
+#[derive(Parser, Debug)]
+#[command(
+    name = "launcher",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  launcher -c 02abc…:scripts/ourworld.rhai\n  launcher examples/circles.json\n  launcher --use-service-manager --worker-binary target/release/worker -c 02abc…\n  launcher status --json\n  launcher cleanup"
+)]
+pub struct Cli {
+    /// What to do; without a subcommand, launch circles.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Launch options.
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+    /// Options every subcommand takes.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Options shared by launching and the subcommands.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Redis URL.
+    #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// Data directory (databases, keys, service files, logs).
+    #[arg(long, global = true, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Debug logging (same as -v).
+    #[arg(short, long, global = true)]
+    pub debug: bool,
+    /// More logging; repeat for more (-vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Use system services (default when root).
+    #[arg(long, global = true, conflicts_with = "user")]
+    pub system: bool,
+    /// Use per-user services (default when not root).
+    #[arg(long, global = true)]
+    pub user: bool,
+    /// Service templates directory overriding the built-in ones.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub templates_dir: Option<PathBuf>,
+}
+
+/// Options of the launch itself.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LaunchArgs {
+    /// A circle: `public_key[:init_script.rhai]`. Repeatable.
+    #[arg(short = 'c', long = "circle", value_name = "PK[:SCRIPT]")]
+    pub circles: Vec<String>,
+    /// circles.json (array of {name, port, script_path}); default ./circles.json when no circle is given.
+    #[arg(long = "config", value_name = "FILE", conflicts_with = "circles")]
+    pub config_flag: Option<PathBuf>,
+    /// circles.json given as a plain argument.
+    #[arg(value_name = "CIRCLES_JSON", conflicts_with_all = ["circles", "config_flag"])]
+    pub config: Option<PathBuf>,
+    /// WebSocket server port.
+    #[arg(short, long, default_value_t = circles_server::DEFAULT_PORT)]
+    pub port: u16,
+    /// WebSocket server address.
+    #[arg(long, default_value = circles_server::DEFAULT_HOST)]
+    pub host: String,
+    /// Require WebSocket authentication.
+    #[arg(long)]
+    pub enable_auth: bool,
+    /// Install the circles as systemd/launchd services instead of child processes.
+    #[arg(long)]
+    pub use_service_manager: bool,
+    /// Worker executable (required with --use-service-manager; default: `worker` next to the launcher, then on PATH, then the launcher's built-in worker).
+    #[arg(long, value_name = "PATH")]
+    pub worker_binary: Option<PathBuf>,
+    /// WebSocket server executable for the service (default: `server` next to the worker binary or the launcher, then on PATH, then the launcher's built-in server).
+    #[arg(long, value_name = "PATH")]
+    pub server_binary: Option<PathBuf>,
+    /// Print the service files and actions, change nothing.
+    #[arg(long, requires = "use_service_manager")]
+    pub dry_run: bool,
+    /// Seconds to wait for each init script's result.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_TIMEOUT_SECS)]
+    pub init_timeout: u64,
+    /// Do not start a private redis-server when nothing answers at a local Redis URL.
+    #[arg(long)]
+    pub no_redis_autostart: bool,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stop, disable and delete every circle service (everything named tf.ourworld.circles.*).
+    Cleanup {
+        /// Print what was removed as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every installed circle service: state, PID, restarts, last exit, queue, heartbeat.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a circle's worker logs (or `server` for the WebSocket server).
+    Logs {
+        /// Circle public key, or `server`.
+        circle: String,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print a fresh circle keypair.
+    Keygen {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a worker (the launcher's built-in worker; same options as `worker`).
+    #[command(hide = true)]
+    RunWorker(circles_worker::cli::WorkerArgs),
+}
+
+impl CommonArgs {
+    /// The tracing filter these flags ask for.
+    pub fn log_level(&self) -> &'static str {
+        match (self.verbose, self.debug) {
+            (0, false) => "info",
+            (0, true) | (1, _) => "debug",
+            _ => "trace",
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Errors of the launcher library. Each names the object at fault; the
+//! validation ones are raised before anything is started or written.
+
+use std::path::PathBuf;
+
+use circles_dispatcher::InvalidKey;
+
+/// Everything the launcher can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A circle key is not a secp256k1 public key.
+    #[error(transparent)]
+    InvalidKey(#[from] InvalidKey),
+    /// `--use-service-manager` without `--worker-binary`.
+    #[error("worker binary path required: --use-service-manager needs --worker-binary PATH (e.g. --worker-binary target/release/worker)")]
+    WorkerBinaryRequired,
+    /// A binary that is not there or cannot be run.
+    #[error("{what} binary {path} {problem}")]
+    Binary {
+        /// "worker" or "server".
+        what: &'static str,
+        /// The path given or found.
+        path: PathBuf,
+        /// "does not exist", "is not executable", ...
+        problem: String,
+    },
+    /// An init script that cannot be read.
+    #[error("failed to read init script {path} for circle {circle}: {source}")]
+    InitScript {
+        /// The circle it belongs to.
+        circle: String,
+        /// The script path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The same circle given twice.
+    #[error("circle {key} is given more than once")]
+    DuplicateCircle {
+        /// The canonical key.
+        key: String,
+    },
+    /// Two listeners on one port.
+    #[error("port {port} is assigned twice ({first} and {second})")]
+    DuplicatePort {
+        /// The port.
+        port: u16,
+        /// Its first user.
+        first: String,
+        /// Its second user.
+        second: String,
+    },
+    /// A port something else already listens on.
+    #[error("port {port} is already in use on {host} (needed for {purpose}); stop what uses it or pick another port")]
+    PortInUse {
+        /// Host part.
+        host: String,
+        /// The port.
+        port: u16,
+        /// What we wanted it for.
+        purpose: String,
+    },
+    /// Nothing answers at the Redis URL (and we will not start one).
+    #[error("Redis unreachable at {url}: {reason}")]
+    RedisUnreachable {
+        /// The URL.
+        url: String,
+        /// Why, with a hint.
+        reason: String,
+    },
+    /// No circles to launch.
+    #[error("no circles given: pass -c PUBLIC_KEY[:init.rhai] (see `launcher keygen`), or a circles.json file; {DEFAULT_HINT}")]
+    NoCircles,
+    /// A circles.json that cannot be used.
+    #[error("circles config {path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A generated key that cannot be stored or read back.
+    #[error("circle key file {path}: {message}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The data directory cannot be created or written.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A worker never became ready.
+    #[error("worker for circle {circle} did not become ready: {reason}")]
+    WorkerNotReady {
+        /// The circle.
+        circle: String,
+        /// Why (exit status, timeout, last log lines).
+        reason: String,
+    },
+    /// A private redis-server could not be started.
+    #[error("could not start a private redis-server: {0}")]
+    LocalRedis(String),
+    /// The WebSocket server failed.
+    #[error(transparent)]
+    Server(#[from] circles_server::ServerError),
+    /// The service manager refused or failed.
+    #[error(transparent)]
+    Service(#[from] circles_services::ServiceError),
+    /// A dispatcher error outside a task outcome.
+    #[error(transparent)]
+    Dispatch(#[from] circles_dispatcher::DispatchError),
+    /// A Redis command failed.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Other I/O.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+const DEFAULT_HINT: &str = "no ./circles.json found either";
+
+impl LaunchError {
+    /// An I/O error while doing `what`.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { what: what.into(), source }
+    }
+}

@@ -1,0 +1,107 @@
+//! `launcher`: parse flags, set up logging, hand over to the library.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use circles_dispatcher::CircleKeypair;
+use circles_launcher::cli::{Cli, Command};
+use circles_launcher::direct::DirectLaunch;
+use circles_launcher::settings::{LaunchSettings, resolve_worker_program};
+use circles_launcher::{service_mode, status};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The built-in worker sets up its own logging and runtime.
+    if let Some(Command::RunWorker(args)) = cli.command {
+        return circles_worker::cli::main_with(args);
+    }
+    init_logging(cli.common.log_level());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = cli.common;
+    match cli.command {
+        Some(Command::Keygen { json }) => {
+            let pair = CircleKeypair::generate();
+            let mut out = std::io::stdout().lock();
+            if json {
+                let v = serde_json::json!({"public_key": pair.public.to_hex(), "secret_key": pair.secret_hex()});
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "public key: {}\nsecret key: {}", pair.public, pair.secret_hex())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Cleanup { json }) => {
+            let removed = service_mode::cleanup(&common).await?;
+            service_mode::print_removed(&removed, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Status { json }) => {
+            let rows = service_mode::status_rows(&common).await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            } else if rows.is_empty() {
+                writeln!(out, "no circle services installed")?;
+            } else {
+                writeln!(out, "{}", status::render_table(&rows))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Logs { circle, follow }) => service_mode::logs(&common, &circle, follow).await,
+        Some(Command::RunWorker(_)) => unreachable!("handled before the runtime starts"),
+        None if cli.launch.use_service_manager => {
+            service_mode::launch(&cli.launch, &common).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let (settings, resolved) = LaunchSettings::resolve(&cli.launch, &common)?;
+            let worker = resolve_worker_program(cli.launch.worker_binary.as_deref())?;
+            let launch = DirectLaunch::start(settings, resolved, worker).await?;
+            tracing::info!("circles are up; Ctrl+C stops them");
+            launch.run_until(shutdown_signal(), true).await;
+            launch.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// `launcher status | head` must stay quiet when head closes the pipe.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Ctrl+C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl+C received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

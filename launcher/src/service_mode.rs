@@ -1,0 +1,439 @@
+//! Service mode: circles as systemd units or launchd jobs, left running.
+//!
+//! `launcher --use-service-manager --worker-binary PATH -c PK[:init.rhai]…`
+//! validates everything, renders one worker service per circle plus the one
+//! WebSocket server service, plans against what is installed (unchanged /
+//! update / create, refusing foreign files), applies the plan as one
+//! transaction (the services crate rolls back on failure), waits until each
+//! new or changed worker is ready, sends its init script, prints the status
+//! table and exits.
+//!
+//! The server service does not list the circles: it learns them from the
+//! workers' registration in Redis, so a later run that adds circles leaves it
+//! untouched and it serves old and new alike.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use circles_dispatcher::protocol::{ENV_PRESERVE_TASKS, ENV_RUST_LOG, task_queue_key, worker_heartbeat_key};
+use circles_dispatcher::{CirclePublicKey, DispatchError, Dispatcher, WorkerHeartbeat};
+use circles_services::{
+    BackendKind, Plan, PlannedAction, RestartPolicy, SERVICE_PREFIX, ServiceBackend, ServiceName, ServiceScope,
+    ServiceSpec, ServiceTemplate, Templates,
+};
+use sha2::{Digest, Sha256};
+
+use crate::cli::{CommonArgs, LaunchArgs};
+use crate::error::LaunchError;
+use crate::settings::{CircleSpec, LaunchSettings, check_binary, find_on_path};
+use crate::status::{StatusRow, render_table};
+
+/// Name prefix of worker services; the circle key follows.
+pub const WORKER_SERVICE_PREFIX: &str = "tf.ourworld.circles.circle-worker-";
+/// Name of the one WebSocket server service.
+pub const SERVER_SERVICE_NAME: &str = "tf.ourworld.circles.circle-ws-server";
+/// How long to wait for a worker's heartbeat where the service manager
+/// cannot tell readiness (launchd, fallback).
+const HEARTBEAT_WAIT: Duration = Duration::from_secs(30);
+
+/// `tf.ourworld.circles.circle-worker-<pk>`
+pub fn worker_service_name(key: &CirclePublicKey) -> ServiceName {
+    ServiceName::new(format!("{WORKER_SERVICE_PREFIX}{key}")).expect("a canonical key makes a valid name")
+}
+
+/// `tf.ourworld.circles.circle-ws-server`
+pub fn server_service_name() -> ServiceName {
+    ServiceName::new(SERVER_SERVICE_NAME).expect("valid name")
+}
+
+/// The circle key of a worker service name, if it is one.
+pub fn circle_of(name: &ServiceName) -> Option<CirclePublicKey> {
+    name.as_str().strip_prefix(WORKER_SERVICE_PREFIX)?.parse().ok()
+}
+
+/// The service backend for these flags (`--system`/`--user`, `--templates-dir`).
+pub async fn backend(common: &CommonArgs) -> Result<ServiceBackend, LaunchError> {
+    let scope = if common.system {
+        Some(ServiceScope::System)
+    } else if common.user {
+        Some(ServiceScope::User)
+    } else {
+        None
+    };
+    let templates = match &common.templates_dir {
+        Some(dir) => Templates::from_dir(dir)?,
+        None => Templates::embedded(),
+    };
+    Ok(ServiceBackend::detect(scope, templates).await?)
+}
+
+/// What one service-mode launch did.
+#[derive(Debug, Default)]
+pub struct LaunchReport {
+    /// Services installed by this run.
+    pub created: Vec<ServiceName>,
+    /// Services rewritten and restarted.
+    pub updated: Vec<ServiceName>,
+    /// Services left alone.
+    pub unchanged: Vec<ServiceName>,
+    /// Init scripts that failed: (circle name, message).
+    pub init_failures: Vec<(String, String)>,
+}
+
+/// The whole service-mode launch; see the module docs.
+pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchReport, LaunchError> {
+    // Validation first: nothing below touches the system until `apply`.
+    let worker_binary = args.worker_binary.as_deref().ok_or(LaunchError::WorkerBinaryRequired)?;
+    let worker_binary = check_binary("worker", worker_binary)?;
+    let server_binary = resolve_server_binary(args.server_binary.as_deref(), &worker_binary)?;
+    let (settings, resolved) = LaunchSettings::resolve_without_ports(args, common)?;
+    let backend = backend(common).await?;
+    tracing::info!("service manager: {}", backend.describe());
+    for missing in backend.unavailable_features() {
+        tracing::warn!("not available with {}: {missing}", backend.describe());
+    }
+    check_service_ports(&backend, &settings).await?;
+    if !args.dry_run {
+        crate::redis_local::check(&settings.redis_url, false).await?;
+    }
+    let specs = build_specs(&settings, &worker_binary, &server_binary)?;
+    let plan = backend.plan(&specs).await?;
+
+    if args.dry_run {
+        print_dry_run(&backend, &plan)?;
+        return Ok(LaunchReport::default());
+    }
+
+    resolved.persist_new_keys()?;
+    for dir in [settings.data_dir.clone(), settings.log_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|source| LaunchError::DataDir { path: dir, source })?;
+    }
+    let started = Instant::now();
+    let applied = backend.apply(&plan).await?;
+    tracing::info!(
+        created = applied.created.len(),
+        updated = applied.updated.len(),
+        unchanged = applied.unchanged.len(),
+        elapsed = ?started.elapsed(),
+        "services applied"
+    );
+
+    // Init scripts go to circles whose worker was (re)started by this run.
+    let touched: Vec<&CircleSpec> = settings
+        .circles
+        .iter()
+        .filter(|c| {
+            let name = worker_service_name(&c.key);
+            applied.created.contains(&name) || applied.updated.contains(&name)
+        })
+        .collect();
+    let dispatcher = Dispatcher::connect(&settings.redis_url, "launcher").await?;
+    if backend.kind() != BackendKind::Systemd {
+        // systemd's start job ends at READY=1; elsewhere, wait for the heartbeat.
+        for c in &touched {
+            wait_for_heartbeat(&dispatcher, &c.key, HEARTBEAT_WAIT).await?;
+        }
+    }
+    let mut init_failures = Vec::new();
+    let calls = touched.iter().filter_map(|c| {
+        let script = c.init_script.as_ref()?;
+        let d = dispatcher.clone();
+        Some(async move {
+            let result = d.run_as(&c.key, &script.source, settings.init_timeout, &c.key.to_hex()).await;
+            (c, result)
+        })
+    });
+    for (c, result) in futures_util::future::join_all(calls).await {
+        match result {
+            Ok(output) => tracing::info!(circle = %c.name, %output, "init script done"),
+            Err(e) => {
+                let msg = match e {
+                    DispatchError::ScriptError { message, .. } => message,
+                    e => e.to_string(),
+                };
+                tracing::error!(circle = %c.name, "init script failed: {msg}");
+                init_failures.push((c.name.clone(), msg));
+            }
+        }
+    }
+
+    let rows = gather_rows(&backend, Some(&dispatcher), &settings).await?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}: {} created, {} updated, {} unchanged",
+        backend.describe(),
+        applied.created.len(),
+        applied.updated.len(),
+        applied.unchanged.len()
+    );
+    let _ = writeln!(out, "{}", render_table(&rows));
+    Ok(LaunchReport { created: applied.created, updated: applied.updated, unchanged: applied.unchanged, init_failures })
+}
+
+/// Renders the worker and server services for these settings.
+pub fn build_specs(settings: &LaunchSettings, worker_binary: &Path, server_binary: &Path) -> Result<Vec<ServiceSpec>, LaunchError> {
+    let worker_hash = file_sha256(worker_binary)?;
+    let server_hash = file_sha256(server_binary)?;
+    let common_env = |extra: &[(&str, &str)]| {
+        let mut env = BTreeMap::from([(ENV_RUST_LOG.to_string(), settings.log_level.to_string())]);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    };
+    let mut specs = Vec::new();
+    for c in &settings.circles {
+        let init_hash = c.init_script.as_ref().map_or_else(|| "none".to_string(), |s| hex::encode(Sha256::digest(s.source.as_bytes())));
+        specs.push(ServiceSpec {
+            name: worker_service_name(&c.key),
+            template: ServiceTemplate::Worker,
+            description: format!("circles worker for {} ({})", c.name, c.key),
+            program: worker_binary.to_path_buf(),
+            args: vec![
+                "--redis-url".into(),
+                settings.redis_url.clone(),
+                "--circle-public-key".into(),
+                c.key.to_hex(),
+                "--db-path".into(),
+                settings.data_dir.to_string_lossy().into_owned(),
+            ],
+            // A restart must not fail the tasks queued meanwhile.
+            env: common_env(&[(ENV_PRESERVE_TASKS, "1")]),
+            working_directory: settings.data_dir.clone(),
+            read_write_paths: vec![settings.data_dir.clone()],
+            log_dir: settings.log_dir(),
+            notify_ready: true,
+            restart: RestartPolicy::default(),
+            fingerprint: BTreeMap::from([
+                ("worker-sha256".to_string(), worker_hash.clone()),
+                ("init-script-sha256".to_string(), init_hash),
+            ]),
+        });
+    }
+    let mut server_args = vec![
+        "--host".into(),
+        settings.host.clone(),
+        "--port".into(),
+        settings.port.to_string(),
+        "--redis-url".into(),
+        settings.redis_url.clone(),
+    ];
+    if settings.enable_auth {
+        server_args.push("--enable-auth".into());
+    }
+    for c in &settings.circles {
+        if let Some(port) = c.port {
+            server_args.extend(["--circle-port".into(), format!("{}={port}", c.key)]);
+        }
+    }
+    specs.push(ServiceSpec {
+        name: server_service_name(),
+        template: ServiceTemplate::WsServer,
+        description: "circles WebSocket server".into(),
+        program: server_binary.to_path_buf(),
+        args: server_args,
+        env: common_env(&[]),
+        working_directory: settings.data_dir.clone(),
+        read_write_paths: vec![settings.data_dir.clone()],
+        log_dir: settings.log_dir(),
+        notify_ready: true,
+        restart: RestartPolicy::default(),
+        fingerprint: BTreeMap::from([("server-sha256".to_string(), server_hash)]),
+    });
+    for spec in &specs {
+        spec.validate()?;
+    }
+    Ok(specs)
+}
+
+/// `--server-binary`, else `server` next to the worker binary, next to the
+/// launcher, or on PATH.
+fn resolve_server_binary(given: Option<&Path>, worker_binary: &Path) -> Result<PathBuf, LaunchError> {
+    if let Some(path) = given {
+        return check_binary("server", path);
+    }
+    let beside_launcher = std::env::current_exe().ok().map(|me| me.with_file_name("server"));
+    [Some(worker_binary.with_file_name("server")), beside_launcher]
+        .into_iter()
+        .flatten()
+        .find_map(|p| check_binary("server", &p).ok())
+        .or_else(|| find_on_path("server"))
+        .ok_or_else(|| LaunchError::Binary {
+            what: "server",
+            path: worker_binary.with_file_name("server"),
+            problem: "was not found (next to the worker binary, next to the launcher, or on PATH); pass --server-binary PATH".into(),
+        })
+}
+
+/// The main port must be free unless our own server service holds it.
+async fn check_service_ports(backend: &ServiceBackend, settings: &LaunchSettings) -> Result<(), LaunchError> {
+    let ours_running = backend
+        .status(&server_service_name())
+        .await
+        .map(|s| s.main_pid.is_some() || s.active_state == "active")
+        .unwrap_or(false);
+    if ours_running {
+        return Ok(());
+    }
+    crate::settings::check_port_free(&settings.host, settings.port, "the WebSocket server")?;
+    for c in &settings.circles {
+        if let Some(port) = c.port {
+            crate::settings::check_port_free(&settings.host, port, &format!("circle {}", c.name))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_dry_run(backend: &ServiceBackend, plan: &Plan) -> Result<(), LaunchError> {
+    let mut out = std::io::stdout().lock();
+    let mut w = |s: String| writeln!(out, "{s}").map_err(|e| LaunchError::io("writing to stdout", e));
+    w(format!("dry run: {} — nothing is changed\n", backend.describe()))?;
+    for (rendered, action) in &plan.items {
+        let verb = match action {
+            PlannedAction::Create => "create, enable and start",
+            PlannedAction::Update { .. } => "rewrite and restart",
+            PlannedAction::Unchanged => "unchanged (started if not running)",
+        };
+        w(format!("# {}: {verb}\n# file: {}", rendered.name, rendered.path.display()))?;
+        if !matches!(action, PlannedAction::Unchanged) {
+            w(rendered.contents.clone())?;
+        }
+    }
+    Ok(())
+}
+
+fn file_sha256(path: &Path) -> Result<String, LaunchError> {
+    let mut file = std::fs::File::open(path).map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Waits until the circle's worker heartbeat is in Redis.
+async fn wait_for_heartbeat(dispatcher: &Dispatcher, key: &CirclePublicKey, timeout: Duration) -> Result<(), LaunchError> {
+    let mut conn = dispatcher.connection();
+    let start = Instant::now();
+    loop {
+        let beat: Option<String> = redis::cmd("GET").arg(worker_heartbeat_key(key)).query_async(&mut conn).await?;
+        if beat.is_some() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(LaunchError::WorkerNotReady {
+                circle: key.to_hex(),
+                reason: format!("no heartbeat in Redis after {timeout:?}; see `launcher logs {key}`"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Status rows for every installed circle service, enriched from Redis when
+/// it answers.
+async fn gather_rows(backend: &ServiceBackend, dispatcher: Option<&Dispatcher>, settings: &LaunchSettings) -> Result<Vec<StatusRow>, LaunchError> {
+    let names = backend.list_installed().await?;
+    let mut conn = dispatcher.map(Dispatcher::connection);
+    let names_by_key: BTreeMap<String, String> =
+        settings.circles.iter().map(|c| (c.key.to_hex(), c.name.clone())).collect();
+    let mut rows = Vec::new();
+    for name in names {
+        let status = backend.status(&name).await?;
+        let state = if status.sub_state.is_empty() {
+            status.active_state.clone()
+        } else {
+            format!("{} ({})", status.active_state, status.sub_state)
+        };
+        let mut row = StatusRow {
+            name: name.as_str().trim_start_matches(SERVICE_PREFIX).to_string(),
+            public_key: String::new(),
+            state,
+            pid: status.main_pid,
+            restarts: status.n_restarts,
+            last_exit: status.exec_main_status,
+            queue: None,
+            heartbeat: None,
+            init: "-".into(),
+            url: format!("ws://{}:{}/", settings.host, settings.port),
+        };
+        if let Some(key) = circle_of(&name) {
+            row.name = names_by_key.get(&key.to_hex()).cloned().unwrap_or_else(|| crate::settings::short_name(&key));
+            row.public_key = key.to_hex();
+            row.url = settings.ws_url(&key);
+            if let Some(conn) = conn.as_mut() {
+                row.queue = redis::cmd("LLEN").arg(task_queue_key(&key)).query_async(conn).await.ok();
+                let beat: Option<String> = redis::cmd("GET").arg(worker_heartbeat_key(&key)).query_async(conn).await.ok().flatten();
+                row.heartbeat = beat.and_then(|b| serde_json::from_str::<WorkerHeartbeat>(&b).ok()).map(|b| b.beat_at);
+            }
+        } else {
+            row.name = "ws-server".into();
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Rows for `launcher status`: every installed circle service.
+pub async fn status_rows(common: &CommonArgs) -> Result<Vec<StatusRow>, LaunchError> {
+    let backend = backend(common).await?;
+    let dispatcher = Dispatcher::connect(&common.redis_url, "launcher-status").await.ok();
+    if dispatcher.is_none() {
+        tracing::warn!("Redis unreachable at {}: queue depth and heartbeat unknown", common.redis_url);
+    }
+    let settings = LaunchSettings::for_status(common)?;
+    gather_rows(&backend, dispatcher.as_ref(), &settings).await
+}
+
+/// `launcher logs <pk|server> [-f]`: runs the journal or tail command.
+pub async fn logs(common: &CommonArgs, circle: &str, follow: bool) -> anyhow::Result<ExitCode> {
+    let name = if matches!(circle, "server" | "ws-server") {
+        server_service_name()
+    } else {
+        worker_service_name(&CirclePublicKey::parse(circle)?)
+    };
+    let backend = backend(common).await?;
+    let mut cmd = backend.logs_command(&name, follow);
+    let status = tokio::process::Command::from(std::mem::replace(&mut cmd, std::process::Command::new("true")))
+        .status()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run {:?}: {e}", cmd.get_program()))?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Removes every service named under `tf.ourworld.circles.`, with the scope
+/// and templates these flags select.
+pub async fn cleanup(common: &CommonArgs) -> Result<Vec<ServiceName>, LaunchError> {
+    Ok(backend(common).await?.cleanup().await?)
+}
+
+/// Removes every circle service (default scope: system for root, user
+/// otherwise): stops, disables/boots out, deletes the files, reloads,
+/// resets failed state. Idempotent; never touches a service without the
+/// `tf.ourworld.circles.` prefix. Returns the names removed.
+pub async fn cleanup_launcher() -> Result<Vec<String>, LaunchError> {
+    let backend = ServiceBackend::detect(None, Templates::embedded()).await?;
+    Ok(backend.cleanup().await?.into_iter().map(|n| n.as_str().to_string()).collect())
+}
+
+/// Prints what cleanup removed.
+pub fn print_removed(removed: &[ServiceName], json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let names: Vec<&str> = removed.iter().map(ServiceName::as_str).collect();
+        writeln!(out, "{}", serde_json::json!({ "removed": names }))
+    } else if removed.is_empty() {
+        writeln!(out, "no circle services installed; nothing to remove")
+    } else {
+        for name in removed {
+            writeln!(out, "removed {name}")?;
+        }
+        writeln!(out, "{} circle service(s) removed", removed.len())
+    }
+}

@@ -1,0 +1,112 @@
+//! The status table people read, and its JSON twin for scripts.
+//!
+//! Rendering is a pure function of [`StatusRow`]s so the table can be
+//! snapshot-tested; gathering the rows is the caller's business.
+
+use comfy_table::{ContentArrangement, Table, presets};
+use serde::Serialize;
+
+/// One circle (or the WebSocket server) in the status table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusRow {
+    /// Circle name, or `ws-server`.
+    pub name: String,
+    /// Circle key (canonical hex); empty for the server.
+    pub public_key: String,
+    /// Worker or service state, e.g. `ready`, `restarting`, `failed`, `active (running)`.
+    pub state: String,
+    /// Process id, when running.
+    pub pid: Option<u32>,
+    /// How many times it was restarted.
+    pub restarts: Option<u32>,
+    /// Exit status of the last run, when known.
+    pub last_exit: Option<i32>,
+    /// Task ids waiting in the circle's queue.
+    pub queue: Option<u64>,
+    /// When the worker's heartbeat was last refreshed (RFC 3339), if alive.
+    pub heartbeat: Option<String>,
+    /// Outcome of the init script: `ok: …`, `error: …`, or `-`.
+    pub init: String,
+    /// WebSocket URL.
+    pub url: String,
+}
+
+/// Renders rows as a table (UTF-8 borders on a terminal, ASCII otherwise).
+pub fn render_table(rows: &[StatusRow]) -> Table {
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    table.set_content_arrangement(ContentArrangement::Disabled);
+    table.set_header(["Circle", "Public key", "State", "PID", "Restarts", "Queue", "Init", "WebSocket URL"]);
+    for r in rows {
+        table.add_row([
+            r.name.clone(),
+            abbreviate_key(&r.public_key),
+            r.state.clone(),
+            opt(r.pid),
+            match (r.restarts, r.last_exit) {
+                (Some(n), Some(code)) if n > 0 => format!("{n} (exit {code})"),
+                (Some(n), _) => n.to_string(),
+                (None, _) => "-".into(),
+            },
+            opt(r.queue),
+            truncate(&r.init, 40),
+            r.url.clone(),
+        ]);
+    }
+    table
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// `02c6047f…709ee5`: enough to recognise a key; the URL carries it whole.
+fn abbreviate_key(key: &str) -> String {
+    if key.len() > 16 { format!("{}…{}", &key[..8], &key[key.len() - 6..]) } else { key.to_string() }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let one_line = s.lines().next().unwrap_or("");
+    if one_line.chars().count() > max || s.lines().count() > 1 {
+        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        one_line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_snapshot() {
+        let rows = vec![
+            StatusRow {
+                name: "alice".into(),
+                public_key: "02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5".into(),
+                state: "ready".into(),
+                pid: Some(4242),
+                restarts: Some(0),
+                last_exit: None,
+                queue: Some(0),
+                heartbeat: None,
+                init: "ok: 3 members".into(),
+                url: "ws://127.0.0.1:8080/02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5".into(),
+            },
+            StatusRow {
+                name: "bob".into(),
+                public_key: "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
+                state: "failed".into(),
+                pid: None,
+                restarts: Some(5),
+                last_exit: Some(3),
+                queue: Some(2),
+                heartbeat: None,
+                init: "error: Runtime error: something quite long went wrong (line 1)\nmore".into(),
+                url: "ws://127.0.0.1:8080/0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
+            },
+        ];
+        insta::assert_snapshot!(render_table(&rows).to_string());
+    }
+}
