@@ -20,48 +20,44 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use circles_dispatcher::CirclePublicKey;
 use circles_dispatcher::protocol::CIRCLES_SET;
-use redis::aio::MultiplexedConnection;
 
 use crate::connection;
+use crate::redis_link::RedisLink;
 use crate::server::Shared;
 
 /// The circles a server knows: those it was configured with, plus every
 /// circle a worker has registered in the Redis set `rhai_circles`.
-#[derive(Clone)]
+#[derive(Debug)]
 pub(crate) struct CircleDirectory {
     configured: HashSet<CirclePublicKey>,
-    redis: MultiplexedConnection,
-}
-
-impl std::fmt::Debug for CircleDirectory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CircleDirectory")
-            .field("configured", &self.configured)
-            .finish_non_exhaustive()
-    }
 }
 
 impl CircleDirectory {
-    pub(crate) fn new(
-        configured: impl IntoIterator<Item = CirclePublicKey>,
-        redis: MultiplexedConnection,
-    ) -> Self {
+    pub(crate) fn new(configured: impl IntoIterator<Item = CirclePublicKey>) -> Self {
         Self {
             configured: configured.into_iter().collect(),
-            redis,
         }
     }
 
     /// Whether `circle` is served. Configured circles need no Redis.
-    pub(crate) async fn contains(&self, circle: &CirclePublicKey) -> redis::RedisResult<bool> {
+    pub(crate) async fn contains(
+        &self,
+        circle: &CirclePublicKey,
+        redis: &RedisLink,
+    ) -> redis::RedisResult<bool> {
         if self.configured.contains(circle) {
             return Ok(true);
         }
-        redis::cmd("SISMEMBER")
+        let lent = redis.dispatcher();
+        let answer = redis::cmd("SISMEMBER")
             .arg(CIRCLES_SET)
             .arg(circle.to_hex())
-            .query_async(&mut self.redis.clone())
-            .await
+            .query_async(&mut lent.dispatcher.connection())
+            .await;
+        if answer.is_err() {
+            redis.connection_failed(&lent).await;
+        }
+        answer
     }
 }
 
@@ -113,7 +109,12 @@ async fn upgrade_by_path(
             ));
         }
         Some(_) => {}
-        None => match listener.shared.directory.contains(&circle).await {
+        None => match listener
+            .shared
+            .directory
+            .contains(&circle, &listener.shared.redis)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return not_found(format!("unknown circle {circle}")),
             Err(e) => {

@@ -10,27 +10,26 @@
 //! connection is gone, or shortly after the grace period if some client
 //! does not let go.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use circles_dispatcher::{CirclePublicKey, Dispatcher};
+use circles_dispatcher::CirclePublicKey;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::auth::NonceStore;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
+use crate::redis_link::RedisLink;
 use crate::routing::{self, CircleDirectory};
 use crate::signal::{self, Signal};
 
-/// Recorded as the dispatcher's own caller id; every `play` overrides it
-/// with the connection's caller, so it shows only if that ever goes wrong.
-const DISPATCHER_CALLER_ID: &str = "circles-server";
 /// After the grace period, how long connections get to send their last
 /// answers and close frames before `run` returns without them.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,7 +40,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// is dropped: each connection holds an `Arc<Shared>` for its whole life.
 pub(crate) struct Shared {
     /// Submits `play` scripts and waits for their results.
-    pub(crate) dispatcher: Dispatcher,
+    pub(crate) redis: RedisLink,
     /// Which circles exist.
     pub(crate) directory: CircleDirectory,
     /// Outstanding `fetch_nonce` nonces.
@@ -63,7 +62,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct Server {
     config: ServerConfig,
-    dispatcher: Dispatcher,
+    redis: RedisLink,
     main: BoundListener,
     circle_listeners: Vec<(CirclePublicKey, BoundListener)>,
 }
@@ -84,7 +83,7 @@ impl Server {
                 "the play timeout must be longer than zero".to_string(),
             ));
         }
-        let dispatcher = Dispatcher::connect(&config.redis_url, DISPATCHER_CALLER_ID).await?;
+        let redis = RedisLink::connect(&config.redis_url).await?;
         let main = bind_listener(&config.host, config.port).await?;
         let mut circle_listeners = Vec::with_capacity(config.circle_ports.len());
         for &(circle, port) in &config.circle_ports {
@@ -92,7 +91,7 @@ impl Server {
         }
         Ok(Server {
             config,
-            dispatcher,
+            redis,
             main,
             circle_listeners,
         })
@@ -127,8 +126,8 @@ impl Server {
             .chain(self.config.circle_ports.iter().map(|(circle, _)| circle))
             .copied();
         let shared = Arc::new(Shared {
-            directory: CircleDirectory::new(configured, self.dispatcher.connection()),
-            dispatcher: self.dispatcher,
+            directory: CircleDirectory::new(configured),
+            redis: self.redis,
             nonces: NonceStore::new(self.config.nonce_ttl),
             enable_auth: self.config.enable_auth,
             play_timeout: self.config.play_timeout,
@@ -138,36 +137,41 @@ impl Server {
         });
 
         let mut listeners = JoinSet::new();
+        // Which address each listener task serves, to name it if it fails.
+        let mut listener_addrs = HashMap::new();
         let main_addr = self.main.addr;
         tracing::info!(
             auth = self.config.enable_auth,
             "serving circles on ws://{main_addr}/<circle_pk>"
         );
-        spawn_listener(
-            &mut listeners,
-            self.main,
-            routing::main_router(Arc::clone(&shared)),
-            shutdown_signal.clone(),
-        );
+        let main_router = routing::main_router(Arc::clone(&shared));
+        let mut routed: Vec<(BoundListener, Router)> = vec![(self.main, main_router)];
         for (circle, bound) in self.circle_listeners {
             tracing::info!(%circle, "serving circle on ws://{}/", bound.addr);
-            spawn_listener(
-                &mut listeners,
-                bound,
-                routing::circle_router(Arc::clone(&shared), circle),
-                shutdown_signal.clone(),
-            );
+            let router = routing::circle_router(Arc::clone(&shared), circle);
+            routed.push((bound, router));
+        }
+        for (bound, router) in routed {
+            let addr = bound.addr;
+            let task = spawn_listener(&mut listeners, bound, router, shutdown_signal.clone());
+            listener_addrs.insert(task.id(), addr);
         }
         drop(shared);
 
         let failure = tokio::select! {
             () = shutdown => None,
-            Some(stopped) = listeners.join_next() => Some(match stopped {
-                Ok(Err(error)) => error,
-                // A listener only returns after the shutdown signal, which
-                // has not been raised yet.
-                Ok(Ok(addr)) => ServerError::ListenerStopped { addr, reason: "it returned early".into() },
-                Err(e) => ServerError::ListenerStopped { addr: main_addr, reason: e.to_string() },
+            Some(stopped) = listeners.join_next_with_id() => Some(match stopped {
+                Ok((_, Err(error))) => error,
+                // Listeners only return after the shutdown signal, which has
+                // not been raised yet.
+                Ok((_, Ok(addr))) => ServerError::ListenerStopped {
+                    addr,
+                    reason: "it returned before shutdown".to_string(),
+                },
+                Err(e) => ServerError::ListenerStopped {
+                    addr: listener_addrs.get(&e.id()).copied().unwrap_or(main_addr),
+                    reason: e.to_string(),
+                },
             }),
         };
         if let Some(error) = &failure {
@@ -237,7 +241,7 @@ fn spawn_listener(
     bound: BoundListener,
     router: Router,
     mut shutdown: Signal,
-) {
+) -> AbortHandle {
     let BoundListener { listener, addr } = bound;
     listeners.spawn(async move {
         axum::serve(
@@ -248,5 +252,5 @@ fn spawn_listener(
         .await
         .map_err(|source| ServerError::Serve { addr, source })?;
         Ok(addr)
-    });
+    })
 }

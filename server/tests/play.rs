@@ -355,3 +355,67 @@ async fn bind_names_the_port_in_use_and_the_unreachable_redis() {
         "{error}"
     );
 }
+
+/// Plays on `client` until one succeeds; the failures in between must be
+/// internal errors (the server noticing the broken connection), not hangs.
+async fn play_until_redis_is_back(client: &mut Client) {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = client.call("play", json!({"script": "1 + 1"})).await;
+        if answer["result"] == "2" {
+            return;
+        }
+        assert_eq!(answer["error"]["code"], code::INTERNAL_ERROR, "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still failing: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Connects until the upgrade succeeds; refusals in between must be 503
+/// (Redis unavailable), not 404.
+async fn connect_when_redis_is_back(url: &str) -> Client {
+    let started = std::time::Instant::now();
+    loop {
+        match tokio_tungstenite::connect_async(url).await {
+            Ok(_) => return Client::connect(url).await,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 503, "{response:?}");
+            }
+            Err(other) => panic!("{other}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_recovers_when_redis_restarts() {
+    let mut redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let worker = start_worker(&redis, KEY_ONE, db.path(), &[]);
+    let server = RunningServer::start(test_config(&redis)).await;
+    let mut client = Client::connect(&server.url(KEY_ONE)).await;
+    assert_eq!(client.play("40 + 2").await, "42");
+    // Restarts keep the port and lose the data; the worker reconnects.
+    let restart_redis = |redis: &mut RedisServer| {
+        tokio::task::block_in_place(|| {
+            redis.restart();
+            worker.wait_ready(redis);
+        })
+    };
+
+    // First noticed by a play on an open WebSocket.
+    restart_redis(&mut redis);
+    play_until_redis_is_back(&mut client).await;
+
+    // First noticed by an upgrade's circle lookup. (KEY_TWO is registered by
+    // hand: it has no worker, and the lookup is what is under test.)
+    restart_redis(&mut redis);
+    redis.cli(&["SADD", "rhai_circles", KEY_TWO]);
+    connect_when_redis_is_back(&server.url(KEY_TWO)).await;
+    play_until_redis_is_back(&mut client).await;
+    assert_eq!(client.play("CONTEXT_ID").await, KEY_ONE);
+}
