@@ -13,6 +13,21 @@
 //! The launcher runs the server in-process through [`Server`]; the `server`
 //! binary is a thin command line over the same API.
 //!
+//! What clients can rely on beyond `SPEC.md`:
+//! - A `play` runs as its connection's authenticated key (canonical hex);
+//!   with authentication off and no `authenticate` on the connection, as
+//!   [`ANONYMOUS_CALLER_ID`] (`"anonymous"`). `fetch_nonce` and
+//!   `authenticate` work whether or not authentication is required.
+//! - Requests on one connection may overlap: answers to `play` come back
+//!   as they finish, matched by `id`. `fetch_nonce` and `authenticate` are
+//!   handled in the order sent, so a `play` sent right behind an
+//!   `authenticate` already runs as the new key.
+//! - Batches are rejected with `-32600`; notifications get no answer; failures
+//!   of the server itself (not the script) are `-32603`. See [`rpc`].
+//! - Circles are those configured plus every circle in the Redis set
+//!   `rhai_circles`, looked up on each upgrade; a Redis failure during that
+//!   lookup is an HTTP 503, an unknown or malformed key an HTTP 404.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), circles_server::ServerError> {
 //! use circles_server::{Server, ServerConfig};
