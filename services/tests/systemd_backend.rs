@@ -115,7 +115,8 @@ async fn status(backend: &ServiceBackend, name: &ServiceName) -> ServiceStatus {
 
 #[tokio::test]
 async fn apply_starts_notify_services_restarts_killed_ones_and_updates_only_changes() {
-    if !systemd_booted("apply_starts_notify_services") {
+    if !systemd_booted("apply_starts_notify_services_restarts_killed_ones_and_updates_only_changes")
+    {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -237,7 +238,7 @@ async fn apply_starts_notify_services_restarts_killed_ones_and_updates_only_chan
 
 #[tokio::test]
 async fn a_failing_service_rolls_back_everything_the_apply_did() {
-    if !systemd_booted("a_failing_service_rolls_back") {
+    if !systemd_booted("a_failing_service_rolls_back_everything_the_apply_did") {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -424,7 +425,7 @@ async fn cleanup_removes_exactly_our_prefix() {
 
 #[tokio::test]
 async fn an_always_failing_service_ends_failed_at_the_start_limit() {
-    if !systemd_booted("an_always_failing_service") {
+    if !systemd_booted("an_always_failing_service_ends_failed_at_the_start_limit") {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -635,4 +636,70 @@ async fn user_scope_services_run_under_the_user_manager() {
     assert_eq!(backend.cleanup().await.unwrap(), vec![svc.clone()]);
     assert_eq!(user_systemctl(&["is-active", &svc.unit_name()]), "inactive");
     assert!(!unit_path.exists());
+}
+
+/// The fallback backend, pointed at systemd: what a platform without our own
+/// backend gets from the `service-manager` crate.
+#[tokio::test]
+async fn the_fallback_backend_installs_and_removes_through_service_manager() {
+    if !systemd_booted("the_fallback_backend_installs_and_removes_through_service_manager") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = ScratchDir::new("fallback");
+    let svc = name("test-fallback");
+    let _guard = Uninstall {
+        scope: ServiceScope::System,
+        names: vec![svc.clone()],
+    };
+    let backend = ServiceBackend::Fallback(circles_services::FallbackBackend::with_registry_dir(
+        ServiceScope::System,
+        service_manager::ServiceManagerKind::Systemd,
+        dir.join("registry"),
+    ));
+    assert!(
+        backend
+            .unavailable_features()
+            .iter()
+            .any(|f| f.starts_with("readiness")),
+        "{:?}",
+        backend.unavailable_features()
+    );
+    let mut s = spec(svc.clone(), "/bin/sleep", &["1000"], dir.path());
+    s.env.insert("RUST_LOG".into(), "info".into());
+    let plan = backend.plan(std::slice::from_ref(&s)).await.unwrap();
+    assert_eq!(plan.items[0].1, PlannedAction::Create);
+    let report = backend.apply(&plan).await.unwrap();
+    assert_eq!(report.created, vec![svc.clone()]);
+
+    // The unit is service-manager's own, under exactly our name.
+    assert_eq!(run("systemctl", &["is-active", &svc.unit_name()]), "active");
+    assert_eq!(
+        run("systemctl", &["is-enabled", &svc.unit_name()]),
+        "enabled"
+    );
+    let st = backend.status(&svc).await.unwrap();
+    assert_eq!((st.loaded, st.active_state.as_str()), (true, "active"));
+    assert_eq!(backend.list_installed().await.unwrap(), vec![svc.clone()]);
+
+    // Unchanged on a second plan; a change reinstalls.
+    let plan = backend.plan(std::slice::from_ref(&s)).await.unwrap();
+    assert_eq!(plan.items[0].1, PlannedAction::Unchanged);
+    s.args = vec!["2000".into()];
+    let report = backend
+        .apply(&backend.plan(std::slice::from_ref(&s)).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.updated, vec![svc.clone()]);
+    assert_eq!(run("systemctl", &["is-active", &svc.unit_name()]), "active");
+    assert!(
+        run("systemctl", &["show", "-P", "ExecStart", &svc.unit_name()]).contains("2000"),
+        "the new arguments are installed"
+    );
+
+    assert_eq!(backend.cleanup().await.unwrap(), vec![svc.clone()]);
+    assert_ne!(run("systemctl", &["is-active", &svc.unit_name()]), "active");
+    assert!(!PathBuf::from(format!("/etc/systemd/system/{}", svc.unit_name())).exists());
+    assert!(backend.list_installed().await.unwrap().is_empty());
+    assert!(backend.cleanup().await.unwrap().is_empty());
 }

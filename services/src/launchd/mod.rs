@@ -168,15 +168,15 @@ impl LaunchdBackend {
         }
 
         for rendered in &created {
-            if let Err(e) = self.load(&rendered.name, &rendered.path).await {
+            if let Err(e) = self.load(&rendered.name, &rendered.path, false).await {
                 let step = format!("loading `{}`", rendered.name);
                 return Err(self.fail(step, e, &created, &updated).await);
             }
         }
         for (rendered, _) in &updated {
             let reloaded = async {
-                self.bootout(&rendered.name).await?;
-                self.load(&rendered.name, &rendered.path).await
+                let was_loaded = self.bootout(&rendered.name).await?;
+                self.load(&rendered.name, &rendered.path, was_loaded).await
             }
             .await;
             if let Err(e) = reloaded {
@@ -187,7 +187,7 @@ impl LaunchdBackend {
         for rendered in &unchanged {
             let ensured = async {
                 if self.print(&rendered.name).await?.is_none() {
-                    self.load(&rendered.name, &rendered.path).await?;
+                    self.load(&rendered.name, &rendered.path, false).await?;
                 }
                 Ok(())
             }
@@ -228,8 +228,8 @@ impl LaunchdBackend {
         for (r, previous) in updated {
             let restored = async {
                 files::write_file(&r.name, &r.path, previous).await?;
-                self.bootout(&r.name).await?;
-                self.load(&r.name, &r.path).await
+                let was_loaded = self.bootout(&r.name).await?;
+                self.load(&r.name, &r.path, was_loaded).await
             }
             .await;
             match restored {
@@ -247,10 +247,15 @@ impl LaunchdBackend {
     }
 
     /// `enable` then `bootstrap`. A job disabled in launchd's database cannot
-    /// be bootstrapped, hence the order. Right after a `bootout` launchd may
-    /// still be tearing the old job down, so a failed bootstrap is retried a
-    /// few times before it counts.
-    async fn load(&self, name: &ServiceName, plist: &Path) -> Result<(), ServiceError> {
+    /// be bootstrapped, hence the order. Right after a `bootout`
+    /// (`after_bootout`) launchd may still be tearing the old job down, so a
+    /// failed bootstrap is then retried a few times before it counts.
+    async fn load(
+        &self,
+        name: &ServiceName,
+        plist: &Path,
+        after_bootout: bool,
+    ) -> Result<(), ServiceError> {
         self.launchctl_ok(&["enable", &self.target(name)]).await?;
         let plist = plist.to_string_lossy();
         let mut attempt = 0;
@@ -260,7 +265,7 @@ impl LaunchdBackend {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(ServiceError::Command { .. }) if attempt < 4 => {
+                Err(ServiceError::Command { .. }) if after_bootout && attempt < 4 => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }

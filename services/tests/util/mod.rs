@@ -100,13 +100,21 @@ pub fn systemd_booted(test: &str) -> bool {
         "{test}: CIRCLES_REQUIRE_SYSTEMD=1 but systemd is not running as PID 1 \
          (no /run/systemd/system)"
     );
-    eprintln!(
-        "\n!!! SKIPPED {test}: systemd is not running as PID 1. Run the systemd tests inside \
-         the sandbox: scripts/systemd-sandbox start target/systemd-sandbox && \
-         scripts/systemd-sandbox exec target/systemd-sandbox -- env CIRCLES_REQUIRE_SYSTEMD=1 \
-         cargo test -p circles-services --test 'systemd_*' (scripts/test.sh does this) !!!\n"
-    );
+    loud_skip(&format!(
+        "{test}: systemd is not running as PID 1. Run the systemd tests inside the sandbox: \
+         scripts/systemd-sandbox start target/systemd-sandbox && scripts/systemd-sandbox exec \
+         target/systemd-sandbox -- env CIRCLES_REQUIRE_SYSTEMD=1 cargo test -p circles-services \
+         --test 'systemd_*' (scripts/test.sh does this)"
+    ));
     false
+}
+
+/// Tells the person running the tests that `what` was skipped. Written to the
+/// stderr handle directly: the test harness captures `eprintln!` of passing
+/// tests, and a skip nobody sees is a silent pass.
+pub fn loud_skip(what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED {what} !!!\n");
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics naming `what`.
