@@ -131,12 +131,14 @@ pub enum ServiceError {
         source: io::Error,
     },
     /// No D-Bus connection to the service manager.
-    #[error("cannot connect to the systemd {scope} manager at {address}: {source}")]
+    #[error("cannot connect to the systemd {scope} manager at {address}: {source} ({hint})")]
     Connect {
         /// System or user manager.
         scope: ServiceScope,
-        /// The address(es) tried.
+        /// The bus address tried.
         address: String,
+        /// What usually fixes it.
+        hint: &'static str,
         /// The D-Bus error.
         source: zbus::Error,
     },

@@ -20,9 +20,10 @@ pub const ENV_XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 pub const ENV_XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 /// Overrides `~/.local/share` for the fallback backend's records.
 pub const ENV_XDG_DATA_HOME: &str = "XDG_DATA_HOME";
-/// The session bus, used for user services when the user manager's private
-/// socket is missing.
+/// The session bus, which carries the user's systemd manager.
 pub const ENV_DBUS_SESSION_BUS_ADDRESS: &str = "DBUS_SESSION_BUS_ADDRESS";
+/// The system bus, which carries PID 1's manager (zbus reads it too).
+pub const ENV_DBUS_SYSTEM_BUS_ADDRESS: &str = "DBUS_SYSTEM_BUS_ADDRESS";
 /// Searched for `launchctl`, `journalctl` and `tail`.
 pub const ENV_PATH: &str = "PATH";
 
@@ -44,6 +45,8 @@ pub struct HostEnv {
     pub xdg_data_home: Option<PathBuf>,
     /// `$DBUS_SESSION_BUS_ADDRESS`.
     pub dbus_session_bus_address: Option<String>,
+    /// `$DBUS_SYSTEM_BUS_ADDRESS`.
+    pub dbus_system_bus_address: Option<String>,
     /// `$PATH`.
     pub path: Option<OsString>,
     /// Effective user id: root installs system services.
@@ -69,6 +72,9 @@ impl HostEnv {
             xdg_runtime_dir: var_path(ENV_XDG_RUNTIME_DIR),
             xdg_data_home: var_path(ENV_XDG_DATA_HOME),
             dbus_session_bus_address: std::env::var(ENV_DBUS_SESSION_BUS_ADDRESS)
+                .ok()
+                .filter(|v| !v.is_empty()),
+            dbus_system_bus_address: std::env::var(ENV_DBUS_SYSTEM_BUS_ADDRESS)
                 .ok()
                 .filter(|v| !v.is_empty()),
             path: std::env::var_os(ENV_PATH),

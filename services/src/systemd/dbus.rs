@@ -5,12 +5,11 @@
 //! current value, and the cache would cost a `PropertiesChanged` subscription
 //! per proxy.
 
-use std::path::Path;
-
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath};
 
 use crate::error::ServiceError;
+use crate::host::HostEnv;
 use crate::spec::ServiceScope;
 
 /// One row of `ListUnitsByPatterns`: name, description, load state, active
@@ -170,31 +169,30 @@ pub(crate) fn is_no_such_unit(err: &zbus::Error) -> bool {
 /// already fails.
 pub(crate) async fn connect(
     scope: ServiceScope,
-    runtime_dir: &Path,
-    session_bus_address: Option<&str>,
+    host: &HostEnv,
 ) -> Result<Connection, ServiceError> {
-    let (builder, address) = match scope {
+    let (address, hint) = match scope {
         ServiceScope::System => (
-            zbus::connection::Builder::system(),
-            std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
-                .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".into()),
+            host.dbus_system_bus_address
+                .clone()
+                .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".into()),
+            "is systemd running as PID 1 with dbus (the `dbus` package)?",
         ),
-        ServiceScope::User => {
-            let address = session_bus_address
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("unix:path={}", runtime_dir.join("bus").display()));
-            (
-                zbus::connection::Builder::address(address.as_str()),
-                address,
-            )
-        }
+        ServiceScope::User => (
+            host.dbus_session_bus_address.clone().unwrap_or_else(|| {
+                format!("unix:path={}", host.runtime_dir().join("bus").display())
+            }),
+            "the user's systemd manager and session bus must be running: install dbus-user-session, \
+             and for a user without a login session run `loginctl enable-linger <user>`",
+        ),
     };
-    builder
+    zbus::connection::Builder::address(address.as_str())
         .build()
         .await
         .map_err(|source| ServiceError::Connect {
             scope,
             address,
+            hint,
             source,
         })
 }

@@ -148,12 +148,7 @@ impl SystemdBackend {
     pub async fn connection(&self) -> Result<&Connection, ServiceError> {
         self.conn
             .get_or_try_init(|| async {
-                let conn = dbus::connect(
-                    self.scope,
-                    &self.host.runtime_dir(),
-                    self.host.dbus_session_bus_address.as_deref(),
-                )
-                .await?;
+                let conn = dbus::connect(self.scope, &self.host).await?;
                 let manager = dbus::manager(&conn).await.map_err(dbus_error("Manager"))?;
                 manager.subscribe().await.map_err(dbus_error("Subscribe"))?;
                 Ok(conn)
@@ -495,17 +490,15 @@ impl SystemdBackend {
     /// failures. Names that are neither on disk nor loaded are skipped, so
     /// removing twice is fine; returns the names that were there.
     pub async fn remove(&self, names: &[ServiceName]) -> Result<Vec<ServiceName>, ServiceError> {
-        let manager = self.manager().await?;
         let mut present = Vec::new();
         let mut loaded = Vec::new();
         let mut with_file = Vec::new();
         for name in names {
             let has_file = self.unit_path(name).exists();
-            let is_loaded = match manager.get_unit(&name.unit_name()).await {
-                Ok(_) => true,
-                Err(e) if dbus::is_no_such_unit(&e) => false,
-                Err(e) => return Err(dbus_error_for("GetUnit", &name.unit_name())(e)),
-            };
+            let state = self.status(name).await?;
+            // A unit systemd only remembers as "not-found" and inactive (a
+            // stale reference, e.g. after `systemctl status`) is not there.
+            let is_loaded = state.loaded || state.active_state != "inactive";
             if has_file || is_loaded {
                 present.push(name.clone());
             }
