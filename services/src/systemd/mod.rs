@@ -227,15 +227,7 @@ impl SystemdBackend {
                 }
             } {
                 let step = format!("writing `{}` to {}", rendered.name, rendered.path.display());
-                return Err(self
-                    .fail(
-                        step,
-                        e,
-                        &created,
-                        &updated,
-                        !created.is_empty() || !updated.is_empty(),
-                    )
-                    .await);
+                return Err(self.fail(step, e, &created, &updated, false).await);
             }
         }
         let wrote = !created.is_empty() || !updated.is_empty();
@@ -249,11 +241,11 @@ impl SystemdBackend {
                 .collect();
             if let Err(e) = self.enable(&units).await {
                 let step = format!("enabling {}", units.join(", "));
-                return Err(self.fail(step, e, &created, &updated, true).await);
+                return Err(self.fail(step, e, &created, &updated, false).await);
             }
             if let Err(e) = self.reload().await {
                 return Err(self
-                    .fail("reloading systemd".into(), e, &created, &updated, true)
+                    .fail("reloading systemd".into(), e, &created, &updated, false)
                     .await);
             }
         }
@@ -268,16 +260,22 @@ impl SystemdBackend {
                 Ok(false) => {}
                 Err(e) => {
                     let step = format!("checking `{}`", rendered.name);
-                    return Err(self.fail(step, e, &created, &updated, wrote).await);
+                    return Err(self.fail(step, e, &created, &updated, false).await);
                 }
             }
         }
 
-        // 4. Wait.
-        let failures = self.run_jobs(&jobs).await?;
-        if let Some((name, verb, error)) = failures.into_iter().next() {
-            let step = format!("{} `{name}`", verb.gerund());
-            return Err(self.fail(step, error, &created, &updated, wrote).await);
+        // 4. Wait. From here on, changed services may run their new unit, so
+        // a rollback restarts them with the old one.
+        let failure = match self.run_jobs(&jobs).await {
+            Ok(failures) => failures
+                .into_iter()
+                .next()
+                .map(|(name, verb, error)| (format!("{} `{name}`", verb.gerund()), error)),
+            Err(e) => Some(("starting services".to_string(), e)),
+        };
+        if let Some((step, error)) = failure {
+            return Err(self.fail(step, error, &created, &updated, true).await);
         }
 
         report.created = created.iter().map(|r| r.name.clone()).collect();
@@ -293,10 +291,10 @@ impl SystemdBackend {
         source: ServiceError,
         created: &[&Rendered],
         updated: &[(&Rendered, &str)],
-        reload: bool,
+        restart_updated: bool,
     ) -> ServiceError {
         tracing::warn!("apply failed while {step}: {source}; rolling back");
-        let rollback = self.rollback(created, updated, reload).await;
+        let rollback = self.rollback(created, updated, restart_updated).await;
         ServiceError::Apply {
             step,
             source: Box::new(source),
@@ -305,11 +303,14 @@ impl SystemdBackend {
     }
 
     /// Undoes an apply; never gives up half-way, collecting what failed.
+    /// Changed services are restarted only when `restart_updated` (their
+    /// restart jobs ran); before that they still run their previous unit and
+    /// getting the old file back is enough.
     async fn rollback(
         &self,
         created: &[&Rendered],
         updated: &[(&Rendered, &str)],
-        reload: bool,
+        restart_updated: bool,
     ) -> Rollback {
         let mut rollback = Rollback::default();
         let mut failures = Vec::new();
@@ -349,7 +350,7 @@ impl SystemdBackend {
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        if reload && let Err(e) = self.reload().await {
+        if let Err(e) = self.reload().await {
             failures.push(format!("reloading systemd: {e}"));
         }
         // A failed unit stays loaded until its failure is forgotten; after
@@ -359,10 +360,14 @@ impl SystemdBackend {
                 failures.push(format!("resetting `{name}`: {e}"));
             }
         }
-        let restarts: Vec<(ServiceName, Verb)> = updated
-            .iter()
-            .map(|(r, _)| (r.name.clone(), Verb::Restart))
-            .collect();
+        let restarts: Vec<(ServiceName, Verb)> = if restart_updated {
+            updated
+                .iter()
+                .map(|(r, _)| (r.name.clone(), Verb::Restart))
+                .collect()
+        } else {
+            Vec::new()
+        };
         match self.run_jobs(&restarts).await {
             Ok(restart_failures) => failures.extend(
                 restart_failures
