@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Pipeline};
 
 use crate::CirclePublicKey;
@@ -38,7 +38,8 @@ struct Inner {
     url: String,
     client: Client,
     /// For short commands (submit, status); never used for blocking ones.
-    commands: MultiplexedConnection,
+    /// Reconnects by itself after Redis restarts.
+    commands: ConnectionManager,
     /// Idle connections for blocking waits; taken for one wait, then returned.
     waiters: Mutex<Vec<MultiplexedConnection>>,
     /// Recorded as `caller_id` on every task this dispatcher submits.
@@ -64,8 +65,7 @@ impl Dispatcher {
             url: redis_url.to_string(),
             source,
         })?;
-        let commands = client
-            .get_multiplexed_async_connection_with_config(&command_config())
+        let commands = ConnectionManager::new_with_config(client.clone(), command_config())
             .await
             .map_err(|source| DispatchError::RedisUnavailable {
                 url: redis_url.to_string(),
@@ -92,8 +92,9 @@ impl Dispatcher {
         &self.inner.url
     }
 
-    /// A connection for short commands, shared with this dispatcher.
-    pub fn connection(&self) -> MultiplexedConnection {
+    /// A connection for short commands, shared with this dispatcher; it
+    /// reconnects by itself.
+    pub fn connection(&self) -> ConnectionManager {
         self.inner.commands.clone()
     }
 
@@ -136,7 +137,19 @@ impl Dispatcher {
         pipe.cmd("BLPOP")
             .arg(task_reply_key(task_id))
             .arg(blpop_timeout(timeout));
-        self.wait_reply(task_id, timeout, pipe).await
+        match self.wait_reply(task_id, timeout, pipe.clone()).await {
+            // A pooled connection that died with a Redis restart: waiting is
+            // idempotent, so try once more on a fresh one.
+            Err(DispatchError::Redis(e)) if is_transport(&e) => {
+                self.inner
+                    .waiters
+                    .lock()
+                    .expect("waiter pool poisoned")
+                    .clear();
+                self.wait_reply(task_id, timeout, pipe).await
+            }
+            other => other,
+        }
     }
 
     /// Submits and waits in one round trip.
@@ -159,11 +172,37 @@ impl Dispatcher {
         caller_id: &str,
     ) -> Result<String, DispatchError> {
         let task_id = TaskId::new();
-        let mut pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
-        pipe.cmd("BLPOP")
-            .arg(task_reply_key(&task_id))
-            .arg(blpop_timeout(timeout));
-        self.wait_reply(&task_id, timeout, pipe).await
+        let submit_and_wait = || -> Result<Pipeline, DispatchError> {
+            let mut pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
+            pipe.cmd("BLPOP")
+                .arg(task_reply_key(&task_id))
+                .arg(blpop_timeout(timeout));
+            Ok(pipe)
+        };
+        match self.wait_reply(&task_id, timeout, submit_and_wait()?).await {
+            // The blocking connection broke (Redis restarted, say). The
+            // submission is atomic, so the task hash tells whether it got
+            // through: then only the wait is repeated, else the whole call —
+            // never a task queued twice.
+            Err(DispatchError::Redis(e)) if is_transport(&e) => {
+                tracing::debug!(%task_id, error = %e, "blocking connection lost; retrying on a fresh one");
+                self.inner
+                    .waiters
+                    .lock()
+                    .expect("waiter pool poisoned")
+                    .clear();
+                let submitted: bool = redis::cmd("EXISTS")
+                    .arg(task_details_key(&task_id))
+                    .query_async(&mut self.inner.commands.clone())
+                    .await?;
+                if submitted {
+                    self.await_result(&task_id, timeout).await
+                } else {
+                    self.wait_reply(&task_id, timeout, submit_and_wait()?).await
+                }
+            }
+            other => other,
+        }
     }
 
     /// Reads a task's hash.
@@ -281,7 +320,8 @@ fn submit_pipeline(
         .arg(field::UPDATED_AT)
         .arg(&now)
         .arg(field::TIMEOUT_SECS)
-        .arg(timeout.as_secs().max(1))
+        // Rounded up: the worker must not stop a script before its caller gives up.
+        .arg(timeout.as_secs_f64().ceil().max(1.0) as u64)
         .ignore();
     pipe.cmd("LPUSH")
         .arg(task_queue_key(circle))
@@ -297,10 +337,16 @@ fn blpop_timeout(timeout: Duration) -> f64 {
     timeout.as_secs_f64().max(0.001)
 }
 
-fn command_config() -> AsyncConnectionConfig {
-    AsyncConnectionConfig::new()
+fn command_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(2)
+}
+
+/// Errors that mean the connection, not the command, failed.
+fn is_transport(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 /// Blocking commands must not be cut off by a response timeout: the

@@ -18,7 +18,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use circles_dispatcher::protocol::{ENV_LAUNCHER_PID, ENV_NOTIFY_SOCKET, ENV_RUST_LOG, task_queue_key};
+use circles_dispatcher::protocol::{
+    ENV_LAUNCHER_PID, ENV_NOTIFY_SOCKET, ENV_RUST_LOG, task_queue_key,
+};
 use circles_dispatcher::{CirclePublicKey, DispatchError, Dispatcher};
 use circles_server::{Server, ServerConfig};
 use tokio::net::UnixDatagram;
@@ -116,28 +118,43 @@ impl DirectLaunch {
     /// server, one worker per circle (waiting for each to be ready), then the
     /// init scripts. Validation happened in [`LaunchSettings::resolve`]; the
     /// Redis check happens here, before anything is started.
-    pub async fn start(settings: LaunchSettings, resolved: ResolvedCircles, worker: Program) -> Result<Self, LaunchError> {
-        let redis_check = crate::redis_local::check(&settings.redis_url, settings.redis_autostart).await?;
+    pub async fn start(
+        settings: LaunchSettings,
+        resolved: ResolvedCircles,
+        worker: Program,
+    ) -> Result<Self, LaunchError> {
+        let redis_check =
+            crate::redis_local::check(&settings.redis_url, settings.redis_autostart).await?;
         // Validation is over: from here on, things are created.
         resolved.persist_new_keys()?;
-        std::fs::create_dir_all(settings.log_dir())
-            .map_err(|source| LaunchError::DataDir { path: settings.log_dir(), source })?;
+        std::fs::create_dir_all(settings.log_dir()).map_err(|source| LaunchError::DataDir {
+            path: settings.log_dir(),
+            source,
+        })?;
         let local_redis = match redis_check {
             RedisCheck::Reachable => None,
             RedisCheck::StartLocal { port, program } => {
-                let redis = LocalRedis::start(&program, port, &settings.data_dir.join("redis")).await?;
+                let redis =
+                    LocalRedis::start(&program, port, &settings.data_dir.join("redis")).await?;
                 tracing::info!(port, dir = %redis.dir().display(), "nothing answered at {}; started a private redis-server for this launcher", settings.redis_url);
                 Some(redis)
             }
         };
         // Everything started below is stopped again if a later step fails.
-        let mut partial = Partial { local_redis, server: None };
+        let mut partial = Partial {
+            local_redis,
+            server: None,
+        };
         let server = Server::bind(ServerConfig {
             host: settings.host.clone(),
             port: settings.port,
             redis_url: settings.redis_url.clone(),
             circles: settings.circles.iter().map(|c| c.key).collect(),
-            circle_ports: settings.circles.iter().filter_map(|c| Some((c.key, c.port?))).collect(),
+            circle_ports: settings
+                .circles
+                .iter()
+                .filter_map(|c| Some((c.key, c.port?)))
+                .collect(),
             enable_auth: settings.enable_auth,
             ..ServerConfig::default()
         })
@@ -229,9 +246,12 @@ impl DirectLaunch {
         let slots = self.board.slots.lock().expect("board").clone();
         let mut calls = Vec::new();
         for (idx, slot) in slots.into_iter().enumerate() {
-            let Some(script) = slot.spec.init_script.clone() else { continue };
+            let Some(script) = slot.spec.init_script.clone() else {
+                continue;
+            };
             if slot.state != WorkerState::Ready {
-                self.board.update(idx, |s| s.init = "skipped: worker not ready".into());
+                self.board
+                    .update(idx, |s| s.init = "skipped: worker not ready".into());
                 continue;
             }
             let d = self.dispatcher.clone();
@@ -282,7 +302,11 @@ impl DirectLaunch {
         let mut conn = self.dispatcher.connection();
         let mut rows = Vec::new();
         for slot in slots {
-            let queue = redis::cmd("LLEN").arg(task_queue_key(&slot.spec.key)).query_async::<u64>(&mut conn).await.ok();
+            let queue = redis::cmd("LLEN")
+                .arg(task_queue_key(&slot.spec.key))
+                .query_async::<u64>(&mut conn)
+                .await
+                .ok();
             rows.push(StatusRow {
                 name: slot.spec.name.clone(),
                 public_key: slot.spec.key.to_hex(),
@@ -367,8 +391,10 @@ impl Partial {
 fn progress_bar(n: usize) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(n as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} starting circles {pos}/{len} {wide_bar} {elapsed}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} starting circles {pos}/{len} {wide_bar} {elapsed}",
+        )
+        .expect("valid template"),
     );
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
@@ -390,7 +416,11 @@ enum RunEnd {
     /// Shutdown asked for it.
     Stopped,
     /// It exited (or was killed for not becoming ready).
-    Exited { code: Option<i32>, uptime: Duration, reason: String },
+    Exited {
+        code: Option<i32>,
+        uptime: Duration,
+        reason: String,
+    },
 }
 
 impl Supervisor {
@@ -407,7 +437,11 @@ impl Supervisor {
                     });
                     return;
                 }
-                RunEnd::Exited { code, uptime, reason } => {
+                RunEnd::Exited {
+                    code,
+                    uptime,
+                    reason,
+                } => {
                     if uptime < FAST_FAILURE {
                         fast_failures += 1;
                     } else {
@@ -415,7 +449,9 @@ impl Supervisor {
                         backoff = BACKOFF_START;
                     }
                     if fast_failures >= MAX_FAST_FAILURES {
-                        let why = format!("{reason} ({fast_failures} times in a row within {FAST_FAILURE:?} of starting)");
+                        let why = format!(
+                            "{reason} ({fast_failures} times in a row within {FAST_FAILURE:?} of starting)"
+                        );
                         tracing::error!(circle = %self.spec.name, log = %self.log_path().display(), "worker failed, not restarting: {why}");
                         self.board.update(self.idx, |s| {
                             s.state = WorkerState::Failed(reason.clone());
@@ -450,20 +486,43 @@ impl Supervisor {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.settings.log_dir().join(format!("{}.log", self.spec.name))
+        self.settings
+            .log_dir()
+            .join(format!("{}.log", self.spec.name))
     }
 
     async fn run_once(&mut self, first_ready: &mut Option<oneshot::Sender<()>>) -> RunEnd {
         let started = Instant::now();
-        let exited = |code: Option<i32>, reason: String| RunEnd::Exited { code, uptime: started.elapsed(), reason };
+        let exited = |code: Option<i32>, reason: String| RunEnd::Exited {
+            code,
+            uptime: started.elapsed(),
+            reason,
+        };
         let _ = std::fs::remove_file(&self.socket);
         let socket = match UnixDatagram::bind(&self.socket) {
             Ok(s) => s,
-            Err(e) => return exited(None, format!("could not create its notify socket {}: {e}", self.socket.display())),
+            Err(e) => {
+                return exited(
+                    None,
+                    format!(
+                        "could not create its notify socket {}: {e}",
+                        self.socket.display()
+                    ),
+                );
+            }
         };
-        let log = match std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()) {
+        let log = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+        {
             Ok(f) => f,
-            Err(e) => return exited(None, format!("could not open its log {}: {e}", self.log_path().display())),
+            Err(e) => {
+                return exited(
+                    None,
+                    format!("could not open its log {}: {e}", self.log_path().display()),
+                );
+            }
         };
         let mut cmd = Command::new(&self.program.path);
         cmd.args(&self.program.leading_args)
@@ -476,7 +535,11 @@ impl Supervisor {
             .env(ENV_NOTIFY_SOCKET, &self.socket)
             .env(ENV_LAUNCHER_PID, std::process::id().to_string())
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .stdout(
+                log.try_clone()
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .stderr(log)
             .kill_on_drop(true);
         if std::env::var_os(ENV_RUST_LOG).is_none() {
@@ -485,7 +548,15 @@ impl Supervisor {
         die_with_parent(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => return exited(None, format!("could not be started ({}): {e}", self.program.path.display())),
+            Err(e) => {
+                return exited(
+                    None,
+                    format!(
+                        "could not be started ({}): {e}",
+                        self.program.path.display()
+                    ),
+                );
+            }
         };
         let pid = child.id();
         tracing::debug!(circle = %self.spec.name, ?pid, "worker spawned");
@@ -499,7 +570,13 @@ impl Supervisor {
         let ready = async {
             loop {
                 match socket.recv(&mut buf).await {
-                    Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => return,
+                    Ok(n)
+                        if String::from_utf8_lossy(&buf[..n])
+                            .lines()
+                            .any(|l| l == "READY=1") =>
+                    {
+                        return;
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!("notify socket: {e}");
@@ -524,7 +601,8 @@ impl Supervisor {
             }
         }
         tracing::info!(circle = %self.spec.name, ?pid, elapsed = ?started.elapsed(), "worker ready");
-        self.board.update(self.idx, |s| s.state = WorkerState::Ready);
+        self.board
+            .update(self.idx, |s| s.state = WorkerState::Ready);
         if let Some(tx) = first_ready.take() {
             let _ = tx.send(());
         }
@@ -548,5 +626,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 fn describe_exit(code: Option<i32>) -> String {
-    code.map_or_else(|| "killed by a signal".into(), |c| format!("exit status {c}"))
+    code.map_or_else(
+        || "killed by a signal".into(),
+        |c| format!("exit status {c}"),
+    )
 }

@@ -12,7 +12,9 @@ pub enum LaunchError {
     #[error(transparent)]
     InvalidKey(#[from] InvalidKey),
     /// `--use-service-manager` without `--worker-binary`.
-    #[error("worker binary path required: --use-service-manager needs --worker-binary PATH (e.g. --worker-binary target/release/worker)")]
+    #[error(
+        "worker binary path required: --use-service-manager needs --worker-binary PATH (e.g. --worker-binary target/release/worker)"
+    )]
     WorkerBinaryRequired,
     /// A binary that is not there or cannot be run.
     #[error("{what} binary {path} {problem}")]
@@ -51,7 +53,9 @@ pub enum LaunchError {
         second: String,
     },
     /// A port something else already listens on.
-    #[error("port {port} is already in use on {host} (needed for {purpose}); stop what uses it or pick another port")]
+    #[error(
+        "port {port} is already in use on {host} (needed for {purpose}); stop what uses it or pick another port"
+    )]
     PortInUse {
         /// Host part.
         host: String,
@@ -69,7 +73,9 @@ pub enum LaunchError {
         reason: String,
     },
     /// No circles to launch.
-    #[error("no circles given: pass -c PUBLIC_KEY[:init.rhai] (see `launcher keygen`), or a circles.json file; {DEFAULT_HINT}")]
+    #[error(
+        "no circles given: pass -c PUBLIC_KEY[:init.rhai] (see `launcher keygen`), or a circles.json file; {DEFAULT_HINT}"
+    )]
     NoCircles,
     /// A circles.json that cannot be used.
     #[error("circles config {path}: {message}")]
@@ -133,6 +139,9 @@ const DEFAULT_HINT: &str = "no ./circles.json found either";
 impl LaunchError {
     /// An I/O error while doing `what`.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { what: what.into(), source }
+        Self::Io {
+            what: what.into(),
+            source,
+        }
     }
 }

@@ -17,7 +17,10 @@ fn main() -> ExitCode {
         return circles_worker::cli::main_with(args);
     }
     init_logging(cli.common.log_level());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
@@ -40,7 +43,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let v = serde_json::json!({"public_key": pair.public.to_hex(), "secret_key": pair.secret_hex()});
                 writeln!(out, "{v}")?;
             } else {
-                writeln!(out, "public key: {}\nsecret key: {}", pair.public, pair.secret_hex())?;
+                writeln!(
+                    out,
+                    "public key: {}\nsecret key: {}",
+                    pair.public,
+                    pair.secret_hex()
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -61,7 +69,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Logs { circle, follow }) => service_mode::logs(&common, &circle, follow).await,
+        Some(Command::Logs { circle, follow }) => {
+            service_mode::logs(&common, &circle, follow).await
+        }
         Some(Command::RunWorker(_)) => unreachable!("handled before the runtime starts"),
         None if cli.launch.use_service_manager => {
             service_mode::launch(&cli.launch, &common).await?;
@@ -99,7 +109,8 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 /// Ctrl+C or SIGTERM.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl+C received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),

@@ -34,8 +34,12 @@ pub enum RedisCheck {
 /// local, says how to start a private server instead. Errors name the URL
 /// and what to do.
 pub async fn check(url: &str, autostart: bool) -> Result<RedisCheck, LaunchError> {
-    let unreachable = |reason: String| LaunchError::RedisUnreachable { url: url.to_string(), reason };
-    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| unreachable(format!("invalid URL: {e}")))?;
+    let unreachable = |reason: String| LaunchError::RedisUnreachable {
+        url: url.to_string(),
+        reason,
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| unreachable(format!("invalid URL: {e}")))?;
     let err = match ping(url).await {
         Ok(()) => return Ok(RedisCheck::Reachable),
         Err(e) => e,
@@ -51,7 +55,9 @@ pub async fn check(url: &str, autostart: bool) -> Result<RedisCheck, LaunchError
                 "{err}; and redis-server is not installed to start a private one: install it (Debian/Ubuntu: sudo apt-get install -y redis-server; macOS: brew install redis)"
             ))),
         },
-        _ => Err(unreachable(format!("{err}; start Redis there or pass --redis-url"))),
+        _ => Err(unreachable(format!(
+            "{err}; start Redis there or pass --redis-url"
+        ))),
     }
 }
 
@@ -65,8 +71,15 @@ pub async fn ping(url: &str) -> Result<(), String> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(2)));
-    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
-    redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(|e| e.to_string())
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A redis-server owned by this launcher.
@@ -81,19 +94,35 @@ impl LocalRedis {
     /// Starts `program` on 127.0.0.1:`port` with data under `dir`, and waits
     /// until it answers.
     pub async fn start(program: &Path, port: u16, dir: &Path) -> Result<Self, LaunchError> {
-        std::fs::create_dir_all(dir).map_err(|source| LaunchError::DataDir { path: dir.to_path_buf(), source })?;
-        let log = std::fs::File::create(dir.join("redis.log")).map_err(|e| LaunchError::io("creating redis.log", e))?;
+        std::fs::create_dir_all(dir).map_err(|source| LaunchError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let log = std::fs::File::create(dir.join("redis.log"))
+            .map_err(|e| LaunchError::io("creating redis.log", e))?;
         let mut cmd = Command::new(program);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .args(["--save", "60 1", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| LaunchError::io("redis.log", e))?)
-            .stderr(log)
-            .kill_on_drop(true);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--save", "60 1", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| LaunchError::io("redis.log", e))?,
+        )
+        .stderr(log)
+        .kill_on_drop(true);
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().map_err(|e| LaunchError::LocalRedis(format!("{}: {e}", program.display())))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| LaunchError::LocalRedis(format!("{}: {e}", program.display())))?;
         let url = format!("redis://127.0.0.1:{port}");
         let start = Instant::now();
         loop {
@@ -107,11 +136,17 @@ impl LocalRedis {
                 )));
             }
             if start.elapsed() > Duration::from_secs(10) {
-                return Err(LaunchError::LocalRedis("it did not answer within 10 s".into()));
+                return Err(LaunchError::LocalRedis(
+                    "it did not answer within 10 s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Self { child, port, dir: dir.to_path_buf() })
+        Ok(Self {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The port it listens on.

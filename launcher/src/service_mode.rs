@@ -18,11 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use circles_dispatcher::protocol::{ENV_PRESERVE_TASKS, ENV_RUST_LOG, task_queue_key, worker_heartbeat_key};
+use circles_dispatcher::protocol::{
+    ENV_PRESERVE_TASKS, ENV_RUST_LOG, task_queue_key, worker_heartbeat_key,
+};
 use circles_dispatcher::{CirclePublicKey, DispatchError, Dispatcher, WorkerHeartbeat};
 use circles_services::{
-    BackendKind, Plan, PlannedAction, RestartPolicy, SERVICE_PREFIX, ServiceBackend, ServiceName, ServiceScope,
-    ServiceSpec, ServiceTemplate, Templates,
+    BackendKind, Plan, PlannedAction, RestartPolicy, SERVICE_PREFIX, ServiceBackend, ServiceName,
+    ServiceScope, ServiceSpec, ServiceTemplate, Templates,
 };
 use sha2::{Digest, Sha256};
 
@@ -41,7 +43,8 @@ const HEARTBEAT_WAIT: Duration = Duration::from_secs(30);
 
 /// `tf.ourworld.circles.circle-worker-<pk>`
 pub fn worker_service_name(key: &CirclePublicKey) -> ServiceName {
-    ServiceName::new(format!("{WORKER_SERVICE_PREFIX}{key}")).expect("a canonical key makes a valid name")
+    ServiceName::new(format!("{WORKER_SERVICE_PREFIX}{key}"))
+        .expect("a canonical key makes a valid name")
 }
 
 /// `tf.ourworld.circles.circle-ws-server`
@@ -51,7 +54,10 @@ pub fn server_service_name() -> ServiceName {
 
 /// The circle key of a worker service name, if it is one.
 pub fn circle_of(name: &ServiceName) -> Option<CirclePublicKey> {
-    name.as_str().strip_prefix(WORKER_SERVICE_PREFIX)?.parse().ok()
+    name.as_str()
+        .strip_prefix(WORKER_SERVICE_PREFIX)?
+        .parse()
+        .ok()
 }
 
 /// The service backend for these flags (`--system`/`--user`, `--templates-dir`).
@@ -86,7 +92,10 @@ pub struct LaunchReport {
 /// The whole service-mode launch; see the module docs.
 pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchReport, LaunchError> {
     // Validation first: nothing below touches the system until `apply`.
-    let worker_binary = args.worker_binary.as_deref().ok_or(LaunchError::WorkerBinaryRequired)?;
+    let worker_binary = args
+        .worker_binary
+        .as_deref()
+        .ok_or(LaunchError::WorkerBinaryRequired)?;
     let worker_binary = check_binary("worker", worker_binary)?;
     let server_binary = resolve_server_binary(args.server_binary.as_deref(), &worker_binary)?;
     let (settings, resolved) = LaunchSettings::resolve_without_ports(args, common)?;
@@ -109,7 +118,8 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
 
     resolved.persist_new_keys()?;
     for dir in [settings.data_dir.clone(), settings.log_dir()] {
-        std::fs::create_dir_all(&dir).map_err(|source| LaunchError::DataDir { path: dir, source })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| LaunchError::DataDir { path: dir, source })?;
     }
     let started = Instant::now();
     let applied = backend.apply(&plan).await?;
@@ -142,7 +152,14 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         let script = c.init_script.as_ref()?;
         let d = dispatcher.clone();
         Some(async move {
-            let result = d.run_as(&c.key, &script.source, settings.init_timeout, &c.key.to_hex()).await;
+            let result = d
+                .run_as(
+                    &c.key,
+                    &script.source,
+                    settings.init_timeout,
+                    &c.key.to_hex(),
+                )
+                .await;
             (c, result)
         })
     });
@@ -171,11 +188,20 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         applied.unchanged.len()
     );
     let _ = writeln!(out, "{}", render_table(&rows));
-    Ok(LaunchReport { created: applied.created, updated: applied.updated, unchanged: applied.unchanged, init_failures })
+    Ok(LaunchReport {
+        created: applied.created,
+        updated: applied.updated,
+        unchanged: applied.unchanged,
+        init_failures,
+    })
 }
 
 /// Renders the worker and server services for these settings.
-pub fn build_specs(settings: &LaunchSettings, worker_binary: &Path, server_binary: &Path) -> Result<Vec<ServiceSpec>, LaunchError> {
+pub fn build_specs(
+    settings: &LaunchSettings,
+    worker_binary: &Path,
+    server_binary: &Path,
+) -> Result<Vec<ServiceSpec>, LaunchError> {
     let worker_hash = file_sha256(worker_binary)?;
     let server_hash = file_sha256(server_binary)?;
     let common_env = |extra: &[(&str, &str)]| {
@@ -185,7 +211,10 @@ pub fn build_specs(settings: &LaunchSettings, worker_binary: &Path, server_binar
     };
     let mut specs = Vec::new();
     for c in &settings.circles {
-        let init_hash = c.init_script.as_ref().map_or_else(|| "none".to_string(), |s| hex::encode(Sha256::digest(s.source.as_bytes())));
+        let init_hash = c.init_script.as_ref().map_or_else(
+            || "none".to_string(),
+            |s| hex::encode(Sha256::digest(s.source.as_bytes())),
+        );
         specs.push(ServiceSpec {
             name: worker_service_name(&c.key),
             template: ServiceTemplate::Worker,
@@ -250,11 +279,16 @@ pub fn build_specs(settings: &LaunchSettings, worker_binary: &Path, server_binar
 
 /// `--server-binary`, else `server` next to the worker binary, next to the
 /// launcher, or on PATH.
-fn resolve_server_binary(given: Option<&Path>, worker_binary: &Path) -> Result<PathBuf, LaunchError> {
+fn resolve_server_binary(
+    given: Option<&Path>,
+    worker_binary: &Path,
+) -> Result<PathBuf, LaunchError> {
     if let Some(path) = given {
         return check_binary("server", path);
     }
-    let beside_launcher = std::env::current_exe().ok().map(|me| me.with_file_name("server"));
+    let beside_launcher = std::env::current_exe()
+        .ok()
+        .map(|me| me.with_file_name("server"));
     [Some(worker_binary.with_file_name("server")), beside_launcher]
         .into_iter()
         .flatten()
@@ -268,7 +302,10 @@ fn resolve_server_binary(given: Option<&Path>, worker_binary: &Path) -> Result<P
 }
 
 /// The main port must be free unless our own server service holds it.
-async fn check_service_ports(backend: &ServiceBackend, settings: &LaunchSettings) -> Result<(), LaunchError> {
+async fn check_service_ports(
+    backend: &ServiceBackend,
+    settings: &LaunchSettings,
+) -> Result<(), LaunchError> {
     let ours_running = backend
         .status(&server_service_name())
         .await
@@ -288,15 +325,23 @@ async fn check_service_ports(backend: &ServiceBackend, settings: &LaunchSettings
 
 fn print_dry_run(backend: &ServiceBackend, plan: &Plan) -> Result<(), LaunchError> {
     let mut out = std::io::stdout().lock();
-    let mut w = |s: String| writeln!(out, "{s}").map_err(|e| LaunchError::io("writing to stdout", e));
-    w(format!("dry run: {} — nothing is changed\n", backend.describe()))?;
+    let mut w =
+        |s: String| writeln!(out, "{s}").map_err(|e| LaunchError::io("writing to stdout", e));
+    w(format!(
+        "dry run: {} — nothing is changed\n",
+        backend.describe()
+    ))?;
     for (rendered, action) in &plan.items {
         let verb = match action {
             PlannedAction::Create => "create, enable and start",
             PlannedAction::Update { .. } => "rewrite and restart",
             PlannedAction::Unchanged => "unchanged (started if not running)",
         };
-        w(format!("# {}: {verb}\n# file: {}", rendered.name, rendered.path.display()))?;
+        w(format!(
+            "# {}: {verb}\n# file: {}",
+            rendered.name,
+            rendered.path.display()
+        ))?;
         if !matches!(action, PlannedAction::Unchanged) {
             w(rendered.contents.clone())?;
         }
@@ -305,11 +350,13 @@ fn print_dry_run(backend: &ServiceBackend, plan: &Plan) -> Result<(), LaunchErro
 }
 
 fn file_sha256(path: &Path) -> Result<String, LaunchError> {
-    let mut file = std::fs::File::open(path).map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
+        let n = std::io::Read::read(&mut file, &mut buf)
+            .map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
         if n == 0 {
             return Ok(hex::encode(hasher.finalize()));
         }
@@ -318,18 +365,27 @@ fn file_sha256(path: &Path) -> Result<String, LaunchError> {
 }
 
 /// Waits until the circle's worker heartbeat is in Redis.
-async fn wait_for_heartbeat(dispatcher: &Dispatcher, key: &CirclePublicKey, timeout: Duration) -> Result<(), LaunchError> {
+async fn wait_for_heartbeat(
+    dispatcher: &Dispatcher,
+    key: &CirclePublicKey,
+    timeout: Duration,
+) -> Result<(), LaunchError> {
     let mut conn = dispatcher.connection();
     let start = Instant::now();
     loop {
-        let beat: Option<String> = redis::cmd("GET").arg(worker_heartbeat_key(key)).query_async(&mut conn).await?;
+        let beat: Option<String> = redis::cmd("GET")
+            .arg(worker_heartbeat_key(key))
+            .query_async(&mut conn)
+            .await?;
         if beat.is_some() {
             return Ok(());
         }
         if start.elapsed() > timeout {
             return Err(LaunchError::WorkerNotReady {
                 circle: key.to_hex(),
-                reason: format!("no heartbeat in Redis after {timeout:?}; see `launcher logs {key}`"),
+                reason: format!(
+                    "no heartbeat in Redis after {timeout:?}; see `launcher logs {key}`"
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -338,11 +394,18 @@ async fn wait_for_heartbeat(dispatcher: &Dispatcher, key: &CirclePublicKey, time
 
 /// Status rows for every installed circle service, enriched from Redis when
 /// it answers.
-async fn gather_rows(backend: &ServiceBackend, dispatcher: Option<&Dispatcher>, settings: &LaunchSettings) -> Result<Vec<StatusRow>, LaunchError> {
+async fn gather_rows(
+    backend: &ServiceBackend,
+    dispatcher: Option<&Dispatcher>,
+    settings: &LaunchSettings,
+) -> Result<Vec<StatusRow>, LaunchError> {
     let names = backend.list_installed().await?;
     let mut conn = dispatcher.map(Dispatcher::connection);
-    let names_by_key: BTreeMap<String, String> =
-        settings.circles.iter().map(|c| (c.key.to_hex(), c.name.clone())).collect();
+    let names_by_key: BTreeMap<String, String> = settings
+        .circles
+        .iter()
+        .map(|c| (c.key.to_hex(), c.name.clone()))
+        .collect();
     let mut rows = Vec::new();
     for name in names {
         let status = backend.status(&name).await?;
@@ -364,13 +427,27 @@ async fn gather_rows(backend: &ServiceBackend, dispatcher: Option<&Dispatcher>, 
             url: format!("ws://{}:{}/", settings.host, settings.port),
         };
         if let Some(key) = circle_of(&name) {
-            row.name = names_by_key.get(&key.to_hex()).cloned().unwrap_or_else(|| crate::settings::short_name(&key));
+            row.name = names_by_key
+                .get(&key.to_hex())
+                .cloned()
+                .unwrap_or_else(|| crate::settings::short_name(&key));
             row.public_key = key.to_hex();
             row.url = settings.ws_url(&key);
             if let Some(conn) = conn.as_mut() {
-                row.queue = redis::cmd("LLEN").arg(task_queue_key(&key)).query_async(conn).await.ok();
-                let beat: Option<String> = redis::cmd("GET").arg(worker_heartbeat_key(&key)).query_async(conn).await.ok().flatten();
-                row.heartbeat = beat.and_then(|b| serde_json::from_str::<WorkerHeartbeat>(&b).ok()).map(|b| b.beat_at);
+                row.queue = redis::cmd("LLEN")
+                    .arg(task_queue_key(&key))
+                    .query_async(conn)
+                    .await
+                    .ok();
+                let beat: Option<String> = redis::cmd("GET")
+                    .arg(worker_heartbeat_key(&key))
+                    .query_async(conn)
+                    .await
+                    .ok()
+                    .flatten();
+                row.heartbeat = beat
+                    .and_then(|b| serde_json::from_str::<WorkerHeartbeat>(&b).ok())
+                    .map(|b| b.beat_at);
             }
         } else {
             row.name = "ws-server".into();
@@ -383,9 +460,14 @@ async fn gather_rows(backend: &ServiceBackend, dispatcher: Option<&Dispatcher>, 
 /// Rows for `launcher status`: every installed circle service.
 pub async fn status_rows(common: &CommonArgs) -> Result<Vec<StatusRow>, LaunchError> {
     let backend = backend(common).await?;
-    let dispatcher = Dispatcher::connect(&common.redis_url, "launcher-status").await.ok();
+    let dispatcher = Dispatcher::connect(&common.redis_url, "launcher-status")
+        .await
+        .ok();
     if dispatcher.is_none() {
-        tracing::warn!("Redis unreachable at {}: queue depth and heartbeat unknown", common.redis_url);
+        tracing::warn!(
+            "Redis unreachable at {}: queue depth and heartbeat unknown",
+            common.redis_url
+        );
     }
     let settings = LaunchSettings::for_status(common)?;
     gather_rows(&backend, dispatcher.as_ref(), &settings).await
@@ -400,11 +482,18 @@ pub async fn logs(common: &CommonArgs, circle: &str, follow: bool) -> anyhow::Re
     };
     let backend = backend(common).await?;
     let mut cmd = backend.logs_command(&name, follow);
-    let status = tokio::process::Command::from(std::mem::replace(&mut cmd, std::process::Command::new("true")))
-        .status()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot run {:?}: {e}", cmd.get_program()))?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let status = tokio::process::Command::from(std::mem::replace(
+        &mut cmd,
+        std::process::Command::new("true"),
+    ))
+    .status()
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot run {:?}: {e}", cmd.get_program()))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Removes every service named under `tf.ourworld.circles.`, with the scope
@@ -419,7 +508,12 @@ pub async fn cleanup(common: &CommonArgs) -> Result<Vec<ServiceName>, LaunchErro
 /// `tf.ourworld.circles.` prefix. Returns the names removed.
 pub async fn cleanup_launcher() -> Result<Vec<String>, LaunchError> {
     let backend = ServiceBackend::detect(None, Templates::embedded()).await?;
-    Ok(backend.cleanup().await?.into_iter().map(|n| n.as_str().to_string()).collect())
+    Ok(backend
+        .cleanup()
+        .await?
+        .into_iter()
+        .map(|n| n.as_str().to_string())
+        .collect())
 }
 
 /// Prints what cleanup removed.

@@ -105,7 +105,10 @@ struct ConfigEntry {
 impl LaunchSettings {
     /// Validates the launch flags, ports included. Reads files; starts and
     /// writes nothing.
-    pub fn resolve(args: &LaunchArgs, common: &CommonArgs) -> Result<(Self, ResolvedCircles), LaunchError> {
+    pub fn resolve(
+        args: &LaunchArgs,
+        common: &CommonArgs,
+    ) -> Result<(Self, ResolvedCircles), LaunchError> {
         let (settings, resolved) = Self::resolve_without_ports(args, common)?;
         check_ports(&args.host, args.port, &resolved.circles)?;
         Ok((settings, resolved))
@@ -113,7 +116,10 @@ impl LaunchSettings {
 
     /// [`Self::resolve`] without the port check (service mode checks ports
     /// itself: its own running server may hold them).
-    pub fn resolve_without_ports(args: &LaunchArgs, common: &CommonArgs) -> Result<(Self, ResolvedCircles), LaunchError> {
+    pub fn resolve_without_ports(
+        args: &LaunchArgs,
+        common: &CommonArgs,
+    ) -> Result<(Self, ResolvedCircles), LaunchError> {
         let data_dir = absolute(&common.data_dir)?;
         let resolved = resolve_circles(args, &data_dir)?;
         check_duplicate_ports(args.port, &resolved.circles)?;
@@ -140,7 +146,9 @@ impl LaunchSettings {
             redis_url: common.redis_url.clone(),
             enable_auth: false,
             data_dir: absolute(&common.data_dir)?,
-            init_timeout: Duration::from_secs(circles_dispatcher::protocol::DEFAULT_TASK_TIMEOUT_SECS),
+            init_timeout: Duration::from_secs(
+                circles_dispatcher::protocol::DEFAULT_TASK_TIMEOUT_SECS,
+            ),
             redis_autostart: false,
             log_level: common.log_level(),
         })
@@ -158,7 +166,11 @@ impl LaunchSettings {
 }
 
 fn url_host(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() }
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
 }
 
 impl ResolvedCircles {
@@ -177,7 +189,11 @@ fn resolve_circles(args: &LaunchArgs, data_dir: &Path) -> Result<ResolvedCircles
     let config = args.config_flag.clone().or_else(|| args.config.clone());
     let resolved = if !args.circles.is_empty() {
         ResolvedCircles {
-            circles: args.circles.iter().map(|arg| parse_circle_arg(arg)).collect::<Result<_, _>>()?,
+            circles: args
+                .circles
+                .iter()
+                .map(|arg| parse_circle_arg(arg))
+                .collect::<Result<_, _>>()?,
             new_keys: Vec::new(),
         }
     } else if let Some(path) = config {
@@ -190,7 +206,9 @@ fn resolve_circles(args: &LaunchArgs, data_dir: &Path) -> Result<ResolvedCircles
     let mut seen = HashMap::new();
     for c in &resolved.circles {
         if seen.insert(c.key, ()).is_some() {
-            return Err(LaunchError::DuplicateCircle { key: c.key.to_hex() });
+            return Err(LaunchError::DuplicateCircle {
+                key: c.key.to_hex(),
+            });
         }
     }
     Ok(resolved)
@@ -206,7 +224,12 @@ pub fn parse_circle_arg(arg: &str) -> Result<CircleSpec, LaunchError> {
     let key = CirclePublicKey::parse(key)?;
     let name = short_name(&key);
     let init_script = script.map(|p| read_script(&name, &p)).transpose()?;
-    Ok(CircleSpec { name, key, init_script, port: None })
+    Ok(CircleSpec {
+        name,
+        key,
+        init_script,
+        port: None,
+    })
 }
 
 /// `02abcdef…` → `circle-02abcdef`.
@@ -225,10 +248,16 @@ fn read_script(circle: &str, path: &Path) -> Result<InitScript, LaunchError> {
 }
 
 fn load_config(path: &Path, data_dir: &Path) -> Result<ResolvedCircles, LaunchError> {
-    let err = |message: String| LaunchError::Config { path: path.to_path_buf(), message };
+    let err = |message: String| LaunchError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-    let entries: Vec<ConfigEntry> =
-        serde_json::from_str(&text).map_err(|e| err(format!("expected an array of {{\"name\", \"port\", \"script_path\"?}}: {e}")))?;
+    let entries: Vec<ConfigEntry> = serde_json::from_str(&text).map_err(|e| {
+        err(format!(
+            "expected an array of {{\"name\", \"port\", \"script_path\"?}}: {e}"
+        ))
+    })?;
     if entries.is_empty() {
         return Err(err("it lists no circles".into()));
     }
@@ -238,8 +267,16 @@ fn load_config(path: &Path, data_dir: &Path) -> Result<ResolvedCircles, LaunchEr
     let mut circles = Vec::new();
     let mut new_keys = Vec::new();
     for entry in entries {
-        if entry.name.is_empty() || !entry.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(err(format!("circle name `{}` must be letters, digits, - or _", entry.name)));
+        if entry.name.is_empty()
+            || !entry
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err(format!(
+                "circle name `{}` must be letters, digits, - or _",
+                entry.name
+            )));
         }
         if names.insert(entry.name.clone(), ()).is_some() {
             return Err(err(format!("circle name `{}` appears twice", entry.name)));
@@ -252,7 +289,11 @@ fn load_config(path: &Path, data_dir: &Path) -> Result<ResolvedCircles, LaunchEr
             read_key_file(&key_path)?
         } else {
             let pair = CircleKeypair::generate();
-            let stored = StoredKey { name: entry.name.clone(), public_key: pair.public.to_hex(), secret_key: pair.secret_hex() };
+            let stored = StoredKey {
+                name: entry.name.clone(),
+                public_key: pair.public.to_hex(),
+                secret_key: pair.secret_hex(),
+            };
             new_keys.push((key_path, stored));
             pair.public
         };
@@ -260,7 +301,12 @@ fn load_config(path: &Path, data_dir: &Path) -> Result<ResolvedCircles, LaunchEr
             .script_path
             .map(|p| read_script(&entry.name, &if p.is_absolute() { p } else { base.join(p) }))
             .transpose()?;
-        circles.push(CircleSpec { name: entry.name, key, init_script, port: Some(entry.port) });
+        circles.push(CircleSpec {
+            name: entry.name,
+            key,
+            init_script,
+            port: Some(entry.port),
+        });
     }
     Ok(ResolvedCircles { circles, new_keys })
 }
@@ -271,10 +317,15 @@ pub fn key_file(data_dir: &Path, name: &str) -> PathBuf {
 }
 
 fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
-    let err = |message: String| LaunchError::KeyFile { path: path.to_path_buf(), message };
+    let err = |message: String| LaunchError::KeyFile {
+        path: path.to_path_buf(),
+        message,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let stored: StoredKey = serde_json::from_str(&text).map_err(|e| err(format!("not a key file: {e}")))?;
-    let pair = CircleKeypair::from_secret_hex(&stored.secret_key).map_err(|e| err(e.to_string()))?;
+    let stored: StoredKey =
+        serde_json::from_str(&text).map_err(|e| err(format!("not a key file: {e}")))?;
+    let pair =
+        CircleKeypair::from_secret_hex(&stored.secret_key).map_err(|e| err(e.to_string()))?;
     if pair.public.to_hex() != stored.public_key.to_lowercase() {
         return Err(err("its public key does not match its secret key".into()));
     }
@@ -284,7 +335,10 @@ fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
 fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |message: String| LaunchError::KeyFile { path: path.to_path_buf(), message };
+    let err = |message: String| LaunchError::KeyFile {
+        path: path.to_path_buf(),
+        message,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
@@ -295,7 +349,8 @@ fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| err(e.to_string()))?;
-    file.write_all(json.as_bytes()).map_err(|e| err(e.to_string()))?;
+    file.write_all(json.as_bytes())
+        .map_err(|e| err(e.to_string()))?;
     file.sync_all().map_err(|e| err(e.to_string()))
 }
 
@@ -307,14 +362,21 @@ fn check_ports(host: &str, port: u16, circles: &[CircleSpec]) -> Result<(), Laun
 }
 
 /// Every port with its user; fails if one is used twice.
-fn check_duplicate_ports(port: u16, circles: &[CircleSpec]) -> Result<BTreeMap<u16, String>, LaunchError> {
+fn check_duplicate_ports(
+    port: u16,
+    circles: &[CircleSpec],
+) -> Result<BTreeMap<u16, String>, LaunchError> {
     let mut users: BTreeMap<u16, String> = BTreeMap::new();
     users.insert(port, "the WebSocket server".into());
     for c in circles {
         if let Some(p) = c.port {
             let user = format!("circle {}", c.name);
             if let Some(first) = users.insert(p, user.clone()) {
-                return Err(LaunchError::DuplicatePort { port: p, first, second: user });
+                return Err(LaunchError::DuplicatePort {
+                    port: p,
+                    first,
+                    second: user,
+                });
             }
         }
     }
@@ -326,17 +388,23 @@ pub fn check_port_free(host: &str, port: u16, purpose: &str) -> Result<(), Launc
     if port == 0 {
         return Ok(());
     }
-    TcpListener::bind((host, port)).map(drop).map_err(|_| LaunchError::PortInUse {
-        host: host.to_string(),
-        port,
-        purpose: purpose.to_string(),
-    })
+    TcpListener::bind((host, port))
+        .map(drop)
+        .map_err(|_| LaunchError::PortInUse {
+            host: host.to_string(),
+            port,
+            purpose: purpose.to_string(),
+        })
 }
 
 /// Checks that `path` is an executable file and makes it absolute.
 pub fn check_binary(what: &'static str, path: &Path) -> Result<PathBuf, LaunchError> {
     use std::os::unix::fs::PermissionsExt;
-    let problem = |problem: &str| LaunchError::Binary { what, path: path.to_path_buf(), problem: problem.to_string() };
+    let problem = |problem: &str| LaunchError::Binary {
+        what,
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    };
     let meta = std::fs::metadata(path).map_err(|_| problem("does not exist"))?;
     if !meta.is_file() {
         return Err(problem("is not a file"));
@@ -355,20 +423,37 @@ pub fn resolve_worker_program(given: Option<&Path>) -> Result<Program, LaunchErr
     resolve_program("worker", given, "run-worker")
 }
 
-fn resolve_program(what: &'static str, given: Option<&Path>, builtin: &str) -> Result<Program, LaunchError> {
+fn resolve_program(
+    what: &'static str,
+    given: Option<&Path>,
+    builtin: &str,
+) -> Result<Program, LaunchError> {
     if let Some(path) = given {
-        return Ok(Program { path: check_binary(what, path)?, leading_args: Vec::new() });
+        return Ok(Program {
+            path: check_binary(what, path)?,
+            leading_args: Vec::new(),
+        });
     }
-    let me = std::env::current_exe().map_err(|e| LaunchError::io("locating the launcher executable", e))?;
+    let me = std::env::current_exe()
+        .map_err(|e| LaunchError::io("locating the launcher executable", e))?;
     let beside = me.with_file_name(what);
     if let Ok(path) = check_binary(what, &beside) {
-        return Ok(Program { path, leading_args: Vec::new() });
+        return Ok(Program {
+            path,
+            leading_args: Vec::new(),
+        });
     }
     if let Some(path) = find_on_path(what) {
-        return Ok(Program { path, leading_args: Vec::new() });
+        return Ok(Program {
+            path,
+            leading_args: Vec::new(),
+        });
     }
     tracing::debug!("no `{what}` binary found; using the launcher's built-in {what}");
-    Ok(Program { path: me, leading_args: vec![builtin.to_string()] })
+    Ok(Program {
+        path: me,
+        leading_args: vec![builtin.to_string()],
+    })
 }
 
 /// First executable called `name` on PATH.
@@ -381,7 +466,10 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, LaunchError> {
-    std::path::absolute(path).map_err(|source| LaunchError::DataDir { path: path.to_path_buf(), source })
+    std::path::absolute(path).map_err(|source| LaunchError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -395,8 +483,13 @@ mod tests {
         let c = parse_circle_arg(KEY).unwrap();
         assert_eq!(c.key.to_hex(), KEY);
         assert!(c.init_script.is_none());
-        let err = parse_circle_arg(&format!("{KEY}:/nonexistent/init.rhai")).unwrap_err().to_string();
-        assert!(err.contains("failed to read init script /nonexistent/init.rhai"), "{err}");
+        let err = parse_circle_arg(&format!("{KEY}:/nonexistent/init.rhai"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("failed to read init script /nonexistent/init.rhai"),
+            "{err}"
+        );
         let err = parse_circle_arg("zz:init.rhai").unwrap_err().to_string();
         assert!(err.contains("invalid public key `zz`"), "{err}");
     }
@@ -406,13 +499,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("circles.json");
         std::fs::write(dir.path().join("a.rhai"), "1").unwrap();
-        std::fs::write(&cfg, r#"[{"name":"a","port":9001,"script_path":"a.rhai"},{"name":"b","port":9002}]"#).unwrap();
+        std::fs::write(
+            &cfg,
+            r#"[{"name":"a","port":9001,"script_path":"a.rhai"},{"name":"b","port":9002}]"#,
+        )
+        .unwrap();
         let data = dir.path().join("data");
         let first = load_config(&cfg, &data).unwrap();
         assert_eq!(first.new_keys.len(), 2);
-        assert!(!key_file(&data, "a").exists(), "nothing written during validation");
+        assert!(
+            !key_file(&data, "a").exists(),
+            "nothing written during validation"
+        );
         first.persist_new_keys().unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key_file(&data, "a")).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(key_file(&data, "a"))
+                .unwrap()
+                .permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600);
         let second = load_config(&cfg, &data).unwrap();
         assert!(second.new_keys.is_empty());
@@ -429,8 +533,14 @@ mod tests {
             ("{}", "expected an array"),
             ("[]", "lists no circles"),
             (r#"[{"name":"a b","port":1}]"#, "letters, digits"),
-            (r#"[{"name":"a","port":1},{"name":"a","port":2}]"#, "appears twice"),
-            (r#"[{"name":"a","port":1,"script_path":"missing.rhai"}]"#, "failed to read init script"),
+            (
+                r#"[{"name":"a","port":1},{"name":"a","port":2}]"#,
+                "appears twice",
+            ),
+            (
+                r#"[{"name":"a","port":1,"script_path":"missing.rhai"}]"#,
+                "failed to read init script",
+            ),
         ] {
             std::fs::write(&cfg, text).unwrap();
             let err = load_config(&cfg, dir.path()).unwrap_err().to_string();

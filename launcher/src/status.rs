@@ -36,7 +36,16 @@ pub fn render_table(rows: &[StatusRow]) -> Table {
     let mut table = Table::new();
     table.load_style(presets::UTF8_FULL_CONDENSED);
     table.set_content_arrangement(ContentArrangement::Disabled);
-    table.set_header(["Circle", "Public key", "State", "PID", "Restarts", "Queue", "Init", "WebSocket URL"]);
+    table.set_header([
+        "Circle",
+        "Public key",
+        "State",
+        "PID",
+        "Restarts",
+        "Queue",
+        "Init",
+        "WebSocket URL",
+    ]);
     for r in rows {
         table.add_row([
             r.name.clone(),
@@ -62,7 +71,11 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 
 /// `02c6047f…709ee5`: enough to recognise a key; the URL carries it whole.
 fn abbreviate_key(key: &str) -> String {
-    if key.len() > 16 { format!("{}…{}", &key[..8], &key[key.len() - 6..]) } else { key.to_string() }
+    if key.len() > 16 {
+        format!("{}…{}", &key[..8], &key[key.len() - 6..])
+    } else {
+        key.to_string()
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

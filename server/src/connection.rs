@@ -283,8 +283,7 @@ async fn play(
     let mut grace_over = shared.grace_over.clone();
     let timeout = shared.play_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let lent = shared.redis.dispatcher();
-    let dispatcher = &lent.dispatcher;
+    let dispatcher = &shared.redis;
     let run = async {
         let task_id = match tokio::time::timeout_at(
             deadline,
@@ -293,12 +292,7 @@ async fn play(
         .await
         {
             Ok(Ok(task_id)) => task_id,
-            Ok(Err(error)) => {
-                if error.is_redis() {
-                    shared.redis.connection_failed(&lent).await;
-                }
-                return play_outcome(Err(error), timeout);
-            }
+            Ok(Err(error)) => return play_outcome(Err(error), timeout),
             Err(_) => {
                 return Err(RpcError::new(
                     code::TIMEOUT,
@@ -318,9 +312,6 @@ async fn play(
                     task_id,
                     waited: timeout,
                 }));
-        if outcome.as_ref().is_err_and(DispatchError::is_redis) {
-            shared.redis.connection_failed(&lent).await;
-        }
         play_outcome(outcome, timeout)
     };
     tokio::select! {

@@ -45,7 +45,6 @@ pub mod auth;
 mod config;
 mod connection;
 mod error;
-mod redis_link;
 mod routing;
 pub mod rpc;
 mod server;

@@ -22,8 +22,8 @@ use circles_dispatcher::CirclePublicKey;
 use circles_dispatcher::protocol::CIRCLES_SET;
 
 use crate::connection;
-use crate::redis_link::RedisLink;
 use crate::server::Shared;
+use circles_dispatcher::Dispatcher;
 
 /// The circles a server knows: those it was configured with, plus every
 /// circle a worker has registered in the Redis set `rhai_circles`.
@@ -43,21 +43,16 @@ impl CircleDirectory {
     pub(crate) async fn contains(
         &self,
         circle: &CirclePublicKey,
-        redis: &RedisLink,
+        redis: &Dispatcher,
     ) -> redis::RedisResult<bool> {
         if self.configured.contains(circle) {
             return Ok(true);
         }
-        let lent = redis.dispatcher();
-        let answer = redis::cmd("SISMEMBER")
+        redis::cmd("SISMEMBER")
             .arg(CIRCLES_SET)
             .arg(circle.to_hex())
-            .query_async(&mut lent.dispatcher.connection())
-            .await;
-        if answer.is_err() {
-            redis.connection_failed(&lent).await;
-        }
-        answer
+            .query_async(&mut redis.connection())
+            .await
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use circles_dispatcher::CirclePublicKey;
+use circles_dispatcher::{CirclePublicKey, Dispatcher};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -26,9 +26,12 @@ use tokio::time::Instant;
 use crate::auth::NonceStore;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::redis_link::RedisLink;
 use crate::routing::{self, CircleDirectory};
 use crate::signal::{self, Signal};
+
+/// Recorded as the dispatcher's own caller id; every `play` overrides it
+/// with the connection's caller, so it shows only if that ever goes wrong.
+const DISPATCHER_CALLER_ID: &str = "circles-server";
 
 /// After the grace period, how long connections get to send their last
 /// answers and close frames before `run` returns without them.
@@ -40,7 +43,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// is dropped: each connection holds an `Arc<Shared>` for its whole life.
 pub(crate) struct Shared {
     /// Submits `play` scripts and waits for their results.
-    pub(crate) redis: RedisLink,
+    pub(crate) redis: Dispatcher,
     /// Which circles exist.
     pub(crate) directory: CircleDirectory,
     /// Outstanding `fetch_nonce` nonces.
@@ -62,7 +65,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct Server {
     config: ServerConfig,
-    redis: RedisLink,
+    redis: Dispatcher,
     main: BoundListener,
     circle_listeners: Vec<(CirclePublicKey, BoundListener)>,
 }
@@ -83,7 +86,7 @@ impl Server {
                 "the play timeout must be longer than zero".to_string(),
             ));
         }
-        let redis = RedisLink::connect(&config.redis_url).await?;
+        let redis = Dispatcher::connect(&config.redis_url, DISPATCHER_CALLER_ID).await?;
         let main = bind_listener(&config.host, config.port).await?;
         let mut circle_listeners = Vec::with_capacity(config.circle_ports.len());
         for &(circle, port) in &config.circle_ports {

@@ -5,6 +5,8 @@
 //! to a real Redis and no test can see another's keys. [`binary`] finds the
 //! workspace's built binaries (`worker`, `server`, `launcher`, ...).
 
+pub mod ws;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -89,6 +89,7 @@ pub async fn run(
     let tasks_done = Arc::new(AtomicU64::new(0));
     let heartbeat = Heartbeat {
         key: worker_heartbeat_key(&config.circle),
+        circle: config.circle.to_hex(),
         beat: WorkerHeartbeat {
             pid: std::process::id(),
             started_at: now_rfc3339(),
@@ -101,15 +102,8 @@ pub async fn run(
     // Registration and first heartbeat before READY, so whoever waits on
     // readiness can already route to this circle.
     let registered = retry(&mut stop_rx, "registering the worker", || {
-        let (mut c, hb, circle) = (conn.clone(), heartbeat.clone(), config.circle);
-        async move {
-            redis::cmd("SADD")
-                .arg(CIRCLES_SET)
-                .arg(circle.to_hex())
-                .query_async::<()>(&mut c)
-                .await?;
-            hb.beat(&mut c).await
-        }
+        let (mut c, hb) = (conn.clone(), heartbeat.clone());
+        async move { hb.beat(&mut c).await }
     })
     .await;
     if registered.is_none() {
@@ -248,21 +242,31 @@ fn queue_circle_hex(queue: &TaskQueue) -> String {
 #[derive(Clone)]
 struct Heartbeat {
     key: String,
+    /// Canonical hex, as registered in `rhai_circles`.
+    circle: String,
     beat: WorkerHeartbeat,
     tasks_done: Arc<AtomicU64>,
 }
 
 impl Heartbeat {
+    /// Refreshes the heartbeat and the registration: a Redis that restarted
+    /// empty learns about this circle again within one interval.
     async fn beat(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
         let mut beat = self.beat.clone();
         beat.beat_at = now_rfc3339();
         beat.tasks_done = self.tasks_done.load(Ordering::Relaxed);
         let json = serde_json::to_string(&beat).expect("heartbeat serialises");
-        redis::cmd("SET")
+        redis::pipe()
+            .cmd("SET")
             .arg(&self.key)
             .arg(json)
             .arg("EX")
             .arg(HEARTBEAT_TTL_SECS)
+            .ignore()
+            .cmd("SADD")
+            .arg(CIRCLES_SET)
+            .arg(&self.circle)
+            .ignore()
             .query_async(conn)
             .await
     }
