@@ -150,11 +150,20 @@ pub(crate) async fn service(
         .await
 }
 
-/// Whether `err` is systemd's "unit not loaded" (`NoSuchUnit`, or
-/// `LoadFailed`/`UnitNotLoaded` from operations on a vanished unit).
+/// Whether `err` means "this unit is not loaded": `NoSuchUnit` from
+/// `GetUnit`, `UnitNotLoaded` from operations on it, or `UnknownObject` when
+/// systemd unloaded the unit between our `GetUnit` and a property read.
 pub(crate) fn is_no_such_unit(err: &zbus::Error) -> bool {
-    matches!(err, zbus::Error::MethodError(name, _, _)
-        if name.as_str().ends_with(".NoSuchUnit") || name.as_str().ends_with(".UnitNotLoaded"))
+    match err {
+        zbus::Error::MethodError(name, _, _) => {
+            let name = name.as_str();
+            name.ends_with(".NoSuchUnit")
+                || name.ends_with(".UnitNotLoaded")
+                || name == "org.freedesktop.DBus.Error.UnknownObject"
+        }
+        zbus::Error::FDO(e) => matches!(**e, zbus::fdo::Error::UnknownObject(_)),
+        _ => false,
+    }
 }
 
 /// Connects to the bus that carries the manager for `scope`: the system bus,

@@ -175,7 +175,7 @@ impl SystemdBackend {
     }
 
     /// Renders every spec and compares it with the unit file on disk.
-    pub async fn plan(&self, specs: &[ServiceSpec]) -> Result<crate::backend::Plan, ServiceError> {
+    pub async fn plan(&self, specs: &[ServiceSpec]) -> Result<Plan, ServiceError> {
         let rendered = specs
             .iter()
             .map(|s| self.render(s))
@@ -193,7 +193,8 @@ impl SystemdBackend {
     ///
     /// If a step fails, everything this apply did is undone: units it created
     /// are stopped, disabled, deleted and reset; units it changed get their
-    /// previous file back and are restarted. The error says which service
+    /// previous file back (and are restarted with it if the new one had
+    /// already been started). The error says which service
     /// failed, at which step, why (with the unit's state and last journal
     /// lines), and what the rollback did.
     pub async fn apply(&self, plan: &Plan) -> Result<ApplyReport, ServiceError> {
@@ -441,54 +442,64 @@ impl SystemdBackend {
     /// The unit's state as systemd has it; a unit systemd has not loaded is
     /// `loaded: false`, `inactive`.
     pub async fn status(&self, name: &ServiceName) -> Result<ServiceStatus, ServiceError> {
-        let conn = self.connection().await?;
         let file = self.unit_path(name);
         let on_disk = file.exists().then_some(file);
         let unit_name = name.unit_name();
-        let path = match self.manager().await?.get_unit(&unit_name).await {
-            Ok(path) => path,
-            Err(e) if dbus::is_no_such_unit(&e) => {
-                return Ok(ServiceStatus {
-                    name: name.clone(),
-                    loaded: false,
-                    active_state: "inactive".into(),
-                    sub_state: "dead".into(),
-                    main_pid: None,
-                    n_restarts: None,
-                    exec_main_status: None,
-                    unit_path: on_disk,
-                });
-            }
-            Err(e) => return Err(dbus_error_for("GetUnit", &unit_name)(e)),
-        };
-        let get = dbus_error_for("Get", &unit_name);
-        let unit = dbus::unit(conn, path.clone()).await.map_err(&get)?;
-        let service = dbus::service(conn, path).await.map_err(&get)?;
-        let load_state = unit.load_state().await.map_err(&get)?;
-        let fragment = unit.fragment_path().await.map_err(&get)?;
-        let loaded = load_state == "loaded";
-        // Service properties only exist on a loaded service unit.
-        let (main_pid, n_restarts, exec_main_status) = if loaded {
-            (
-                Some(service.main_pid().await.map_err(&get)?).filter(|pid| *pid != 0),
-                Some(service.n_restarts().await.map_err(&get)?),
-                Some(service.exec_main_status().await.map_err(&get)?),
-            )
-        } else {
-            (None, None, None)
-        };
-        Ok(ServiceStatus {
-            name: name.clone(),
-            loaded,
-            active_state: unit.active_state().await.map_err(&get)?,
-            sub_state: unit.sub_state().await.map_err(&get)?,
-            main_pid,
-            n_restarts,
-            exec_main_status,
-            unit_path: (!fragment.is_empty())
-                .then(|| PathBuf::from(fragment))
-                .or(on_disk),
-        })
+        match self.read_status(name, on_disk.clone()).await? {
+            Ok(status) => Ok(status),
+            Err(e) if dbus::is_no_such_unit(&e) => Ok(ServiceStatus {
+                name: name.clone(),
+                loaded: false,
+                active_state: "inactive".into(),
+                sub_state: "dead".into(),
+                main_pid: None,
+                n_restarts: None,
+                exec_main_status: None,
+                unit_path: on_disk,
+            }),
+            Err(e) => Err(dbus_error_for("GetUnit/Get", &unit_name)(e)),
+        }
+    }
+
+    /// The D-Bus part of [`SystemdBackend::status`]: the outer error is "no
+    /// connection", the inner one a failed call.
+    async fn read_status(
+        &self,
+        name: &ServiceName,
+        on_disk: Option<PathBuf>,
+    ) -> Result<zbus::Result<ServiceStatus>, ServiceError> {
+        let conn = self.connection().await?;
+        let manager = self.manager().await?;
+        Ok(async {
+            let path = manager.get_unit(&name.unit_name()).await?;
+            let unit = dbus::unit(conn, path.clone()).await?;
+            let service = dbus::service(conn, path).await?;
+            let loaded = unit.load_state().await? == "loaded";
+            let fragment = unit.fragment_path().await?;
+            // Service properties only exist on a loaded service unit.
+            let (main_pid, n_restarts, exec_main_status) = if loaded {
+                (
+                    Some(service.main_pid().await?).filter(|pid| *pid != 0),
+                    Some(service.n_restarts().await?),
+                    Some(service.exec_main_status().await?),
+                )
+            } else {
+                (None, None, None)
+            };
+            Ok(ServiceStatus {
+                name: name.clone(),
+                loaded,
+                active_state: unit.active_state().await?,
+                sub_state: unit.sub_state().await?,
+                main_pid,
+                n_restarts,
+                exec_main_status,
+                unit_path: (!fragment.is_empty())
+                    .then(|| PathBuf::from(fragment))
+                    .or(on_disk),
+            })
+        }
+        .await)
     }
 
     /// Stops, disables and deletes each service, reloads once and forgets
