@@ -132,6 +132,9 @@ pub enum Command {
     /// Run a worker (the launcher's built-in worker; same options as `worker`).
     #[command(hide = true)]
     RunWorker(circles_worker::cli::WorkerArgs),
+    /// Run the WebSocket server (the launcher's built-in server; same options as `server`).
+    #[command(hide = true)]
+    Serve(circles_server::cli::ServerArgs),
 }
 
 impl CommonArgs {

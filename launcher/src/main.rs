@@ -13,8 +13,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The built-in worker sets up its own logging and runtime.
-    if let Some(Command::RunWorker(args)) = cli.command {
-        return circles_worker::cli::main_with(args);
+    match cli.command {
+        Some(Command::RunWorker(args)) => return circles_worker::cli::main_with(args),
+        Some(Command::Serve(args)) => return circles_server::cli::main_with(args),
+        _ => {}
     }
     init_logging(cli.common.log_level());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -72,7 +74,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Logs { circle, follow }) => {
             service_mode::logs(&common, &circle, follow).await
         }
-        Some(Command::RunWorker(_)) => unreachable!("handled before the runtime starts"),
+        Some(Command::RunWorker(_) | Command::Serve(_)) => {
+            unreachable!("handled before the runtime starts")
+        }
         None if cli.launch.use_service_manager => {
             service_mode::launch(&cli.launch, &common).await?;
             Ok(ExitCode::SUCCESS)

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::{CommonArgs, LaunchArgs};
 use crate::error::LaunchError;
-use crate::settings::{CircleSpec, LaunchSettings, check_binary, find_on_path};
+use crate::settings::{CircleSpec, LaunchSettings, Program, check_binary};
 use crate::status::{StatusRow, render_table};
 
 /// Name prefix of worker services; the circle key follows.
@@ -97,7 +97,7 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         .as_deref()
         .ok_or(LaunchError::WorkerBinaryRequired)?;
     let worker_binary = check_binary("worker", worker_binary)?;
-    let server_binary = resolve_server_binary(args.server_binary.as_deref(), &worker_binary)?;
+    let server = resolve_server_program(args.server_binary.as_deref(), &worker_binary)?;
     let (settings, resolved) = LaunchSettings::resolve_without_ports(args, common)?;
     let backend = backend(common).await?;
     tracing::info!("service manager: {}", backend.describe());
@@ -108,7 +108,7 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
     if !args.dry_run {
         crate::redis_local::check(&settings.redis_url, false).await?;
     }
-    let specs = build_specs(&settings, &worker_binary, &server_binary)?;
+    let specs = build_specs(&settings, &worker_binary, &server)?;
     let plan = backend.plan(&specs).await?;
 
     if args.dry_run {
@@ -200,10 +200,10 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
 pub fn build_specs(
     settings: &LaunchSettings,
     worker_binary: &Path,
-    server_binary: &Path,
+    server: &Program,
 ) -> Result<Vec<ServiceSpec>, LaunchError> {
     let worker_hash = file_sha256(worker_binary)?;
-    let server_hash = file_sha256(server_binary)?;
+    let server_hash = file_sha256(&server.path)?;
     let common_env = |extra: &[(&str, &str)]| {
         let mut env = BTreeMap::from([(ENV_RUST_LOG.to_string(), settings.log_level.to_string())]);
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -241,14 +241,15 @@ pub fn build_specs(
             ]),
         });
     }
-    let mut server_args = vec![
+    let mut server_args = server.leading_args.clone();
+    server_args.extend([
         "--host".into(),
         settings.host.clone(),
         "--port".into(),
         settings.port.to_string(),
         "--redis-url".into(),
         settings.redis_url.clone(),
-    ];
+    ]);
     if settings.enable_auth {
         server_args.push("--enable-auth".into());
     }
@@ -261,7 +262,7 @@ pub fn build_specs(
         name: server_service_name(),
         template: ServiceTemplate::WsServer,
         description: "circles WebSocket server".into(),
-        program: server_binary.to_path_buf(),
+        program: server.path.clone(),
         args: server_args,
         env: common_env(&[]),
         working_directory: settings.data_dir.clone(),
@@ -278,27 +279,20 @@ pub fn build_specs(
 }
 
 /// `--server-binary`, else `server` next to the worker binary, next to the
-/// launcher, or on PATH.
-fn resolve_server_binary(
+/// launcher or on PATH, else the launcher itself (`launcher serve`).
+fn resolve_server_program(
     given: Option<&Path>,
     worker_binary: &Path,
-) -> Result<PathBuf, LaunchError> {
-    if let Some(path) = given {
-        return check_binary("server", path);
+) -> Result<Program, LaunchError> {
+    if given.is_none()
+        && let Ok(path) = check_binary("server", &worker_binary.with_file_name("server"))
+    {
+        return Ok(Program {
+            path,
+            leading_args: Vec::new(),
+        });
     }
-    let beside_launcher = std::env::current_exe()
-        .ok()
-        .map(|me| me.with_file_name("server"));
-    [Some(worker_binary.with_file_name("server")), beside_launcher]
-        .into_iter()
-        .flatten()
-        .find_map(|p| check_binary("server", &p).ok())
-        .or_else(|| find_on_path("server"))
-        .ok_or_else(|| LaunchError::Binary {
-            what: "server",
-            path: worker_binary.with_file_name("server"),
-            problem: "was not found (next to the worker binary, next to the launcher, or on PATH); pass --server-binary PATH".into(),
-        })
+    crate::settings::resolve_server_program(given)
 }
 
 /// The main port must be free unless our own server service holds it.

@@ -423,6 +423,12 @@ pub fn resolve_worker_program(given: Option<&Path>) -> Result<Program, LaunchErr
     resolve_program("worker", given, "run-worker")
 }
 
+/// The server program: `--server-binary`, else `server` next to the
+/// launcher, else on PATH, else the launcher itself (`launcher serve`).
+pub fn resolve_server_program(given: Option<&Path>) -> Result<Program, LaunchError> {
+    resolve_program("server", given, "serve")
+}
+
 fn resolve_program(
     what: &'static str,
     given: Option<&Path>,

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod auth;
+pub mod cli;
 mod config;
 mod connection;
 mod error;

@@ -1,0 +1,138 @@
+//! The server's command line, shared by the `server` binary and the
+//! launcher's built-in server (`launcher serve …`): parse flags, set up
+//! logging, bind, tell systemd it is ready, serve until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::{DEFAULT_HOST, DEFAULT_PORT, Server, ServerConfig};
+use circles_dispatcher::CirclePublicKey;
+use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS, ENV_RUST_LOG};
+use tracing_subscriber::EnvFilter;
+
+/// Serve circles over WebSocket JSON-RPC at ws://HOST:PORT/<circle_pk>.
+///
+/// Circles are those given with --circle or --circle-port plus every circle
+/// whose worker has registered in Redis (the set `rhai_circles`), including
+/// circles added while the server runs.
+#[derive(Debug, clap::Parser)]
+#[command(name = "server", version)]
+pub struct ServerArgs {
+    /// Host name or address to listen on.
+    #[arg(long, default_value = DEFAULT_HOST)]
+    pub host: String,
+    /// Port of the main listener.
+    #[arg(short, long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Redis with the circles' task queues.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// Serve this circle even before its worker registers (repeatable).
+    #[arg(long = "circle", value_name = "PK")]
+    pub circles: Vec<CirclePublicKey>,
+    /// Also serve this circle alone on its own port, at `/` (repeatable).
+    #[arg(long = "circle-port", value_name = "PK=PORT", value_parser = parse_circle_port)]
+    pub circle_ports: Vec<(CirclePublicKey, u16)>,
+    /// Require clients to authenticate (fetch_nonce + authenticate) before play.
+    #[arg(long)]
+    pub enable_auth: bool,
+    /// Seconds a play call waits for the script's result.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// More logging: -v debug, -vv trace. RUST_LOG, when set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl ServerArgs {
+    /// The server configuration these flags describe.
+    pub fn into_config(self) -> ServerConfig {
+        ServerConfig {
+            host: self.host,
+            port: self.port,
+            redis_url: self.redis_url,
+            circles: self.circles,
+            circle_ports: self.circle_ports,
+            enable_auth: self.enable_auth,
+            play_timeout: Duration::from_secs(self.timeout),
+            ..ServerConfig::default()
+        }
+    }
+}
+
+fn parse_circle_port(value: &str) -> Result<(CirclePublicKey, u16), String> {
+    let (key, port) = value
+        .rsplit_once('=')
+        .ok_or_else(|| format!("`{value}` is not PK=PORT"))?;
+    let key = CirclePublicKey::parse(key).map_err(|e| e.to_string())?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|e| format!("invalid port `{port}` in `{value}`: {e}"))?;
+    Ok((key, port))
+}
+
+fn init_logging(verbose: u8) {
+    let filter = match std::env::var(ENV_RUST_LOG) {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::new(spec),
+        _ => EnvFilter::new(match verbose {
+            0 => "warn,circles_server=info,circles_dispatcher=info",
+            1 => "info,circles_server=debug,circles_dispatcher=debug",
+            _ => "debug,circles_server=trace,circles_dispatcher=trace",
+        }),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the server with these flags until SIGTERM/SIGINT; exit code 1 when
+/// it cannot start or fails.
+pub fn main_with(args: ServerArgs) -> ExitCode {
+    init_logging(args.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Listen for signals before announcing readiness: a stop request that
+    // arrives right after READY=1 must drain, not kill the process.
+    let stop = stop_signal()?;
+    let server = Server::bind(args.into_config()).await?;
+    // Outside systemd (no NOTIFY_SOCKET) this does nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify the service manager of readiness");
+    }
+    server.run(stop).await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT, telling systemd we are stopping.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    })
+}
