@@ -41,6 +41,63 @@ pub const SERVER_SERVICE_NAME: &str = "tf.ourworld.circles.circle-ws-server";
 /// cannot tell readiness (launchd, fallback).
 const HEARTBEAT_WAIT: Duration = Duration::from_secs(30);
 
+/// File in the data directory remembering what service-mode launches
+/// installed there: the server address and each circle's name and last init
+/// outcome, so `launcher status` can show them.
+pub const RECORD_FILE: &str = "services.json";
+
+/// The contents of [`RECORD_FILE`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ServiceRecord {
+    /// WebSocket server address.
+    pub host: String,
+    /// WebSocket server port.
+    pub port: u16,
+    /// Circle key (hex) → what we know of it.
+    pub circles: BTreeMap<String, RecordedCircle>,
+}
+
+/// One circle in the [`ServiceRecord`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RecordedCircle {
+    /// Its name.
+    pub name: String,
+    /// Outcome of its last init script.
+    pub init: String,
+}
+
+impl ServiceRecord {
+    fn path(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join(RECORD_FILE)
+    }
+
+    /// The record in `data_dir`, or defaults when there is none.
+    pub fn load(data_dir: &Path) -> Self {
+        std::fs::read_to_string(Self::path(data_dir))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| Self {
+                host: circles_server::DEFAULT_HOST.to_string(),
+                port: circles_server::DEFAULT_PORT,
+                circles: BTreeMap::new(),
+            })
+    }
+
+    /// Writes the record (replacing it atomically).
+    fn save(&self, data_dir: &Path) -> Result<(), LaunchError> {
+        let path = Self::path(data_dir);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_string_pretty(self).expect("record serialises");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| LaunchError::io(format!("writing {}", path.display()), e))
+    }
+
+    fn ws_url(&self, key: &CirclePublicKey) -> String {
+        format!("ws://{}:{}/{key}", self.host, self.port)
+    }
+}
+
 /// `tf.ourworld.circles.circle-worker-<pk>`
 pub fn worker_service_name(key: &CirclePublicKey) -> ServiceName {
     ServiceName::new(format!("{WORKER_SERVICE_PREFIX}{key}"))
@@ -147,6 +204,19 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
             wait_for_heartbeat(&dispatcher, &c.key, HEARTBEAT_WAIT).await?;
         }
     }
+    let mut record = ServiceRecord::load(&settings.data_dir);
+    record.host = settings.host.clone();
+    record.port = settings.port;
+    for c in &settings.circles {
+        let entry = record
+            .circles
+            .entry(c.key.to_hex())
+            .or_insert_with(|| RecordedCircle {
+                name: c.name.clone(),
+                init: "-".into(),
+            });
+        entry.name = c.name.clone();
+    }
     let mut init_failures = Vec::new();
     let calls = touched.iter().filter_map(|c| {
         let script = c.init_script.as_ref()?;
@@ -164,20 +234,28 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         })
     });
     for (c, result) in futures_util::future::join_all(calls).await {
-        match result {
-            Ok(output) => tracing::info!(circle = %c.name, %output, "init script done"),
+        let init = match result {
+            Ok(output) => {
+                tracing::info!(circle = %c.name, %output, "init script done");
+                format!("ok: {output}")
+            }
             Err(e) => {
                 let msg = match e {
                     DispatchError::ScriptError { message, .. } => message,
                     e => e.to_string(),
                 };
                 tracing::error!(circle = %c.name, "init script failed: {msg}");
-                init_failures.push((c.name.clone(), msg));
+                init_failures.push((c.name.clone(), msg.clone()));
+                format!("error: {msg}")
             }
+        };
+        if let Some(entry) = record.circles.get_mut(&c.key.to_hex()) {
+            entry.init = init;
         }
     }
 
-    let rows = gather_rows(&backend, Some(&dispatcher), &settings).await?;
+    record.save(&settings.data_dir)?;
+    let rows = gather_rows(&backend, Some(&dispatcher), &record).await?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -391,15 +469,10 @@ async fn wait_for_heartbeat(
 async fn gather_rows(
     backend: &ServiceBackend,
     dispatcher: Option<&Dispatcher>,
-    settings: &LaunchSettings,
+    record: &ServiceRecord,
 ) -> Result<Vec<StatusRow>, LaunchError> {
     let names = backend.list_installed().await?;
     let mut conn = dispatcher.map(Dispatcher::connection);
-    let names_by_key: BTreeMap<String, String> = settings
-        .circles
-        .iter()
-        .map(|c| (c.key.to_hex(), c.name.clone()))
-        .collect();
     let mut rows = Vec::new();
     for name in names {
         let status = backend.status(&name).await?;
@@ -418,15 +491,14 @@ async fn gather_rows(
             queue: None,
             heartbeat: None,
             init: "-".into(),
-            url: format!("ws://{}:{}/", settings.host, settings.port),
+            url: format!("ws://{}:{}/", record.host, record.port),
         };
         if let Some(key) = circle_of(&name) {
-            row.name = names_by_key
-                .get(&key.to_hex())
-                .cloned()
-                .unwrap_or_else(|| crate::settings::short_name(&key));
+            let known = record.circles.get(&key.to_hex());
+            row.name = known.map_or_else(|| crate::settings::short_name(&key), |c| c.name.clone());
+            row.init = known.map_or_else(|| "-".to_string(), |c| c.init.clone());
             row.public_key = key.to_hex();
-            row.url = settings.ws_url(&key);
+            row.url = record.ws_url(&key);
             if let Some(conn) = conn.as_mut() {
                 row.queue = redis::cmd("LLEN")
                     .arg(task_queue_key(&key))
@@ -463,8 +535,17 @@ pub async fn status_rows(common: &CommonArgs) -> Result<Vec<StatusRow>, LaunchEr
             common.redis_url
         );
     }
-    let settings = LaunchSettings::for_status(common)?;
-    gather_rows(&backend, dispatcher.as_ref(), &settings).await
+    let data_dir =
+        std::path::absolute(&common.data_dir).map_err(|source| LaunchError::DataDir {
+            path: common.data_dir.clone(),
+            source,
+        })?;
+    gather_rows(
+        &backend,
+        dispatcher.as_ref(),
+        &ServiceRecord::load(&data_dir),
+    )
+    .await
 }
 
 /// `launcher logs <pk|server> [-f]`: runs the journal or tail command.

@@ -137,23 +137,6 @@ impl LaunchSettings {
         Ok((settings, resolved))
     }
 
-    /// Settings for commands that only inspect (`status`): no circles.
-    pub fn for_status(common: &CommonArgs) -> Result<Self, LaunchError> {
-        Ok(Self {
-            circles: Vec::new(),
-            host: circles_server::DEFAULT_HOST.to_string(),
-            port: circles_server::DEFAULT_PORT,
-            redis_url: common.redis_url.clone(),
-            enable_auth: false,
-            data_dir: absolute(&common.data_dir)?,
-            init_timeout: Duration::from_secs(
-                circles_dispatcher::protocol::DEFAULT_TASK_TIMEOUT_SECS,
-            ),
-            redis_autostart: false,
-            log_level: common.log_level(),
-        })
-    }
-
     /// `ws://host:port/<pk>` of a circle.
     pub fn ws_url(&self, key: &CirclePublicKey) -> String {
         format!("ws://{}:{}/{key}", url_host(&self.host), self.port)
