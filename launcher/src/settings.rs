@@ -425,23 +425,42 @@ fn resolve_program(
     }
     let me = std::env::current_exe()
         .map_err(|e| LaunchError::io("locating the launcher executable", e))?;
-    let beside = me.with_file_name(what);
-    if let Ok(path) = check_binary(what, &beside) {
+    // Beside us, or one level up when we are an example or a test binary
+    // (target/debug/examples/…, target/debug/deps/…).
+    let dir = me.parent().unwrap_or(Path::new("."));
+    let mut candidates = vec![dir.join(what)];
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "examples" || n == "deps")
+    {
+        candidates.extend(dir.parent().map(|d| d.join(what)));
+    }
+    if let Some(path) = candidates
+        .iter()
+        .find_map(|p| check_binary(what, p).ok())
+        .or_else(|| find_on_path(what))
+    {
         return Ok(Program {
             path,
             leading_args: Vec::new(),
         });
     }
-    if let Some(path) = find_on_path(what) {
+    // Only the launcher binary itself has the built-in subcommand; anything
+    // else (an example, a test) would start itself again, recursively.
+    if me.file_stem().is_some_and(|n| n == "launcher") {
+        tracing::debug!("no `{what}` binary found; using the launcher's built-in {what}");
         return Ok(Program {
-            path,
-            leading_args: Vec::new(),
+            path: me,
+            leading_args: vec![builtin.to_string()],
         });
     }
-    tracing::debug!("no `{what}` binary found; using the launcher's built-in {what}");
-    Ok(Program {
-        path: me,
-        leading_args: vec![builtin.to_string()],
+    Err(LaunchError::Binary {
+        what,
+        path: dir.join(what),
+        problem: format!(
+            "was not found (next to {}, or on PATH); build it (cargo build --bins) or pass --{what}-binary",
+            me.display()
+        ),
     })
 }
 

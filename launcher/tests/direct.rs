@@ -346,3 +346,30 @@ fn keygen_prints_a_valid_pair() {
             .unwrap();
     assert_eq!(pair.public.to_hex(), pk);
 }
+
+#[test]
+fn the_launcher_example_plays_on_two_circles_and_cleans_up() {
+    let redis = RedisServer::start();
+    let example = circles_test_support::target_dir().join("examples/circle_launcher_example");
+    let out = std::process::Command::new(&example)
+        .env("REDIS_URL", redis.url())
+        .output()
+        .expect("circle_launcher_example is built by scripts/test.sh (cargo build --examples)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ourworld: OurWorld says hello from 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("threefold: this circle says hello from 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cleaned up"), "{stdout}");
+    // Its workers are gone: no heartbeat is refreshed any more.
+    assert_eq!(redis.cli(&["KEYS", "rhai_worker:*"]), "");
+}

@@ -259,3 +259,53 @@ impl Drop for WorkerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Whether a booted systemd is here to test against (`/run/systemd/system`
+/// exists). When not, prints a loud SKIPPED line naming `test` and returns
+/// false — unless `CIRCLES_REQUIRE_SYSTEMD=1`, where a missing systemd is a
+/// failure (the test command sets it inside its sandbox).
+pub fn systemd_or_skip(test: &str) -> bool {
+    use std::io::Write as _;
+    if Path::new("/run/systemd/system").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("CIRCLES_REQUIRE_SYSTEMD").map_or(true, |v| v != "1"),
+        "{test}: CIRCLES_REQUIRE_SYSTEMD=1 but no booted systemd (run inside scripts/systemd-sandbox)"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIPPED {test}: no booted systemd here; scripts/test.sh runs it inside scripts/systemd-sandbox !!!\n"
+    );
+    false
+}
+
+/// A fresh directory under the target directory, removed when dropped. Unlike
+/// `/tmp`, it is visible to services run by a sandboxed systemd (whose `/tmp`
+/// is private).
+#[derive(Debug)]
+pub struct TargetScratch(PathBuf);
+
+impl TargetScratch {
+    /// Creates `target/<profile>/scratch/<prefix>-<unique>`.
+    pub fn new(prefix: &str) -> Self {
+        let base = target_dir().join("scratch");
+        std::fs::create_dir_all(&base).expect("scratch base");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir_in(base)
+            .expect("scratch dir");
+        Self(dir.keep())
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TargetScratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,627 @@
+//! Service mode against a real systemd: the launcher binary installs circles
+//! as units, systemd runs and restarts them, the launcher inspects and
+//! removes them. Runs inside `scripts/systemd-sandbox` (the test command
+//! does that); elsewhere it skips loudly. The tests share one service
+//! manager and the one `circle-ws-server` name, so they run one at a time,
+//! and each removes what it installed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use std::time::Duration;
+
+use circles_test_support::ws::Client;
+use circles_test_support::{
+    KEY_ONE, KEY_TWO, RedisServer, TargetScratch, binary, free_port, systemd_or_skip, wait_until,
+};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const SERVER_UNIT: &str = "tf.ourworld.circles.circle-ws-server.service";
+
+fn worker_unit(key: &str) -> String {
+    format!("tf.ourworld.circles.circle-worker-{key}.service")
+}
+
+/// One test's world: a Redis, a data directory under target/, a port, and a
+/// cleanup of every circle unit when it ends (even on panic).
+struct World {
+    redis: RedisServer,
+    dir: TargetScratch,
+    port: String,
+    env: Vec<(String, String)>,
+    scope_flag: &'static str,
+}
+
+impl World {
+    fn new(name: &str) -> Self {
+        Self {
+            redis: RedisServer::start(),
+            dir: TargetScratch::new(name),
+            port: free_port().to_string(),
+            env: Vec::new(),
+            scope_flag: "--system",
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `launcher ARGS…` with this world's Redis, data dir and port.
+    fn launcher(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let mut cmd = Command::new(binary("launcher"));
+        cmd.args(args)
+            .args(["--redis-url", &self.redis.url(), "--data-dir"])
+            .arg(self.data())
+            .arg(self.scope_flag)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let out = cmd.output().expect("run launcher");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `launcher --use-service-manager --worker-binary W -p PORT -c …`, which must succeed.
+    fn install(&self, worker: &Path, circles: &[String], extra: &[&str]) -> String {
+        let mut args = vec![
+            "--use-service-manager",
+            "--worker-binary",
+            worker.to_str().unwrap(),
+            "-p",
+            &self.port,
+        ];
+        for c in circles {
+            args.extend(["-c", c]);
+        }
+        args.extend(extra);
+        let (code, out, err) = self.launcher(&args);
+        assert_eq!(
+            code,
+            Some(0),
+            "install failed:\nstdout:\n{out}\nstderr:\n{err}"
+        );
+        out
+    }
+
+    fn systemctl(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("systemctl");
+        if self.scope_flag == "--user" {
+            cmd.arg("--user");
+        }
+        let out = cmd
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn prop(&self, unit: &str, prop: &str) -> String {
+        self.systemctl(&["show", "-p", prop, "--value", unit])
+    }
+
+    fn main_pid(&self, unit: &str) -> u32 {
+        self.prop(unit, "MainPID").parse().unwrap()
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("ws://127.0.0.1:{}/{key}", self.port)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.launcher(&["cleanup"]);
+    }
+}
+
+fn worker() -> PathBuf {
+    binary("worker")
+}
+
+fn script(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn executable(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
+    if !systemd_or_skip("two_circles_run_as_services") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-two");
+    let s1 = script(
+        w.dir.path(),
+        "one.rhai",
+        r#"db_set("who", "one"); "one ready""#,
+    );
+    let s2 = script(
+        w.dir.path(),
+        "two.rhai",
+        r#"db_set("who", CALLER_ID); "two ready""#,
+    );
+    let out = w.install(
+        &worker(),
+        &[format!("{KEY_ONE}:{s1}"), format!("{KEY_TWO}:{s2}")],
+        &[],
+    );
+    assert!(out.contains("3 created, 0 updated, 0 unchanged"), "{out}");
+    assert!(
+        out.contains("ok: one ready") && out.contains("ok: two ready"),
+        "{out}"
+    );
+
+    for unit in [
+        worker_unit(KEY_ONE),
+        worker_unit(KEY_TWO),
+        SERVER_UNIT.to_string(),
+    ] {
+        assert_eq!(w.prop(&unit, "ActiveState"), "active", "{unit}");
+        assert_eq!(w.prop(&unit, "Restart"), "always", "{unit}");
+        assert_eq!(w.prop(&unit, "Type"), "notify", "{unit}");
+    }
+    // The service-run server answers, and each circle has its own data.
+    let mut c1 = Client::connect(&w.url(KEY_ONE)).await;
+    assert_eq!(c1.play(r#"db_get("who")"#).await, "one");
+    let mut c2 = Client::connect(&w.url(KEY_TWO)).await;
+    assert_eq!(
+        c2.play(r#"db_get("who")"#).await,
+        KEY_TWO,
+        "init script ran with CALLER_ID = the circle"
+    );
+    assert_eq!(c2.play("CONTEXT_ID").await, KEY_TWO);
+
+    // kill -9 the worker: systemd restarts it and it serves again.
+    let unit = worker_unit(KEY_ONE);
+    let old = w.main_pid(&unit);
+    Command::new("kill")
+        .args(["-9", &old.to_string()])
+        .status()
+        .unwrap();
+    wait_until(
+        "worker restarted by systemd",
+        Duration::from_secs(30),
+        || {
+            let pid = w.main_pid(&unit);
+            (pid != 0 && pid != old && w.prop(&unit, "ActiveState") == "active").then_some(())
+        },
+    );
+    assert_eq!(w.prop(&unit, "NRestarts"), "1");
+    let mut c1 = Client::connect(&w.url(KEY_ONE)).await;
+    assert_eq!(c1.play("40 + 2").await, "42");
+
+    let (code, out, err) = w.launcher(&["status", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["public_key"] == KEY_ONE)
+        .expect("circle in status");
+    assert_eq!(row["restarts"], 1);
+    assert_eq!(row["state"], "active (running)");
+    assert_eq!(row["init"], "ok: one ready");
+    assert!(row["heartbeat"].is_string(), "{row}");
+    assert_eq!(row["url"], w.url(KEY_ONE));
+    let (_, table, _) = w.launcher(&["status"]);
+    assert!(
+        table.contains("ws-server") && table.contains("active (running)"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
+    if !systemd_or_skip("reruns_restart_only_what_changed") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-rerun");
+    // A private copy of the worker, so "the binary changed" can be tested.
+    let bin = w.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let my_worker = bin.join("worker");
+    std::fs::copy(worker(), &my_worker).unwrap();
+    let s2 = script(w.dir.path(), "two.rhai", r#""v1""#);
+    let circles = [KEY_ONE.to_string(), format!("{KEY_TWO}:{s2}")];
+    w.install(&my_worker, &circles, &[]);
+    let pids = |w: &World| {
+        [
+            worker_unit(KEY_ONE),
+            worker_unit(KEY_TWO),
+            SERVER_UNIT.into(),
+        ]
+        .map(|u| w.main_pid(&u))
+    };
+    let before = pids(&w);
+
+    let out = w.install(&my_worker, &circles, &[]);
+    assert!(out.contains("0 created, 0 updated, 3 unchanged"), "{out}");
+    assert_eq!(pids(&w), before, "an unchanged re-run restarts nothing");
+
+    // A changed init script restarts only that circle, and runs the script.
+    std::fs::write(&s2, r#""v2""#).unwrap();
+    let out = w.install(&my_worker, &circles, &[]);
+    assert!(out.contains("0 created, 1 updated, 2 unchanged"), "{out}");
+    assert!(out.contains("ok: v2"), "{out}");
+    let after = pids(&w);
+    assert_eq!(after[0], before[0], "circle one untouched");
+    assert_ne!(after[1], before[1], "circle two restarted");
+    assert_eq!(after[2], before[2], "server untouched");
+
+    // A changed worker binary restarts the workers, not the server.
+    let mut bytes = std::fs::read(&my_worker).unwrap();
+    bytes.extend_from_slice(b"\0rebuilt");
+    std::fs::write(&my_worker, bytes).unwrap();
+    let out = w.install(&my_worker, &circles, &[]);
+    assert!(out.contains("0 created, 2 updated, 1 unchanged"), "{out}");
+    let rebuilt = pids(&w);
+    assert_ne!(rebuilt[0], after[0]);
+    assert_ne!(rebuilt[1], after[1]);
+    assert_eq!(rebuilt[2], after[2]);
+
+    // A later run that adds a circle keeps the one server, which serves it.
+    let key3 = circles_dispatcher::CircleKeypair::generate()
+        .public
+        .to_hex();
+    let out = w.install(&my_worker, std::slice::from_ref(&key3), &[]);
+    assert!(out.contains("1 created, 0 updated, 1 unchanged"), "{out}");
+    assert_eq!(w.main_pid(SERVER_UNIT), after[2]);
+    let mut c = Client::connect(&w.url(&key3)).await;
+    assert_eq!(c.play("CONTEXT_ID").await, key3);
+    let mut c = Client::connect(&w.url(KEY_ONE)).await;
+    assert_eq!(c.play("1").await, "1");
+
+    // --dry-run prints the files and changes nothing.
+    let key4 = circles_dispatcher::CircleKeypair::generate()
+        .public
+        .to_hex();
+    let (code, out, err) = w.launcher(&[
+        "--use-service-manager",
+        "--dry-run",
+        "--worker-binary",
+        my_worker.to_str().unwrap(),
+        "-p",
+        &w.port,
+        "-c",
+        &key4,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!(
+            "{}: create",
+            worker_unit(&key4).trim_end_matches(".service")
+        )),
+        "{out}"
+    );
+    assert!(out.contains("ExecStart="), "{out}");
+    assert!(
+        !Path::new("/etc/systemd/system")
+            .join(worker_unit(&key4))
+            .exists()
+    );
+    assert_eq!(w.prop(&worker_unit(&key4), "LoadState"), "not-found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_install_is_rolled_back() {
+    if !systemd_or_skip("a_failing_install_is_rolled_back") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-rollback");
+    // A worker that cannot start for circle two only.
+    let wrapper = w.dir.path().join("picky-worker");
+    executable(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\ncase \"$*\" in *{KEY_TWO}*) echo 'circle two cannot start' >&2; exit 1;; esac\nexec '{}' \"$@\"\n",
+            worker().display()
+        ),
+    );
+    let (code, _out, err) = w.launcher(&[
+        "--use-service-manager",
+        "--worker-binary",
+        wrapper.to_str().unwrap(),
+        "-p",
+        &w.port,
+        "-c",
+        KEY_ONE,
+        "-c",
+        KEY_TWO,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&worker_unit(KEY_TWO).replace(".service", "")),
+        "the error names the failed unit:\n{err}"
+    );
+    for unit in [
+        worker_unit(KEY_ONE),
+        worker_unit(KEY_TWO),
+        SERVER_UNIT.to_string(),
+    ] {
+        assert!(
+            !Path::new("/etc/systemd/system").join(&unit).exists(),
+            "{unit} left on disk:\n{err}"
+        );
+        assert_ne!(
+            w.prop(&unit, "ActiveState"),
+            "active",
+            "{unit} still running"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it() {
+    if !systemd_or_skip("an_always_failing_worker_stops_at_the_start_limit") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-limit");
+    // Starts fine once (so the install succeeds), then fails on every
+    // restart. The marker goes in the data directory: the only place the
+    // unit may write (ProtectSystem=strict).
+    std::fs::create_dir_all(w.data()).unwrap();
+    let marker = w.data().join("started-once");
+    let wrapper = w.dir.path().join("flaky-worker");
+    executable(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\nif [ -e '{m}' ]; then echo 'broken now' >&2; exit 7; fi\ntouch '{m}'\nexec '{}' \"$@\"\n",
+            worker().display(),
+            m = marker.display()
+        ),
+    );
+    w.install(&wrapper, &[KEY_ONE.to_string()], &[]);
+    let unit = worker_unit(KEY_ONE);
+    Command::new("kill")
+        .args(["-9", &w.main_pid(&unit).to_string()])
+        .status()
+        .unwrap();
+    // RestartSec=2, StartLimitBurst=5 in 60 s: it gives up after ~10 s.
+    wait_until("start limit hit", Duration::from_secs(60), || {
+        (w.prop(&unit, "ActiveState") == "failed").then_some(())
+    });
+    let (_, out, _) = w.launcher(&["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["public_key"] == KEY_ONE)
+        .unwrap();
+    assert!(
+        row["state"].as_str().unwrap().starts_with("failed"),
+        "{row}"
+    );
+    assert_eq!(row["last_exit"], 7, "{row}");
+    assert_eq!(row["pid"], serde_json::Value::Null);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        w.prop(&unit, "ActiveState"),
+        "failed",
+        "no further restarts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_removes_exactly_our_services_and_is_idempotent() {
+    if !systemd_or_skip("cleanup_removes_exactly_our_services") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-cleanup");
+    let foreign = ["other.service", "tf.ourworld.circles-not-ours.service"];
+    for unit in foreign {
+        std::fs::write(
+            Path::new("/etc/systemd/system").join(unit),
+            "[Service]\nExecStart=/bin/sleep infinity\n",
+        )
+        .unwrap();
+    }
+    w.systemctl(&["daemon-reload"]);
+    for unit in foreign {
+        w.systemctl(&["start", unit]);
+    }
+    w.install(&worker(), &[KEY_ONE.to_string(), KEY_TWO.to_string()], &[]);
+
+    let (code, out, err) = w.launcher(&["cleanup"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("3 circle service(s) removed"), "{out}");
+    for unit in [
+        worker_unit(KEY_ONE),
+        worker_unit(KEY_TWO),
+        SERVER_UNIT.to_string(),
+    ] {
+        assert!(!Path::new("/etc/systemd/system").join(&unit).exists());
+        assert_eq!(w.prop(&unit, "LoadState"), "not-found", "{unit}");
+    }
+    for unit in foreign {
+        assert_eq!(
+            w.prop(unit, "ActiveState"),
+            "active",
+            "{unit} must survive cleanup"
+        );
+    }
+    // Twice is fine, and the example does the same.
+    let (code, out, _) = w.launcher(&["cleanup", "--json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), r#"{"removed":[]}"#);
+    w.install(&worker(), &[KEY_ONE.to_string()], &[]);
+    let example = circles_test_support::target_dir().join("examples/cleanup_example");
+    let out = Command::new(&example)
+        .output()
+        .expect("cleanup_example is built by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&worker_unit(KEY_ONE).replace(".service", ""))
+    );
+    assert_eq!(w.prop(&worker_unit(KEY_ONE), "LoadState"), "not-found");
+
+    for unit in foreign {
+        w.systemctl(&["stop", unit]);
+        let _ = std::fs::remove_file(Path::new("/etc/systemd/system").join(unit));
+    }
+    w.systemctl(&["daemon-reload"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_happen_before_anything_is_installed() {
+    if !systemd_or_skip("refusals_happen_before_anything_is_installed") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-refuse");
+    let unit_dir = Path::new("/etc/systemd/system");
+    let installed = || {
+        std::fs::read_dir(unit_dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("tf.ourworld.circles.")
+            })
+    };
+    let worker = worker();
+    let wb = worker.to_str().unwrap();
+
+    // A unit with our name that we did not write.
+    let foreign = unit_dir.join(worker_unit(KEY_ONE));
+    std::fs::write(&foreign, "[Service]\nExecStart=/bin/true\n").unwrap();
+    let (code, _, err) = w.launcher(&[
+        "--use-service-manager",
+        "--worker-binary",
+        wb,
+        "-p",
+        &w.port,
+        "-c",
+        KEY_TWO,
+        "-c",
+        KEY_ONE,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&foreign).unwrap(),
+        "[Service]\nExecStart=/bin/true\n",
+        "left as it was"
+    );
+    std::fs::remove_file(&foreign).unwrap();
+    assert!(!installed(), "nothing else installed");
+
+    // Port in use.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let (code, _, err) = w.launcher(&[
+        "--use-service-manager",
+        "--worker-binary",
+        wb,
+        "-p",
+        &busy_port,
+        "-c",
+        KEY_ONE,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("port {busy_port} is already in use")),
+        "{err}"
+    );
+    assert!(!installed());
+
+    // Redis unreachable: no private Redis in service mode.
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let (code, _, err) = w.launcher(&[
+        "--use-service-manager",
+        "--worker-binary",
+        wb,
+        "-p",
+        &w.port,
+        "-c",
+        KEY_ONE,
+        "--redis-url",
+        &dead,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("Redis unreachable at {dead}")),
+        "{err}"
+    );
+    assert!(!installed());
+
+    // Worker binary not executable.
+    let not_exec = w.dir.path().join("worker.txt");
+    std::fs::write(&not_exec, "x").unwrap();
+    let (code, _, err) = w.launcher(&[
+        "--use-service-manager",
+        "--worker-binary",
+        not_exec.to_str().unwrap(),
+        "-c",
+        KEY_ONE,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not executable"), "{err}");
+    assert!(!installed());
+    assert!(!w.data().exists(), "no data directory made by refused runs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_scope_units_work_through_systemctl_user() {
+    if !systemd_or_skip("user_scope_units_work") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let status = Command::new("systemctl")
+        .args(["start", "user@0.service"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "user@0.service starts");
+    let mut w = World::new("svc-user");
+    w.scope_flag = "--user";
+    w.env = vec![
+        ("XDG_RUNTIME_DIR".into(), "/run/user/0".into()),
+        (
+            "DBUS_SESSION_BUS_ADDRESS".into(),
+            "unix:path=/run/user/0/bus".into(),
+        ),
+    ];
+    let out = w.install(&worker(), &[KEY_ONE.to_string()], &[]);
+    assert!(out.contains("systemd, user scope"), "{out}");
+    assert_eq!(w.systemctl(&["is-active", &worker_unit(KEY_ONE)]), "active");
+    assert!(
+        std::env::var("HOME")
+            .map(PathBuf::from)
+            .unwrap()
+            .join(".config/systemd/user")
+            .join(worker_unit(KEY_ONE))
+            .exists()
+    );
+    let mut c = Client::connect(&w.url(KEY_ONE)).await;
+    assert_eq!(c.play("CONTEXT_ID").await, KEY_ONE);
+    let (code, out, _) = w.launcher(&["cleanup"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("2 circle service(s) removed"), "{out}");
+    assert_eq!(
+        w.systemctl(&["is-active", &worker_unit(KEY_ONE)]),
+        "inactive"
+    );
+}
