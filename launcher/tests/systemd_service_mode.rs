@@ -263,9 +263,14 @@ async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
     assert_eq!(after[2], before[2], "server untouched");
 
     // A changed worker binary restarts the workers, not the server.
+    // (Deployed the way builds do it: a new file renamed over the old one,
+    // since the running one cannot be written.)
     let mut bytes = std::fs::read(&my_worker).unwrap();
     bytes.extend_from_slice(b"\0rebuilt");
-    std::fs::write(&my_worker, bytes).unwrap();
+    let fresh = bin.join("worker.new");
+    std::fs::write(&fresh, bytes).unwrap();
+    std::fs::set_permissions(&fresh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&fresh, &my_worker).unwrap();
     let out = w.install(&my_worker, &circles, &[]);
     assert!(out.contains("0 created, 2 updated, 1 unchanged"), "{out}");
     let rebuilt = pids(&w);
@@ -550,17 +555,26 @@ async fn refusals_happen_before_anything_is_installed() {
 
     // Redis unreachable: no private Redis in service mode.
     let dead = format!("redis://127.0.0.1:{}", free_port());
-    let (code, _, err) = w.launcher(&[
-        "--use-service-manager",
-        "--worker-binary",
-        wb,
-        "-p",
-        &w.port,
-        "-c",
-        KEY_ONE,
-        "--redis-url",
-        &dead,
-    ]);
+    let out = Command::new(binary("launcher"))
+        .args([
+            "--use-service-manager",
+            "--worker-binary",
+            wb,
+            "-p",
+            &w.port,
+            "-c",
+            KEY_ONE,
+            "--redis-url",
+            &dead,
+        ])
+        .arg("--data-dir")
+        .arg(w.data())
+        .output()
+        .unwrap();
+    let (code, err) = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, Some(1));
     assert!(
         err.contains(&format!("Redis unreachable at {dead}")),
