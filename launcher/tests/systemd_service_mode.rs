@@ -216,6 +216,10 @@ async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
     assert_eq!(row["init"], "ok: one ready");
     assert!(row["heartbeat"].is_string(), "{row}");
     assert_eq!(row["url"], w.url(KEY_ONE));
+    // Logs come from the journal.
+    let (code, logs, err) = w.launcher(&["logs", KEY_ONE]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(logs.contains("worker ready"), "{logs}");
     let (_, table, _) = w.launcher(&["status"]);
     assert!(
         table.contains("ws-server") && table.contains("active (running)"),
@@ -638,4 +642,41 @@ async fn user_scope_units_work_through_systemctl_user() {
         w.systemctl(&["is-active", &worker_unit(KEY_ONE)]),
         "inactive"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_launcher_example_in_service_mode_removes_what_it_installed() {
+    if !systemd_or_skip("the_launcher_example_in_service_mode") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-example");
+    let example = circles_test_support::target_dir().join("examples/circle_launcher_example");
+    let out = Command::new(&example)
+        .arg("--service")
+        .env("REDIS_URL", w.redis.url())
+        .output()
+        .expect("circle_launcher_example is built by scripts/test.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ourworld: OurWorld says hello"), "{stdout}");
+    assert!(
+        stdout.contains("threefold: this circle says hello"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("cleaned up: removed 3 service(s)"),
+        "{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir("/etc/systemd/system")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tf.ourworld.circles."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
