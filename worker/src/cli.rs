@@ -91,8 +91,8 @@ pub fn main_with(cli: WorkerArgs) -> ExitCode {
         preserve_tasks,
         heartbeat_interval: Duration::from_secs_f64(cli.heartbeat_interval_secs),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: tasks run one at a time; the heartbeat has its own thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
