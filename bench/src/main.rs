@@ -1,10 +1,16 @@
 //! `circles-bench`: prints each benchmark as a table, every figure beside a
 //! baseline measured in the same run (these machines are noisy, so only
-//! ratios measured together mean anything). Run it through `scripts/bench.sh`.
+//! ratios measured together mean anything). Run it through `scripts/bench.sh`,
+//! which also runs the `systemd` section inside a private systemd.
 
+mod launcher;
+mod process;
 mod stats;
+mod systemd;
 mod tasks;
+mod websocket;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,25 +21,94 @@ struct Cli {
     /// Which sections to run (default: all).
     #[arg(value_enum)]
     sections: Vec<Section>,
-    /// Seconds measured per configuration.
+    /// Sections not to run (with the default of all).
+    #[arg(long, value_enum, value_name = "SECTION")]
+    skip: Vec<Section>,
+    /// Seconds measured per configuration of the latency sections (tasks, websocket).
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Runs per circle count of the launcher section (the median is shown).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Section {
     /// Task round trip through a worker vs the raw Redis floor.
     Tasks,
+    /// Launcher start-up (direct mode) vs bare workers and the old fixed sleeps.
+    Launcher,
+    /// WebSocket `play` round trip vs the dispatcher round trip.
+    Websocket,
+    /// Service install and cleanup vs one systemctl per action (inside scripts/systemd-sandbox only).
+    Systemd,
+}
+
+impl Section {
+    const ALL: [Section; 4] = [
+        Section::Tasks,
+        Section::Launcher,
+        Section::Websocket,
+        Section::Systemd,
+    ];
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let all = cli.sections.is_empty();
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let sections: Vec<Section> = Section::ALL
+        .into_iter()
+        .filter(|s| cli.sections.is_empty() || cli.sections.contains(s))
+        .filter(|s| !cli.skip.contains(s))
+        .collect();
     let per_run = Duration::from_secs_f64(cli.seconds);
-    if all || cli.sections.contains(&Section::Tasks) {
-        println!("\n## Task round trip: `40 + 2` through dispatcher → Redis → worker → Redis\n");
-        println!("{}", tasks::run(per_run).await?);
+    for section in sections {
+        match section {
+            Section::Tasks => {
+                println!(
+                    "\n## Task round trip: `40 + 2` through dispatcher → Redis → worker → Redis\n"
+                );
+                println!("{}", tasks::run(per_run).await?);
+            }
+            Section::Launcher => {
+                println!(
+                    "\n## Launcher start-up (direct mode): process start → every circle ready and its init script done\n"
+                );
+                println!(
+                    "Baselines: `raw workers` = the same number of bare `worker` processes spawned at once until every heartbeat key is in Redis (measured, same run; no server, no init scripts); `original design` = the first launcher's fixed 2 s sleep before each init script (computed, N × 2 s, not measured). Medians of {} runs; fresh keys and data each run.\n",
+                    cli.repeats.max(1)
+                );
+                println!("{}", launcher::run(cli.repeats).await?);
+            }
+            Section::Websocket => {
+                println!(
+                    "\n## WebSocket `play` round trip: `40 + 2` through client → server → Redis → worker and back\n"
+                );
+                println!(
+                    "Baseline: the dispatcher round trip (`Dispatcher::run`, what the server calls) with the same worker in the same run, as many concurrent callers as connections; each connection makes one call at a time.\n"
+                );
+                println!("{}", websocket::run(per_run).await?);
+            }
+            Section::Systemd => {
+                systemd::ensure_sandbox()?;
+                println!(
+                    "\n## systemd: installing N circles as services (N workers + 1 server, all ready) and removing them\n"
+                );
+                println!(
+                    "Baseline: the same rendered unit files written by hand, then one `systemctl` process per action (daemon-reload once, enable + start per unit, is-active until all active; cleanup: stop, disable, rm, daemon-reload, reset-failed per unit). `launcher` = the real binary (no init scripts) and `launcher cleanup`; `ServiceBackend` = the services crate in-process (plan+apply, cleanup). One run each, inside scripts/systemd-sandbox.\n"
+                );
+                println!("{}", systemd::run().await?);
+            }
+        }
     }
     Ok(())
 }

@@ -55,3 +55,12 @@ pub fn ratio(a: f64, b: f64) -> String {
         format!("{:.2}×", a / b)
     }
 }
+
+/// The median of a few measurements (the lower middle one for an even count).
+pub fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort_unstable();
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or_default()
+}

@@ -107,7 +107,7 @@ pub async fn run(per_run: Duration) -> anyhow::Result<Table> {
 
 /// `clients` concurrent dispatcher loops running `40 + 2` for `per_run`
 /// (after a short warm-up), spread over `circles`.
-async fn drive(
+pub async fn drive(
     redis: &RedisServer,
     circles: &[CirclePublicKey],
     clients: usize,
