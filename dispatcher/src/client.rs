@@ -246,13 +246,35 @@ impl Dispatcher {
                 e.to_string(),
             ))
         })?;
-        let Some((_, entry)) = entry else {
-            return Err(DispatchError::Timeout {
-                task_id: *task_id,
-                waited: timeout,
-            });
+        let outcome = match entry {
+            Some((_, entry)) => TaskOutcome::from_reply(&entry),
+            // No reply: the task may still have ended, its one reply taken
+            // by an earlier wait (a retried or repeated `wait`). The hash
+            // knows.
+            None => match self.status(task_id).await {
+                Ok(TaskRecord {
+                    status: Some(TaskStatus::Completed),
+                    output,
+                    ..
+                }) => TaskOutcome::Completed {
+                    output: output.unwrap_or_default(),
+                },
+                Ok(TaskRecord {
+                    status: Some(TaskStatus::Error),
+                    error,
+                    ..
+                }) => TaskOutcome::Error {
+                    error: error.unwrap_or_default(),
+                },
+                _ => {
+                    return Err(DispatchError::Timeout {
+                        task_id: *task_id,
+                        waited: timeout,
+                    });
+                }
+            },
         };
-        match TaskOutcome::from_reply(&entry) {
+        match outcome {
             TaskOutcome::Completed { output } => Ok(output),
             TaskOutcome::Error { error } => Err(DispatchError::ScriptError {
                 task_id: *task_id,

@@ -51,6 +51,10 @@ pub struct WorkerArgs {
     /// How long finished tasks are kept in Redis, in seconds (ignored with PRESERVE_TASKS).
     #[arg(long, default_value_t = DEFAULT_TASK_RETENTION_SECS)]
     pub task_retention_secs: u64,
+    /// On SIGTERM leave queued tasks for the next worker (as PRESERVE_TASKS
+    /// does) while finished tasks still expire; for supervised workers.
+    #[arg(long)]
+    pub keep_queued_on_stop: bool,
     /// Seconds between heartbeat refreshes.
     #[arg(long, default_value_t = 2.0)]
     pub heartbeat_interval_secs: f64,
@@ -88,7 +92,7 @@ pub fn main_with(cli: WorkerArgs) -> ExitCode {
             max_wall_time: Duration::from_secs_f64(cli.max_wall_time_secs),
         },
         retention: (!preserve_tasks).then(|| Duration::from_secs(cli.task_retention_secs)),
-        preserve_tasks,
+        keep_queued_on_stop: preserve_tasks || cli.keep_queued_on_stop,
         heartbeat_interval: Duration::from_secs_f64(cli.heartbeat_interval_secs),
     };
     // One thread: tasks run one at a time; the heartbeat has its own thread.

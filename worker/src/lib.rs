@@ -36,6 +36,14 @@ pub enum WorkerError {
         /// The parse error.
         source: redis::RedisError,
     },
+    /// Another live worker on this host serves the same circle.
+    #[error("another worker (pid {pid}) is already serving circle {circle}; stop it first")]
+    AlreadyServed {
+        /// The circle.
+        circle: String,
+        /// The other worker's process id.
+        pid: u32,
+    },
     /// Redis failed in a way retrying cannot fix.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),

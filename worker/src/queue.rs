@@ -183,25 +183,6 @@ impl TaskQueue {
         Ok(ids.len())
     }
 
-    /// Puts back ids that were moved to the processing list but never
-    /// started (a take cancelled by shutdown), at the end taken next.
-    pub async fn requeue_unstarted(&self, conn: &mut ConnectionManager) -> RedisResult<usize> {
-        let mut n = 0;
-        loop {
-            let moved: Option<String> = redis::cmd("LMOVE")
-                .arg(&self.processing_key)
-                .arg(&self.queue_key)
-                .arg(Direction::Left)
-                .arg(Direction::Right)
-                .query_async(conn)
-                .await?;
-            if moved.is_none() {
-                return Ok(n);
-            }
-            n += 1;
-        }
-    }
-
     /// Ends every queued task as `error`, so no client waits for a worker
     /// that is gone. Returns how many there were.
     pub async fn fail_pending(

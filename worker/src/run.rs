@@ -31,9 +31,10 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// How long finished tasks are kept; `None` keeps them (`PRESERVE_TASKS`).
     pub retention: Option<Duration>,
-    /// `PRESERVE_TASKS`: on shutdown leave queued tasks queued instead of
-    /// ending them as errors.
-    pub preserve_tasks: bool,
+    /// On shutdown leave queued tasks queued for the next worker instead of
+    /// ending them as errors (`PRESERVE_TASKS`, or `--keep-queued-on-stop`
+    /// which service units use: they restart, and want expiry kept).
+    pub keep_queued_on_stop: bool,
     /// How often the heartbeat key is refreshed.
     pub heartbeat_interval: Duration,
 }
@@ -46,9 +47,40 @@ impl WorkerConfig {
 }
 
 /// How long one `BLMOVE` waits before the loop looks around again.
-const TAKE_WAIT: Duration = Duration::from_secs(5);
+const TAKE_WAIT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Exponential backoff between Redis attempts (100 ms doubling to 5 s), so
+/// an outage never turns into a tight loop.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(BACKOFF_MIN)
+    }
+
+    fn reset(&mut self) {
+        self.0 = BACKOFF_MIN;
+    }
+
+    /// Logs `what` failed with `error`, then sleeps; `false` when stop was
+    /// asked for meanwhile.
+    async fn wait(
+        &mut self,
+        what: &str,
+        error: &redis::RedisError,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        tracing::warn!(%error, retry_in = ?self.0, "Redis error while {what}; retrying");
+        let stopped = tokio::select! {
+            _ = stop.changed() => true,
+            _ = tokio::time::sleep(self.0) => false,
+        };
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        !stopped
+    }
+}
 
 /// Runs the worker until `shutdown` resolves. The task in hand is always
 /// finished first; then queued tasks are left (`preserve_tasks`) or ended as
@@ -73,6 +105,28 @@ pub async fn run(
     };
     // Connection for the blocking BLMOVE; short commands go on `conn`.
     let mut blocking = connect_blocking(&config.redis_url).await?;
+
+    let holder = retry(&mut stop_rx, "reading the heartbeat", || {
+        let mut c = conn.clone();
+        let key = worker_heartbeat_key(&config.circle);
+        async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+        }
+    })
+    .await
+    .flatten()
+    .and_then(|beat| serde_json::from_str::<WorkerHeartbeat>(&beat).ok());
+    if let Some(other) =
+        holder.filter(|b| b.pid != std::process::id() && process_serves(b.pid, &config.circle))
+    {
+        return Err(WorkerError::AlreadyServed {
+            circle: config.circle.to_hex(),
+            pid: other.pid,
+        });
+    }
 
     let recovered = retry(&mut stop_rx, "recovering abandoned tasks", || {
         let (queue, mut c) = (queue.clone(), conn.clone());
@@ -115,29 +169,24 @@ pub async fn run(
     notify_ready(&config);
     tracing::info!(circle = %config.circle, queue = %circles_dispatcher::protocol::task_queue_key(&config.circle), "worker ready");
 
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         if *stop_rx.borrow() {
             break;
         }
-        let taken = tokio::select! {
-            biased;
-            _ = stop_rx.changed() => break,
-            taken = queue.take(&mut blocking, TAKE_WAIT) => taken,
-        };
-        let raw_id = match taken {
+        // Never cancelled: a BLMOVE dropped half-way could move a task after
+        // we stopped looking. It returns within TAKE_WAIT, and then the stop
+        // flag is checked.
+        let raw_id = match queue.take(&mut blocking, TAKE_WAIT).await {
             Ok(Some(id)) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 id
             }
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "Redis unavailable; reconnecting");
-                tokio::select! {
-                    _ = stop_rx.changed() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait("waiting for tasks", &e, &mut stop_rx).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
@@ -156,16 +205,10 @@ pub async fn run(
     notify_stopping();
     heartbeat_thread.stop();
     tracing::info!("shutting down");
-    // A BLMOVE cancelled by the shutdown may already have moved an id; we
-    // never started it, so it goes back to the queue.
     let cleanup = async {
-        let requeued = queue.requeue_unstarted(&mut conn).await?;
-        if requeued > 0 {
-            tracing::info!(count = requeued, "returned untouched tasks to the queue");
-        }
-        if config.preserve_tasks {
+        if config.keep_queued_on_stop {
             let left = queue.depth(&mut conn).await?;
-            tracing::info!(count = left, "PRESERVE_TASKS set: queued tasks stay queued");
+            tracing::info!(count = left, "queued tasks stay queued for the next worker");
         } else {
             let failed = queue
                 .fail_pending(&mut conn, "worker shut down before running this task")
@@ -173,7 +216,7 @@ pub async fn run(
             if failed > 0 {
                 tracing::warn!(
                     count = failed,
-                    "ended queued tasks as errors (set PRESERVE_TASKS to keep them)"
+                    "ended queued tasks as errors (PRESERVE_TASKS or --keep-queued-on-stop keep them)"
                 );
             }
         }
@@ -304,6 +347,18 @@ impl Heartbeat {
     }
 }
 
+/// Whether process `pid` on this host is a worker for `circle` (its command
+/// line names the circle). Two workers on one queue would end each other's
+/// tasks as abandoned. Only checked on Linux; workers on other hosts are not
+/// detected.
+fn process_serves(pid: u32, circle: &CirclePublicKey) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&cmdline).to_lowercase();
+    cmdline.contains(&circle.to_hex()) || cmdline.contains(&circle.to_uncompressed_hex())
+}
+
 /// The running heartbeat thread.
 struct HeartbeatThread {
     stop: watch::Sender<bool>,
@@ -355,17 +410,17 @@ async fn connect(
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_max_delay(BACKOFF_MAX);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
             Ok(conn) => return Ok(Some(conn)),
             Err(e) => {
-                tracing::warn!(%url, error = %e, retry_in = ?backoff, "Redis unreachable; retrying");
-                tokio::select! {
-                    _ = stop.changed() => return Ok(None),
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff
+                    .wait(&format!("connecting to {url}"), &e, stop)
+                    .await
+                {
+                    return Ok(None);
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
@@ -392,17 +447,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = redis::RedisResult<T>>,
 {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         match op().await {
             Ok(v) => return Some(v),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "Redis error while {what}; retrying");
-                tokio::select! {
-                    _ = stop.changed() => return None,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(what, &e, stop).await {
+                    return None;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }

@@ -363,3 +363,62 @@ async fn sigterm_with_preserve_tasks_keeps_queued_tasks_for_the_next_worker() {
         assert_eq!(d.await_result(id, T).await.unwrap(), i.to_string());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_queued_on_stop_keeps_the_queue_but_finished_tasks_still_expire() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let args = ["--max-operations", "0", "--keep-queued-on-stop"];
+    let mut w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
+    let slow = d.submit(&c, &slow_script(1.0), T).await.unwrap();
+    let queued = submit_numbers(&d, &c, 2).await;
+    wait_until("slow task taken", T, || {
+        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
+            .then_some(())
+    });
+    w.signal("TERM");
+    assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
+    assert_eq!(w.wait_exit(T), Some(0));
+    assert_eq!(redis.cli(&["LLEN", &format!("rhai_tasks:{KEY_ONE}")]), "2");
+    let ttl: i64 = redis
+        .cli(&["TTL", &format!("rhai_task_details:{slow}")])
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "finished tasks keep expiring, got TTL {ttl}");
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    for (i, id) in queued.iter().enumerate() {
+        assert_eq!(d.await_result(id, T).await.unwrap(), i.to_string());
+    }
+}
+
+#[test]
+fn a_second_worker_for_a_live_circle_refuses_to_start() {
+    let redis = RedisServer::start();
+    let (db1, db2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = WorkerProcess::start(&redis, KEY_ONE, db1.path(), &[], &[]);
+    let out = std::process::Command::new(binary("worker"))
+        .args([
+            "--redis-url",
+            &redis.url(),
+            "--circle-public-key",
+            KEY_ONE,
+            "--db-path",
+        ])
+        .arg(db2.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "another worker (pid {}) is already serving circle {KEY_ONE}",
+            first.pid()
+        )),
+        "{err}"
+    );
+    // The first one was not disturbed.
+    first.wait_ready(&redis);
+}
