@@ -24,7 +24,7 @@ use rustix::process::Signal;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::process::{log_tail, send_signal, wait_exit};
+use crate::process::{log_tail, send_signal, wait_exit, wait_signal_caught};
 use crate::stats::{fmt_duration, median, ratio};
 
 /// Circle counts measured.
@@ -163,6 +163,9 @@ async fn launcher_once(
     // Later tables (state changes) must not block the launcher on a full pipe.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
+    // Not yet the shutdown: the launcher may print its table before it
+    // handles Ctrl+C (see `wait_signal_caught`).
+    wait_signal_caught(&child, Signal::INT, STOP_TIMEOUT).await?;
     send_signal(&child, Signal::INT)?;
     let stopping = Instant::now();
     let status = wait_exit(&mut child, "the launcher", STOP_TIMEOUT).await?;

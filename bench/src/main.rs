@@ -77,6 +77,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "\n## Task round trip: `40 + 2` through dispatcher → Redis → worker → Redis\n"
                 );
+                println!(
+                    "Floor: the worker's Redis commands driven by an in-process loop with no Rhai engine (answers \"42\"), same Redis, same run. `workers` = circles, one worker each; clients alternate between them.\n"
+                );
                 println!("{}", tasks::run(per_run).await?);
             }
             Section::Launcher => {

@@ -31,6 +31,37 @@ pub async fn wait_exit(
         .with_context(|| format!("waiting for {what}"))
 }
 
+/// Waits until the process has a handler for `signal` installed (Linux:
+/// the `SigCgt` mask in `/proc/<pid>/status`). A tokio program installs its
+/// handler only when it first polls the signal future, so a signal sent
+/// before that takes the default action (death) instead of a clean stop.
+pub async fn wait_signal_caught(
+    child: &Child,
+    signal: Signal,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let pid = child.id().context("the process has already been reaped")?;
+    let bit = 1u64 << (signal.as_raw() - 1);
+    let started = std::time::Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .context("no SigCgt in /proc/<pid>/status")?;
+        if caught & bit != 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "pid {pid} installed no {signal:?} handler within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
