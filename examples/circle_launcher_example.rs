@@ -6,8 +6,8 @@
 //!
 //! Direct mode needs nothing prepared: it starts a private Redis when none
 //! answers on 127.0.0.1:6379. Service mode needs a running Redis and the
-//! `worker` binary built (`cargo build --bins`); it removes the services it
-//! installed before exiting.
+//! `worker` binary built (`cargo build --bins`), and no circle services
+//! installed yet: it removes every circle service before exiting.
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,13 +44,13 @@ async fn main() -> anyhow::Result<()> {
         .port();
     let mut args = LaunchArgs {
         circles: circles.iter().map(|c| c.2.clone()).collect(),
-        port,
-        host: "127.0.0.1".into(),
+        port: Some(port),
+        host: Some("127.0.0.1".into()),
         init_timeout: 30,
         ..LaunchArgs::default()
     };
     let common = CommonArgs {
-        redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        redis_url: std::env::var("REDIS_URL").ok(),
         data_dir: repo.join("launch_data/example"),
         debug: false,
         verbose: 0,
@@ -73,6 +73,17 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(
             args.worker_binary.is_some(),
             "build the worker first: cargo build --bins"
+        );
+        // It ends by removing every circle service, so it must not start
+        // where somebody else's circles run.
+        let installed = circles_launcher::service_mode::backend(&common)
+            .await?
+            .list_installed()
+            .await?;
+        anyhow::ensure!(
+            installed.is_empty(),
+            "{} circle service(s) already installed here; this example removes every circle service when it ends, so it only runs where there are none",
+            installed.len()
         );
         let outcome = until_ctrl_c(async {
             circles_launcher::service_mode::launch(&args, &common).await?;

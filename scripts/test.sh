@@ -20,6 +20,7 @@ command -v plistutil >/dev/null || need_pkgs+=(libplist-utils)
 [[ -x /lib/systemd/systemd ]] || need_pkgs+=(systemd)
 command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
 command -v unshare >/dev/null || need_pkgs+=(util-linux)
+command -v pgrep >/dev/null || need_pkgs+=(procps)
 # User-scope units are reached over the user's session bus.
 [[ -e /usr/lib/systemd/user/dbus.socket ]] || need_pkgs+=(dbus-user-session)
 if ((${#need_pkgs[@]})); then

@@ -36,9 +36,10 @@ pub struct Cli {
 /// Options shared by launching and the subcommands.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// Redis URL.
-    #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
-    pub redis_url: String,
+    /// Redis URL [default: redis://127.0.0.1:6379; for status and cleanup,
+    /// the one the services were installed with].
+    #[arg(long, global = true, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
     /// Data directory (databases, keys, service files, logs).
     #[arg(long, global = true, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
@@ -71,12 +72,12 @@ pub struct LaunchArgs {
     /// circles.json given as a plain argument.
     #[arg(value_name = "CIRCLES_JSON", conflicts_with_all = ["circles", "config_flag"])]
     pub config: Option<PathBuf>,
-    /// WebSocket server port.
-    #[arg(short, long, default_value_t = circles_server::DEFAULT_PORT)]
-    pub port: u16,
-    /// WebSocket server address.
-    #[arg(long, default_value = circles_server::DEFAULT_HOST)]
-    pub host: String,
+    /// WebSocket server port [default: 8080; in service mode, the installed server's].
+    #[arg(short, long)]
+    pub port: Option<u16>,
+    /// WebSocket server address [default: 127.0.0.1; in service mode, the installed server's].
+    #[arg(long)]
+    pub host: Option<String>,
     /// Require WebSocket authentication.
     #[arg(long)]
     pub enable_auth: bool,
@@ -138,6 +139,13 @@ pub enum Command {
 }
 
 impl CommonArgs {
+    /// The Redis URL given, or the default.
+    pub fn redis_url_or_default(&self) -> String {
+        self.redis_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string())
+    }
+
     /// The tracing filter these flags ask for.
     pub fn log_level(&self) -> &'static str {
         match (self.verbose, self.debug) {

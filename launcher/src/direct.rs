@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use circles_dispatcher::protocol::{
     ENV_LAUNCHER_PID, ENV_NOTIFY_SOCKET, ENV_RUST_LOG, task_queue_key,
 };
-use circles_dispatcher::{CirclePublicKey, DispatchError, Dispatcher};
+use circles_dispatcher::{CirclePublicKey, Dispatcher};
 use circles_server::{Server, ServerConfig};
 use tokio::net::UnixDatagram;
 use tokio::process::Command;
@@ -126,6 +126,11 @@ impl DirectLaunch {
         let redis_check =
             crate::redis_local::check(&settings.redis_url, settings.redis_autostart).await?;
         // Validation is over: from here on, things are created.
+        let notify_dir = tempfile::Builder::new()
+            .prefix("circles-notify-")
+            .tempdir()
+            .map_err(|e| LaunchError::io("creating the notify socket directory", e))?;
+
         resolved.persist_new_keys()?;
         std::fs::create_dir_all(settings.log_dir()).map_err(|source| LaunchError::DataDir {
             path: settings.log_dir(),
@@ -178,11 +183,6 @@ impl DirectLaunch {
                 return Err(e.into());
             }
         };
-        let notify_dir = tempfile::Builder::new()
-            .prefix("circles-notify-")
-            .tempdir()
-            .map_err(|e| LaunchError::io("creating the notify socket directory", e))?;
-
         let board = Arc::new(Board {
             slots: Mutex::new(
                 settings
@@ -240,44 +240,28 @@ impl DirectLaunch {
         Ok(launch)
     }
 
-    /// Sends each ready circle's init script, all at once, with the circle's
-    /// own key as `CALLER_ID`, and records the outcome for the table.
+    /// Sends each ready circle's init script and records the outcome for
+    /// the table.
     async fn run_init_scripts(&self) {
         let slots = self.board.slots.lock().expect("board").clone();
-        let mut calls = Vec::new();
-        for (idx, slot) in slots.into_iter().enumerate() {
-            let Some(script) = slot.spec.init_script.clone() else {
-                continue;
-            };
-            if slot.state != WorkerState::Ready {
-                self.board
-                    .update(idx, |s| s.init = "skipped: worker not ready".into());
+        let mut ready = Vec::new();
+        for (idx, slot) in slots.iter().enumerate() {
+            if slot.spec.init_script.is_none() {
                 continue;
             }
-            let d = self.dispatcher.clone();
-            let timeout = self.settings.init_timeout;
-            calls.push(async move {
-                let key = slot.spec.key;
-                let result = d.run_as(&key, &script.source, timeout, &key.to_hex()).await;
-                (idx, slot.spec.name, script.path, result)
-            });
+            if slot.state == WorkerState::Ready {
+                ready.push(&slot.spec);
+            } else {
+                self.board
+                    .update(idx, |s| s.init = "skipped: worker not ready".into());
+            }
         }
-        for (idx, name, path, result) in futures_util::future::join_all(calls).await {
-            let init = match result {
-                Ok(output) => {
-                    tracing::info!(circle = %name, script = %path.display(), %output, "init script done");
-                    format!("ok: {output}")
-                }
-                Err(DispatchError::ScriptError { message, .. }) => {
-                    tracing::error!(circle = %name, script = %path.display(), "init script failed: {message}");
-                    format!("error: {message}")
-                }
-                Err(e) => {
-                    tracing::error!(circle = %name, script = %path.display(), "init script not run: {e}");
-                    format!("error: {e}")
-                }
-            };
-            self.board.update(idx, |s| s.init = init);
+        for (key, outcome) in
+            crate::init::run_init_scripts(&self.dispatcher, ready, self.settings.init_timeout).await
+        {
+            if let Some(idx) = slots.iter().position(|s| s.spec.key == key) {
+                self.board.update(idx, |s| s.init = outcome.summary());
+            }
         }
     }
 

@@ -84,9 +84,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => {
             let (settings, resolved) = LaunchSettings::resolve(&cli.launch, &common)?;
             let worker = resolve_worker_program(cli.launch.worker_binary.as_deref())?;
-            let launch = DirectLaunch::start(settings, resolved, worker).await?;
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            // A signal during startup stops it: dropping `start` drops what it
+            // started (children are killed with it, and die with us anyway).
+            let launch = tokio::select! {
+                launch = DirectLaunch::start(settings, resolved, worker) => launch?,
+                () = &mut shutdown => {
+                    eprintln!("interrupted during startup; nothing left running");
+                    return Ok(ExitCode::from(130));
+                }
+            };
             tracing::info!("circles are up; Ctrl+C stops them");
-            launch.run_until(shutdown_signal(), true).await;
+            launch.run_until(shutdown, true).await;
             launch.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }

@@ -18,10 +18,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use circles_dispatcher::protocol::{
-    ENV_PRESERVE_TASKS, ENV_RUST_LOG, task_queue_key, worker_heartbeat_key,
-};
-use circles_dispatcher::{CirclePublicKey, DispatchError, Dispatcher, WorkerHeartbeat};
+use circles_dispatcher::protocol::{ENV_RUST_LOG, task_queue_key, worker_heartbeat_key};
+use circles_dispatcher::{CirclePublicKey, Dispatcher, WorkerHeartbeat};
 use circles_services::{
     BackendKind, Plan, PlannedAction, RestartPolicy, SERVICE_PREFIX, ServiceBackend, ServiceName,
     ServiceScope, ServiceSpec, ServiceTemplate, Templates,
@@ -41,19 +39,26 @@ pub const SERVER_SERVICE_NAME: &str = "tf.ourworld.circles.circle-ws-server";
 /// cannot tell readiness (launchd, fallback).
 const HEARTBEAT_WAIT: Duration = Duration::from_secs(30);
 
-/// File in the data directory remembering what service-mode launches
-/// installed there: the server address and each circle's name and last init
-/// outcome, so `launcher status` can show them.
+/// File in the data directory remembering what service-mode runs installed
+/// from it: the server's settings and every circle, so that a later run
+/// renders the one server for old and new circles alike, and `launcher
+/// status` knows names, URLs and init outcomes.
 pub const RECORD_FILE: &str = "services.json";
 
 /// The contents of [`RECORD_FILE`].
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ServiceRecord {
     /// WebSocket server address.
-    pub host: String,
+    pub host: Option<String>,
     /// WebSocket server port.
-    pub port: u16,
+    pub port: Option<u16>,
+    /// Redis the services use.
+    pub redis_url: Option<String>,
+    /// Whether the server requires authentication.
+    #[serde(default)]
+    pub enable_auth: bool,
     /// Circle key (hex) → what we know of it.
+    #[serde(default)]
     pub circles: BTreeMap<String, RecordedCircle>,
 }
 
@@ -62,6 +67,9 @@ pub struct ServiceRecord {
 pub struct RecordedCircle {
     /// Its name.
     pub name: String,
+    /// Its own WebSocket port (circles.json circles).
+    #[serde(default)]
+    pub port: Option<u16>,
     /// Outcome of its last init script.
     pub init: String,
 }
@@ -71,30 +79,90 @@ impl ServiceRecord {
         data_dir.join(RECORD_FILE)
     }
 
-    /// The record in `data_dir`, or defaults when there is none.
+    /// The record in `data_dir`, or an empty one.
     pub fn load(data_dir: &Path) -> Self {
         std::fs::read_to_string(Self::path(data_dir))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_else(|| Self {
-                host: circles_server::DEFAULT_HOST.to_string(),
-                port: circles_server::DEFAULT_PORT,
-                circles: BTreeMap::new(),
-            })
+            .unwrap_or_default()
     }
 
     /// Writes the record (replacing it atomically).
     fn save(&self, data_dir: &Path) -> Result<(), LaunchError> {
         let path = Self::path(data_dir);
-        let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_string_pretty(self).expect("record serialises");
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        crate::settings::write_atomically(&path, json.as_bytes(), 0o644)
             .map_err(|e| LaunchError::io(format!("writing {}", path.display()), e))
     }
 
+    /// `ws://host:port/`
+    fn ws_url_root(&self) -> String {
+        format!(
+            "ws://{}:{}/",
+            self.host.as_deref().unwrap_or(circles_server::DEFAULT_HOST),
+            self.port.unwrap_or(circles_server::DEFAULT_PORT)
+        )
+    }
+
     fn ws_url(&self, key: &CirclePublicKey) -> String {
-        format!("ws://{}:{}/{key}", self.host, self.port)
+        format!("{}{key}", self.ws_url_root())
+    }
+
+    /// The Redis to inspect: the one given, else the recorded one.
+    fn redis_url(&self, common: &CommonArgs) -> String {
+        common
+            .redis_url
+            .clone()
+            .or_else(|| self.redis_url.clone())
+            .unwrap_or_else(|| common.redis_url_or_default())
+    }
+
+    /// Settles this run's server settings against what is installed: flags
+    /// given now win; flags left out keep the installed server's values
+    /// (port, host) — and authentication, once on, stays on, so leaving out
+    /// `--enable-auth` never silently opens a server. Adds this run's
+    /// circles.
+    fn merge(&mut self, args: &LaunchArgs, settings: &mut LaunchSettings) {
+        if args.port.is_none()
+            && let Some(port) = self.port
+        {
+            settings.port = port;
+        }
+        if args.host.is_none()
+            && let Some(host) = &self.host
+        {
+            settings.host = host.clone();
+        }
+        if self.enable_auth && !settings.enable_auth {
+            tracing::info!(
+                "keeping authentication on, as installed (`launcher cleanup` to reinstall without)"
+            );
+            settings.enable_auth = true;
+        }
+        self.host = Some(settings.host.clone());
+        self.port = Some(settings.port);
+        self.redis_url = Some(settings.redis_url.clone());
+        self.enable_auth = settings.enable_auth;
+        for c in &settings.circles {
+            let entry = self
+                .circles
+                .entry(c.key.to_hex())
+                .or_insert_with(|| RecordedCircle {
+                    name: c.name.clone(),
+                    port: None,
+                    init: "-".into(),
+                });
+            entry.name = c.name.clone();
+            entry.port = c.port.or(entry.port);
+        }
+    }
+
+    /// `(circle, port)` for every recorded circle with a port of its own.
+    fn circle_ports(&self) -> Vec<(String, u16)> {
+        self.circles
+            .iter()
+            .filter_map(|(k, c)| Some((k.clone(), c.port?)))
+            .collect()
     }
 }
 
@@ -155,7 +223,9 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         .ok_or(LaunchError::WorkerBinaryRequired)?;
     let worker_binary = check_binary("worker", worker_binary)?;
     let server = resolve_server_program(args.server_binary.as_deref(), &worker_binary)?;
-    let (settings, resolved) = LaunchSettings::resolve_without_ports(args, common)?;
+    let (mut settings, resolved) = LaunchSettings::resolve_without_ports(args, common)?;
+    let mut record = ServiceRecord::load(&settings.data_dir);
+    record.merge(args, &mut settings);
     let backend = backend(common).await?;
     tracing::info!("service manager: {}", backend.describe());
     for missing in backend.unavailable_features() {
@@ -165,7 +235,7 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
     if !args.dry_run {
         crate::redis_local::check(&settings.redis_url, false).await?;
     }
-    let specs = build_specs(&settings, &worker_binary, &server)?;
+    let specs = build_specs(&settings, &record.circle_ports(), &worker_binary, &server)?;
     let plan = backend.plan(&specs).await?;
 
     if args.dry_run {
@@ -199,62 +269,38 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         .collect();
     let dispatcher = Dispatcher::connect(&settings.redis_url, "launcher").await?;
     if backend.kind() != BackendKind::Systemd {
-        // systemd's start job ends at READY=1; elsewhere, wait for the heartbeat.
+        // systemd's start job ends at READY=1; elsewhere, wait for the
+        // heartbeat — and undo this run's installs if it never comes.
         for c in &touched {
-            wait_for_heartbeat(&dispatcher, &c.key, HEARTBEAT_WAIT).await?;
+            if let Err(e) = wait_for_heartbeat(&dispatcher, &c.key, HEARTBEAT_WAIT).await {
+                match backend.remove(&applied.created).await {
+                    Ok(removed) => tracing::warn!(
+                        count = removed.len(),
+                        "removed the services this run installed"
+                    ),
+                    Err(undo) => {
+                        tracing::error!("could not remove the services this run installed: {undo}")
+                    }
+                }
+                return Err(e);
+            }
         }
-    }
-    let mut record = ServiceRecord::load(&settings.data_dir);
-    record.host = settings.host.clone();
-    record.port = settings.port;
-    for c in &settings.circles {
-        let entry = record
-            .circles
-            .entry(c.key.to_hex())
-            .or_insert_with(|| RecordedCircle {
-                name: c.name.clone(),
-                init: "-".into(),
-            });
-        entry.name = c.name.clone();
     }
     let mut init_failures = Vec::new();
-    let calls = touched.iter().filter_map(|c| {
-        let script = c.init_script.as_ref()?;
-        let d = dispatcher.clone();
-        Some(async move {
-            let result = d
-                .run_as(
-                    &c.key,
-                    &script.source,
-                    settings.init_timeout,
-                    &c.key.to_hex(),
-                )
-                .await;
-            (c, result)
-        })
-    });
-    for (c, result) in futures_util::future::join_all(calls).await {
-        let init = match result {
-            Ok(output) => {
-                tracing::info!(circle = %c.name, %output, "init script done");
-                format!("ok: {output}")
-            }
-            Err(e) => {
-                let msg = match e {
-                    DispatchError::ScriptError { message, .. } => message,
-                    e => e.to_string(),
-                };
-                tracing::error!(circle = %c.name, "init script failed: {msg}");
-                init_failures.push((c.name.clone(), msg.clone()));
-                format!("error: {msg}")
-            }
-        };
-        if let Some(entry) = record.circles.get_mut(&c.key.to_hex()) {
-            entry.init = init;
+    for (key, outcome) in
+        crate::init::run_init_scripts(&dispatcher, touched, settings.init_timeout).await
+    {
+        let entry = record
+            .circles
+            .get_mut(&key.to_hex())
+            .expect("merged circles are recorded");
+        if let crate::init::InitOutcome::Failed(message) = &outcome {
+            init_failures.push((entry.name.clone(), message.clone()));
         }
+        entry.init = outcome.summary();
     }
-
     record.save(&settings.data_dir)?;
+
     let rows = gather_rows(&backend, Some(&dispatcher), &record).await?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
@@ -275,8 +321,11 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
 }
 
 /// Renders the worker and server services for these settings.
+/// `circle_ports` are every installed circle's own port (from the record),
+/// so the one server keeps serving them all.
 pub fn build_specs(
     settings: &LaunchSettings,
+    circle_ports: &[(String, u16)],
     worker_binary: &Path,
     server: &Program,
 ) -> Result<Vec<ServiceSpec>, LaunchError> {
@@ -305,9 +354,11 @@ pub fn build_specs(
                 c.key.to_hex(),
                 "--db-path".into(),
                 settings.data_dir.to_string_lossy().into_owned(),
+                // A restart must not fail the tasks queued meanwhile; finished
+                // tasks still expire (unlike with PRESERVE_TASKS).
+                "--keep-queued-on-stop".into(),
             ],
-            // A restart must not fail the tasks queued meanwhile.
-            env: common_env(&[(ENV_PRESERVE_TASKS, "1")]),
+            env: common_env(&[]),
             working_directory: settings.data_dir.clone(),
             read_write_paths: vec![settings.data_dir.clone()],
             log_dir: settings.log_dir(),
@@ -328,13 +379,20 @@ pub fn build_specs(
         "--redis-url".into(),
         settings.redis_url.clone(),
     ]);
+    // At boot Redis may come up after the server.
+    server_args.push("--wait-for-redis".into());
     if settings.enable_auth {
         server_args.push("--enable-auth".into());
     }
-    for c in &settings.circles {
-        if let Some(port) = c.port {
-            server_args.extend(["--circle-port".into(), format!("{}={port}", c.key)]);
-        }
+    let mut ports: BTreeMap<String, u16> = circle_ports.iter().cloned().collect();
+    ports.extend(
+        settings
+            .circles
+            .iter()
+            .filter_map(|c| Some((c.key.to_hex(), c.port?))),
+    );
+    for (key, port) in ports {
+        server_args.extend(["--circle-port".into(), format!("{key}={port}")]);
     }
     specs.push(ServiceSpec {
         name: server_service_name(),
@@ -491,7 +549,7 @@ async fn gather_rows(
             queue: None,
             heartbeat: None,
             init: "-".into(),
-            url: format!("ws://{}:{}/", record.host, record.port),
+            url: record.ws_url_root(),
         };
         if let Some(key) = circle_of(&name) {
             let known = record.circles.get(&key.to_hex());
@@ -526,26 +584,20 @@ async fn gather_rows(
 /// Rows for `launcher status`: every installed circle service.
 pub async fn status_rows(common: &CommonArgs) -> Result<Vec<StatusRow>, LaunchError> {
     let backend = backend(common).await?;
-    let dispatcher = Dispatcher::connect(&common.redis_url, "launcher-status")
-        .await
-        .ok();
+    let record = ServiceRecord::load(&absolute_data_dir(common)?);
+    let url = record.redis_url(common);
+    let dispatcher = Dispatcher::connect(&url, "launcher-status").await.ok();
     if dispatcher.is_none() {
-        tracing::warn!(
-            "Redis unreachable at {}: queue depth and heartbeat unknown",
-            common.redis_url
-        );
+        tracing::warn!("Redis unreachable at {url}: queue depth and heartbeat unknown");
     }
-    let data_dir =
-        std::path::absolute(&common.data_dir).map_err(|source| LaunchError::DataDir {
-            path: common.data_dir.clone(),
-            source,
-        })?;
-    gather_rows(
-        &backend,
-        dispatcher.as_ref(),
-        &ServiceRecord::load(&data_dir),
-    )
-    .await
+    gather_rows(&backend, dispatcher.as_ref(), &record).await
+}
+
+fn absolute_data_dir(common: &CommonArgs) -> Result<std::path::PathBuf, LaunchError> {
+    std::path::absolute(&common.data_dir).map_err(|source| LaunchError::DataDir {
+        path: common.data_dir.clone(),
+        source,
+    })
 }
 
 /// `launcher logs <pk|server> [-f]`: runs the journal or tail command.
@@ -572,9 +624,42 @@ pub async fn logs(common: &CommonArgs, circle: &str, follow: bool) -> anyhow::Re
 }
 
 /// Removes every service named under `tf.ourworld.circles.`, with the scope
-/// and templates these flags select.
+/// and templates these flags select; then, best effort, the removed circles'
+/// registration in Redis (so the server stops routing them) and the record
+/// of the data directory.
 pub async fn cleanup(common: &CommonArgs) -> Result<Vec<ServiceName>, LaunchError> {
-    Ok(backend(common).await?.cleanup().await?)
+    let removed = backend(common).await?.cleanup().await?;
+    let data_dir = absolute_data_dir(common)?;
+    let record = ServiceRecord::load(&data_dir);
+    unregister(&record.redis_url(common), &removed).await;
+    let _ = std::fs::remove_file(ServiceRecord::path(&data_dir));
+    Ok(removed)
+}
+
+/// Takes removed circles out of `rhai_circles`; a Redis that does not answer
+/// is only worth a warning (the services are gone either way).
+async fn unregister(redis_url: &str, removed: &[ServiceName]) {
+    let keys: Vec<String> = removed
+        .iter()
+        .filter_map(circle_of)
+        .map(|k| k.to_hex())
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
+    let result = async {
+        let d = Dispatcher::connect(redis_url, "launcher-cleanup").await?;
+        redis::cmd("SREM")
+            .arg(circles_dispatcher::protocol::CIRCLES_SET)
+            .arg(&keys)
+            .query_async::<()>(&mut d.connection())
+            .await?;
+        Ok::<_, LaunchError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!("removed circles stay registered in Redis ({e})");
+    }
 }
 
 /// Removes every circle service (default scope: system for root, user

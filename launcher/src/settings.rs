@@ -110,7 +110,7 @@ impl LaunchSettings {
         common: &CommonArgs,
     ) -> Result<(Self, ResolvedCircles), LaunchError> {
         let (settings, resolved) = Self::resolve_without_ports(args, common)?;
-        check_ports(&args.host, args.port, &resolved.circles)?;
+        check_ports(&settings.host, settings.port, &resolved.circles)?;
         Ok((settings, resolved))
     }
 
@@ -122,12 +122,16 @@ impl LaunchSettings {
     ) -> Result<(Self, ResolvedCircles), LaunchError> {
         let data_dir = absolute(&common.data_dir)?;
         let resolved = resolve_circles(args, &data_dir)?;
-        check_duplicate_ports(args.port, &resolved.circles)?;
+        let port = args.port.unwrap_or(circles_server::DEFAULT_PORT);
+        check_duplicate_ports(port, &resolved.circles)?;
         let settings = Self {
             circles: resolved.circles.clone(),
-            host: args.host.clone(),
-            port: args.port,
-            redis_url: common.redis_url.clone(),
+            host: args
+                .host
+                .clone()
+                .unwrap_or_else(|| circles_server::DEFAULT_HOST.to_string()),
+            port,
+            redis_url: common.redis_url_or_default(),
             enable_auth: args.enable_auth,
             data_dir,
             init_timeout: Duration::from_secs(args.init_timeout.max(1)),
@@ -316,25 +320,49 @@ fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
 }
 
 fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let err = |message: String| LaunchError::KeyFile {
         path: path.to_path_buf(),
         message,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    if path.exists() {
+        return Err(err(
+            "already exists; not overwriting a circle identity".into()
+        ));
     }
     let json = serde_json::to_string_pretty(key).expect("key serialises");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| err(e.to_string()))?;
-    file.write_all(json.as_bytes())
-        .map_err(|e| err(e.to_string()))?;
-    file.sync_all().map_err(|e| err(e.to_string()))
+    write_atomically(path, json.as_bytes(), 0o600).map_err(|e| err(e.to_string()))
+}
+
+/// Writes `bytes` to a temporary file beside `path` (mode `mode`, synced),
+/// then renames it over `path`: a crash leaves the old file or the new one,
+/// never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn check_ports(host: &str, port: u16, circles: &[CircleSpec]) -> Result<(), LaunchError> {
@@ -373,10 +401,16 @@ pub fn check_port_free(host: &str, port: u16, purpose: &str) -> Result<(), Launc
     }
     TcpListener::bind((host, port))
         .map(drop)
-        .map_err(|_| LaunchError::PortInUse {
-            host: host.to_string(),
-            port,
-            purpose: purpose.to_string(),
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => LaunchError::PortInUse {
+                host: host.to_string(),
+                port,
+                purpose: purpose.to_string(),
+            },
+            _ => LaunchError::io(
+                format!("cannot listen on {host}:{port} (needed for {purpose})"),
+                e,
+            ),
         })
 }
 

@@ -43,6 +43,7 @@ pub fn render_table(rows: &[StatusRow]) -> Table {
         "PID",
         "Restarts",
         "Queue",
+        "Heartbeat",
         "Init",
         "WebSocket URL",
     ]);
@@ -58,11 +59,22 @@ pub fn render_table(rows: &[StatusRow]) -> Table {
                 (None, _) => "-".into(),
             },
             opt(r.queue),
+            r.heartbeat
+                .as_deref()
+                .map_or_else(|| "-".into(), time_of_day),
             truncate(&r.init, 40),
             r.url.clone(),
         ]);
     }
     table
+}
+
+/// `2026-11-26T11:16:46.049Z` → `11:16:46 UTC`: the date is today's in a
+/// table of live services.
+fn time_of_day(rfc3339: &str) -> String {
+    rfc3339
+        .get(11..19)
+        .map_or_else(|| rfc3339.to_string(), |t| format!("{t} UTC"))
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -103,7 +115,7 @@ mod tests {
                 restarts: Some(0),
                 last_exit: None,
                 queue: Some(0),
-                heartbeat: None,
+                heartbeat: Some("2026-11-26T11:16:46.049Z".into()),
                 init: "ok: 3 members".into(),
                 url: "ws://127.0.0.1:8080/02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5".into(),
             },

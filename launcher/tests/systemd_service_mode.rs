@@ -216,6 +216,12 @@ async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
     assert_eq!(row["init"], "ok: one ready");
     assert!(row["heartbeat"].is_string(), "{row}");
     assert_eq!(row["url"], w.url(KEY_ONE));
+    // Finished tasks expire even though queued ones survive restarts.
+    let task_key = w.redis.cli(&["--scan", "--pattern", "rhai_task_details:*"]);
+    let task_key = task_key.lines().next().expect("a task hash");
+    let ttl: i64 = w.redis.cli(&["TTL", task_key]).parse().unwrap();
+    assert!(ttl > 0, "{task_key} has TTL {ttl}");
+
     // Logs come from the journal.
     let (code, logs, err) = w.launcher(&["logs", KEY_ONE]);
     assert_eq!(code, Some(0), "{err}");
@@ -652,6 +658,26 @@ async fn the_launcher_example_in_service_mode_removes_what_it_installed() {
     let _serial = SERIAL.lock().await;
     let w = World::new("svc-example");
     let example = circles_test_support::target_dir().join("examples/circle_launcher_example");
+    // With somebody's circle installed, it refuses (it would remove it).
+    w.install(&worker(), &[KEY_ONE.to_string()], &[]);
+    let out = Command::new(&example)
+        .arg("--service")
+        .env("REDIS_URL", w.redis.url())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already installed here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        w.prop(&worker_unit(KEY_ONE), "ActiveState"),
+        "active",
+        "left alone"
+    );
+    w.launcher(&["cleanup"]);
+
     let out = Command::new(&example)
         .arg("--service")
         .env("REDIS_URL", w.redis.url())

@@ -40,6 +40,10 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// When Redis does not answer, wait for it (with backoff) instead of
+    /// exiting; for services started at boot, possibly before Redis.
+    #[arg(long)]
+    pub wait_for_redis: bool,
     /// More logging: -v debug, -vv trace. RUST_LOG, when set, wins.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -84,6 +88,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -113,8 +118,26 @@ pub fn main_with(args: ServerArgs) -> ExitCode {
 async fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Listen for signals before announcing readiness: a stop request that
     // arrives right after READY=1 must drain, not kill the process.
-    let stop = stop_signal()?;
-    let server = Server::bind(args.into_config()).await?;
+    let mut stop = Box::pin(stop_signal()?);
+    let wait_for_redis = args.wait_for_redis;
+    let config = args.into_config();
+    // Under a service manager Redis may come up after us (at boot, say):
+    // wait for it with backoff rather than exit and use up the restart budget.
+    let mut backoff = std::time::Duration::from_millis(100);
+    let server = loop {
+        match Server::bind(config.clone()).await {
+            Ok(server) => break server,
+            Err(crate::ServerError::RedisUnreachable { url, source }) if wait_for_redis => {
+                tracing::warn!(%url, error = %source, retry_in = ?backoff, "Redis unreachable; waiting for it");
+                tokio::select! {
+                    () = &mut stop => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     // Outside systemd (no NOTIFY_SOCKET) this does nothing.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify the service manager of readiness");

@@ -253,3 +253,29 @@ fn the_binary_names_an_unreachable_redis_and_bad_keys() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_wait_for_redis_the_binary_waits_for_redis_then_serves() {
+    // Redis is not there yet (as at boot, before redis-server started).
+    let mut redis = RedisServer::start();
+    let redis_url = redis.url();
+    redis.stop();
+    let port = free_port();
+    let mut child = server_command(&redis_url, port)
+        .arg("--wait-for-redis")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it waits instead of exiting"
+    );
+    redis.restart();
+    let db = tempfile::tempdir().unwrap();
+    let _worker = start_worker(&redis, KEY_ONE, db.path(), &[]);
+    wait_for_port(port, Duration::from_secs(15));
+    let mut client = Client::connect(&format!("ws://127.0.0.1:{port}/{KEY_ONE}")).await;
+    assert_eq!(client.play("40 + 2").await, "42");
+    send_signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}

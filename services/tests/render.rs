@@ -31,10 +31,8 @@ fn launcher_like_specs(dir: &Path) -> [ServiceSpec; 2] {
             "--circle-public-key".into(),
             KEY.into(),
             "--db-path".into(),
-            data.join(format!("circle_db_{KEY}.redb"))
-                .to_str()
-                .unwrap()
-                .into(),
+            data.to_str().unwrap().into(),
+            "--keep-queued-on-stop".into(),
         ],
         env: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
         working_directory: data.clone(),
