@@ -312,7 +312,8 @@ impl Bench {
             path: self.bins.server.clone(),
             leading_args: Vec::new(),
         };
-        Ok(build_specs(&settings, &self.bins.worker, &server)?)
+        // No circle with its own port is installed besides these.
+        Ok(build_specs(&settings, &[], &self.bins.worker, &server)?)
     }
 
     /// Every installed circle service is active, and there are `expected`.
