@@ -290,11 +290,8 @@ impl ServiceBackend {
 
     /// Removes every service under [`crate::SERVICE_PREFIX`], and nothing else.
     pub async fn cleanup(&self) -> Result<Vec<ServiceName>, ServiceError> {
-        match self {
-            ServiceBackend::Systemd(b) => b.cleanup().await,
-            ServiceBackend::Launchd(b) => b.cleanup().await,
-            ServiceBackend::Fallback(b) => b.cleanup().await,
-        }
+        let names = self.list_installed().await?;
+        self.remove(&names).await
     }
 
     /// A command that shows (or with `follow`, follows) the service's logs.

@@ -411,26 +411,11 @@ impl FallbackBackend {
         Ok(removed)
     }
 
-    /// `remove(list_installed())`.
-    pub async fn cleanup(&self) -> Result<Vec<ServiceName>, ServiceError> {
-        let names = self.list_installed().await?;
-        self.remove(&names).await
-    }
-
     /// `journalctl` when the crate drives systemd; elsewhere there is no log
     /// source we know, and the command prints that and fails.
     pub fn logs_command(&self, name: &ServiceName, follow: bool) -> std::process::Command {
         if self.kind == ServiceManagerKind::Systemd {
-            let mut cmd = std::process::Command::new("journalctl");
-            match self.scope {
-                ServiceScope::System => cmd.arg("-u"),
-                ServiceScope::User => cmd.arg("--user-unit"),
-            };
-            cmd.arg(name.unit_name());
-            if follow {
-                cmd.arg("-f");
-            }
-            return cmd;
+            return crate::systemd::journal_command(self.scope, name, follow);
         }
         let message = format!(
             "logs of `{name}` are not available: the fallback service backend ({:?}) does not know where they go",

@@ -380,12 +380,6 @@ impl LaunchdBackend {
         Ok(removed)
     }
 
-    /// `remove(list_installed())`.
-    pub async fn cleanup(&self) -> Result<Vec<ServiceName>, ServiceError> {
-        let names = self.list_installed().await?;
-        self.remove(&names).await
-    }
-
     /// `tail` of the service's two log files (`-F` follows them, across
     /// rotation and before they exist).
     pub fn logs_command(&self, name: &ServiceName, follow: bool) -> std::process::Command {

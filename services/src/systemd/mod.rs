@@ -546,25 +546,9 @@ impl SystemdBackend {
         Ok(present)
     }
 
-    /// `remove(list_installed())`.
-    pub async fn cleanup(&self) -> Result<Vec<ServiceName>, ServiceError> {
-        let names = self.list_installed().await?;
-        self.remove(&names).await
-    }
-
-    /// `journalctl -u <unit>` (system) or `journalctl --user-unit <unit>`
-    /// (user), with `-f` when following.
+    /// See [`journal_command`].
     pub fn logs_command(&self, name: &ServiceName, follow: bool) -> std::process::Command {
-        let mut cmd = std::process::Command::new("journalctl");
-        match self.scope {
-            ServiceScope::System => cmd.arg("-u"),
-            ServiceScope::User => cmd.arg("--user-unit"),
-        };
-        cmd.arg(name.unit_name());
-        if follow {
-            cmd.arg("-f");
-        }
-        cmd
+        journal_command(self.scope, name, follow)
     }
 
     async fn enable(&self, units: &[String]) -> Result<(), ServiceError> {
@@ -807,4 +791,23 @@ fn dbus_error_for(call: &'static str, arg: &str) -> impl Fn(zbus::Error) -> Serv
         call: call.clone(),
         source,
     }
+}
+
+/// `journalctl -u <unit>` (system) or `journalctl --user-unit <unit>`
+/// (user), with `-f` when following.
+pub(crate) fn journal_command(
+    scope: ServiceScope,
+    name: &ServiceName,
+    follow: bool,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("journalctl");
+    match scope {
+        ServiceScope::System => cmd.arg("-u"),
+        ServiceScope::User => cmd.arg("--user-unit"),
+    };
+    cmd.arg(name.unit_name());
+    if follow {
+        cmd.arg("-f");
+    }
+    cmd
 }
