@@ -300,6 +300,24 @@ async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
     let mut c = Client::connect(&w.url(KEY_ONE)).await;
     assert_eq!(c.play("1").await, "1");
 
+    // Leaving out -p keeps the installed server's port (from services.json)
+    // instead of moving it to the default.
+    let key5 = circles_dispatcher::CircleKeypair::generate()
+        .public
+        .to_hex();
+    let (code, out, err) = w.launcher(&[
+        "--use-service-manager",
+        "--worker-binary",
+        my_worker.to_str().unwrap(),
+        "-c",
+        &key5,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 created, 0 updated, 1 unchanged"), "{out}");
+    assert_eq!(w.main_pid(SERVER_UNIT), after[2]);
+    let mut c = Client::connect(&w.url(&key5)).await;
+    assert_eq!(c.play("CONTEXT_ID").await, key5);
+
     // --dry-run prints the files and changes nothing.
     let key4 = circles_dispatcher::CircleKeypair::generate()
         .public
