@@ -20,6 +20,13 @@ impl Samples {
         }
     }
 
+    /// One set of samples from several runs: every latency, the summed
+    /// wall time.
+    pub fn combine(parts: Vec<Samples>) -> Self {
+        let elapsed = parts.iter().map(|p| p.elapsed).sum();
+        Self::new(parts.into_iter().flat_map(|p| p.sorted).collect(), elapsed)
+    }
+
     /// The `p`-th percentile (0–100).
     pub fn percentile(&self, p: f64) -> Duration {
         if self.sorted.is_empty() {

@@ -107,14 +107,32 @@ pub async fn run(per_run: Duration) -> anyhow::Result<Table> {
 
 /// `clients` concurrent dispatcher loops running `40 + 2` for `per_run`
 /// (after a short warm-up), spread over `circles`.
-pub async fn drive(
+async fn drive(
     redis: &RedisServer,
     circles: &[CirclePublicKey],
     clients: usize,
     per_run: Duration,
 ) -> anyhow::Result<Samples> {
     let dispatcher = Dispatcher::connect(&redis.url(), "bench").await?;
-    let warm_until = Instant::now() + Duration::from_millis(300);
+    drive_with(
+        &dispatcher,
+        circles,
+        clients,
+        Duration::from_millis(300),
+        per_run,
+    )
+    .await
+}
+
+/// [`drive`] on a given dispatcher with a given warm-up.
+pub async fn drive_with(
+    dispatcher: &Dispatcher,
+    circles: &[CirclePublicKey],
+    clients: usize,
+    warm_up: Duration,
+    per_run: Duration,
+) -> anyhow::Result<Samples> {
+    let warm_until = Instant::now() + warm_up;
     let end = warm_until + per_run;
     let mut tasks = Vec::new();
     for i in 0..clients {

@@ -3,25 +3,29 @@
 //!
 //! The server is an in-process `circles_server::Server` on a free port; the
 //! worker is a real `worker` process for one circle. Each connection makes
-//! one call at a time, like a client waiting for its answer. What the
+//! one call at a time, like a client waiting for its answer. The two are
+//! measured in alternating slices (the measured time split in [`ROUNDS`]),
+//! so a machine that gets busier mid-run weighs on both alike. What the
 //! WebSocket adds over the baseline: the client's frame encoding, the
 //! server's JSON-RPC parsing and routing, and its own dispatcher call.
 
 use std::time::{Duration, Instant};
 
-use circles_dispatcher::CirclePublicKey;
+use circles_dispatcher::{CirclePublicKey, Dispatcher};
 use circles_server::{Server, ServerConfig};
 use circles_test_support::{KEY_ONE, RedisServer, WorkerProcess, ws};
 use comfy_table::Table;
 use tokio::sync::oneshot;
 
 use crate::stats::{Samples, fmt_duration, ratio};
-use crate::tasks::drive;
+use crate::tasks::drive_with;
 
 /// Connections (and, for the baseline, concurrent dispatcher callers).
 const CONNECTIONS: [usize; 2] = [1, 8];
-/// Measured calls start after this.
-const WARM_UP: Duration = Duration::from_millis(300);
+/// Slices each way is measured in, alternating.
+const ROUNDS: u32 = 4;
+/// Measured calls of a slice start after this.
+const WARM_UP: Duration = Duration::from_millis(100);
 
 /// Runs the WebSocket benchmark and returns its table.
 pub async fn run(per_run: Duration) -> anyhow::Result<Table> {
@@ -55,9 +59,22 @@ pub async fn run(per_run: Duration) -> anyhow::Result<Table> {
         "p50 ÷ dispatcher",
         "plays/s ÷ dispatcher",
     ]);
+    let dispatcher = Dispatcher::connect(&redis.url(), "bench").await?;
+    let slice = per_run / ROUNDS;
     for connections in CONNECTIONS {
-        let ws = play_loops(&url, connections, per_run).await?;
-        let base = drive(&redis, &[circle], connections, per_run).await?;
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            clients.push(ws::Client::connect(&url).await);
+        }
+        // Alternate in short slices so drift on a noisy machine hits both.
+        let (mut ws, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let (samples, back) = play_loops(clients, slice).await?;
+            clients = back;
+            ws.push(samples);
+            base.push(drive_with(&dispatcher, &[circle], connections, WARM_UP, slice).await?);
+        }
+        let (ws, base) = (Samples::combine(ws), Samples::combine(base));
         table.add_row([
             connections.to_string(),
             fmt_duration(ws.percentile(50.0)),
@@ -78,13 +95,13 @@ pub async fn run(per_run: Duration) -> anyhow::Result<Table> {
     Ok(table)
 }
 
-/// `connections` WebSocket clients, each calling `play("40 + 2")` in a loop
-/// for `per_run` after a short warm-up.
-async fn play_loops(url: &str, connections: usize, per_run: Duration) -> anyhow::Result<Samples> {
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(ws::Client::connect(url).await);
-    }
+/// Each client calls `play("40 + 2")` in a loop, one call at a time, for
+/// `per_run` after a short warm-up; the clients are handed back for the
+/// next slice.
+async fn play_loops(
+    clients: Vec<ws::Client>,
+    per_run: Duration,
+) -> anyhow::Result<(Samples, Vec<ws::Client>)> {
     let warm_until = Instant::now() + WARM_UP;
     let end = warm_until + per_run;
     let mut loops = Vec::new();
@@ -102,12 +119,15 @@ async fn play_loops(url: &str, connections: usize, per_run: Duration) -> anyhow:
                     lat.push(t0.elapsed());
                 }
             }
-            anyhow::Ok(lat)
+            anyhow::Ok((lat, client))
         }));
     }
     let mut all = Vec::new();
+    let mut clients = Vec::new();
     for l in loops {
-        all.extend(l.await??);
+        let (lat, client) = l.await??;
+        all.extend(lat);
+        clients.push(client);
     }
-    Ok(Samples::new(all, per_run))
+    Ok((Samples::new(all, per_run), clients))
 }
