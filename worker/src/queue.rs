@@ -64,7 +64,7 @@ impl TaskQueue {
     /// Waits up to `wait` for a task id and moves it to the processing list.
     pub async fn take(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
         wait: Duration,
     ) -> RedisResult<Option<String>> {
         redis::cmd("BLMOVE")

@@ -104,7 +104,7 @@ pub async fn run(
         return Ok(());
     };
     // Connection for the blocking BLMOVE; short commands go on `conn`.
-    let mut blocking = connect_blocking(&config.redis_url).await?;
+    let mut blocking = BlockingLink::new(&config.redis_url)?;
 
     let holder = retry(&mut stop_rx, "reading the heartbeat", || {
         let mut c = conn.clone();
@@ -174,10 +174,29 @@ pub async fn run(
         if *stop_rx.borrow() {
             break;
         }
-        // Never cancelled: a BLMOVE dropped half-way could move a task after
-        // we stopped looking. It returns within TAKE_WAIT, and then the stop
-        // flag is checked.
-        let raw_id = match queue.take(&mut blocking, TAKE_WAIT).await {
+        // Never cancelled: a BLMOVE dropped half-way could still move a task
+        // after we stopped looking. A stop ends the wait with CLIENT UNBLOCK
+        // instead, and whatever BLMOVE returns is handled as usual.
+        // Connected first, so the id to unblock is known during the wait.
+        if let Err(e) = blocking.connect().await {
+            if !backoff.wait("connecting for tasks", &e, &mut stop_rx).await {
+                break;
+            }
+            continue;
+        }
+        let unblock_id = blocking.client_id();
+        let take = blocking.take(&queue);
+        tokio::pin!(take);
+        let taken = tokio::select! {
+            taken = &mut take => taken,
+            _ = stop_rx.changed() => {
+                if let Some(id) = unblock_id {
+                    let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async::<i64>(&mut conn.clone()).await;
+                }
+                take.await
+            }
+        };
+        let raw_id = match taken {
             Ok(Some(id)) => {
                 backoff.reset();
                 id
@@ -426,18 +445,61 @@ async fn connect(
     }
 }
 
-/// A lazily connecting manager without response timeout, for `BLMOVE`: the
-/// server-side timeout bounds it.
-async fn connect_blocking(url: &str) -> Result<ConnectionManager, WorkerError> {
-    let client = redis::Client::open(url).map_err(|source| WorkerError::RedisUrl {
-        url: url.to_string(),
-        source,
-    })?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(TAKE_WAIT + Duration::from_secs(5)))
-        .set_max_delay(BACKOFF_MAX);
-    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+/// The connection `BLMOVE` blocks on, with its Redis client id so that a
+/// stop can end the wait at once (`CLIENT UNBLOCK`). Reconnected on the next
+/// take after an error.
+struct BlockingLink {
+    client: redis::Client,
+    current: Option<(redis::aio::MultiplexedConnection, i64)>,
+}
+
+impl BlockingLink {
+    fn new(url: &str) -> Result<Self, WorkerError> {
+        let client = redis::Client::open(url).map_err(|source| WorkerError::RedisUrl {
+            url: url.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            client,
+            current: None,
+        })
+    }
+
+    /// Connects (and learns the client id) unless connected.
+    async fn connect(&mut self) -> redis::RedisResult<()> {
+        if self.current.is_none() {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(TAKE_WAIT + Duration::from_secs(5)));
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let id: i64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut conn)
+                .await?;
+            self.current = Some((conn, id));
+        }
+        Ok(())
+    }
+
+    /// The client id of the live connection, if there is one.
+    fn client_id(&self) -> Option<i64> {
+        self.current.as_ref().map(|(_, id)| *id)
+    }
+
+    /// One `BLMOVE` of at most [`TAKE_WAIT`] (the server-side timeout bounds
+    /// it; the response timeout only guards against a dead connection).
+    async fn take(&mut self, queue: &TaskQueue) -> redis::RedisResult<Option<String>> {
+        self.connect().await?;
+        let (conn, _) = self.current.as_mut().expect("connected above");
+        let taken = queue.take(conn, TAKE_WAIT).await;
+        if taken.is_err() {
+            self.current = None;
+        }
+        taken
+    }
 }
 
 /// Retries a Redis operation with backoff until it succeeds (`Some`) or stop
