@@ -201,6 +201,38 @@ fn systemd_refuses_a_program_path_it_cannot_exec() {
     assert!(err.to_string().contains("quotes or backslashes"), "{err}");
 }
 
+#[test]
+fn private_tmp_is_kept_only_where_it_hides_nothing() {
+    let backend = systemd_backend(ServiceScope::System, Path::new("/etc/systemd/system"));
+    let elsewhere = spec(
+        name("elsewhere"),
+        "/opt/circles/worker",
+        &[],
+        Path::new("/srv/data"),
+    );
+    assert!(
+        backend
+            .render(&elsewhere)
+            .unwrap()
+            .contents
+            .contains("\nPrivateTmp=yes\n")
+    );
+    // A CI checkout in /tmp: a private /tmp would hide the binary and data.
+    let in_tmp = spec(
+        name("in-tmp"),
+        "/tmp/ci/target/worker",
+        &[],
+        Path::new("/tmp/ci/data"),
+    );
+    assert!(
+        backend
+            .render(&in_tmp)
+            .unwrap()
+            .contents
+            .contains("\nPrivateTmp=no\n")
+    );
+}
+
 /// `systemd-analyze verify` (works without a booted systemd) accepts every
 /// unit we render, including one whose program path has spaces, `%` and `$`.
 #[test]

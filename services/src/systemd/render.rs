@@ -69,7 +69,18 @@ pub fn render_unit(
         .map(|p| quote_word(path_text(p), false))
         .collect::<Vec<_>>()
         .join(" ");
-    let values: [(&str, String); 9] = [
+    // A private /tmp would hide a binary or data that lives in the host's
+    // /tmp or /var/tmp (the unit would fail with 226/NAMESPACE): keep the
+    // hardening only where it breaks nothing.
+    let in_tmp = |p: &std::path::Path| p.starts_with("/tmp") || p.starts_with("/var/tmp");
+    let private_tmp = !(in_tmp(&spec.program)
+        || in_tmp(&spec.working_directory)
+        || spec.read_write_paths.iter().any(|p| in_tmp(p)));
+    let values: [(&str, String); 10] = [
+        (
+            "private_tmp",
+            if private_tmp { "yes" } else { "no" }.to_string(),
+        ),
         ("description", escape_specifiers(&spec.description)),
         (
             "start_limit_interval_sec",
