@@ -96,7 +96,9 @@ fn systemd_backend(scope: ServiceScope, unit_dir: &Path) -> SystemdBackend {
 
 #[test]
 fn rendered_units_and_plists_match_the_snapshots() {
-    let dir = ScratchDir::new("snapshots");
+    // Rendering touches no disk; a fixed path keeps the snapshots the same
+    // wherever the checkout is (under /tmp, units render PrivateTmp=no).
+    let dir = FixedDir(Path::new("/opt/circles-snapshot"));
     let specs = launcher_like_specs(dir.path());
     let system = systemd_backend(ServiceScope::System, &dir.join("units"));
     let user = systemd_backend(ServiceScope::User, &dir.join("user-units"));
@@ -128,6 +130,19 @@ fn rendered_units_and_plists_match_the_snapshots() {
         let user_unit = user.render(&specs[1]).unwrap();
         insta::assert_snapshot!("systemd-user-ws-server", user_unit.contents);
     });
+}
+
+/// A directory path that is never created.
+struct FixedDir(&'static Path);
+
+impl FixedDir {
+    fn path(&self) -> &Path {
+        self.0
+    }
+
+    fn join(&self, p: &str) -> std::path::PathBuf {
+        self.0.join(p)
+    }
 }
 
 #[test]
