@@ -175,7 +175,7 @@ impl Dispatcher {
         let submit_and_wait = || -> Result<Pipeline, DispatchError> {
             let mut pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
             pipe.cmd("BLPOP")
-                .arg(task_reply_key(&task_id))
+                .arg(task_reply_key(task_id))
                 .arg(blpop_timeout(timeout));
             Ok(pipe)
         };
@@ -192,7 +192,7 @@ impl Dispatcher {
                     .expect("waiter pool poisoned")
                     .clear();
                 let submitted: bool = redis::cmd("EXISTS")
-                    .arg(task_details_key(&task_id))
+                    .arg(task_details_key(task_id))
                     .query_async(&mut self.inner.commands.clone())
                     .await?;
                 if submitted {

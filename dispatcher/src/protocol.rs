@@ -5,7 +5,6 @@
 //! rest are ours, documented here so that `redis-cli` users can find them.
 
 use crate::CirclePublicKey;
-use crate::task::TaskId;
 
 /// List of task ids waiting for a circle's worker. The dispatcher `LPUSH`es,
 /// the worker takes from the right, so the queue is first-in first-out.
@@ -52,13 +51,14 @@ pub fn task_queue_key(circle: &CirclePublicKey) -> String {
     format!("{TASK_QUEUE_PREFIX}{circle}")
 }
 
-/// `rhai_task_details:<task_id>`
-pub fn task_details_key(task: &TaskId) -> String {
+/// `rhai_task_details:<task_id>` (any id text: the worker answers ids that
+/// are not UUIDs under their raw text too).
+pub fn task_details_key(task: impl std::fmt::Display) -> String {
     format!("{TASK_DETAILS_PREFIX}{task}")
 }
 
 /// `rhai_reply:<task_id>`
-pub fn task_reply_key(task: &TaskId) -> String {
+pub fn task_reply_key(task: impl std::fmt::Display) -> String {
     format!("{TASK_REPLY_PREFIX}{task}")
 }
 

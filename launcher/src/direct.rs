@@ -73,7 +73,7 @@ impl WorkerState {
 
 /// What the launcher knows about one worker.
 #[derive(Debug, Clone)]
-struct Slot {
+struct WorkerEntry {
     spec: CircleSpec,
     state: WorkerState,
     pid: Option<u32>,
@@ -85,14 +85,14 @@ struct Slot {
 /// Slots shared by the supervisors and whoever renders the table; `version`
 /// counts changes and wakes the table printer.
 #[derive(Debug)]
-struct Board {
-    slots: Mutex<Vec<Slot>>,
+struct WorkerTable {
+    entries: Mutex<Vec<WorkerEntry>>,
     version: watch::Sender<u64>,
 }
 
-impl Board {
-    fn update(&self, idx: usize, f: impl FnOnce(&mut Slot)) {
-        f(&mut self.slots.lock().expect("board")[idx]);
+impl WorkerTable {
+    fn update(&self, idx: usize, f: impl FnOnce(&mut WorkerEntry)) {
+        f(&mut self.entries.lock().expect("table")[idx]);
         self.version.send_modify(|v| *v += 1);
     }
 }
@@ -101,7 +101,7 @@ impl Board {
 #[derive(Debug)]
 pub struct DirectLaunch {
     settings: LaunchSettings,
-    board: Arc<Board>,
+    table: Arc<WorkerTable>,
     supervisors: Vec<tokio::task::JoinHandle<()>>,
     stop_workers: watch::Sender<bool>,
     stop_server: Option<oneshot::Sender<()>>,
@@ -146,7 +146,7 @@ impl DirectLaunch {
             }
         };
         // Everything started below is stopped again if a later step fails.
-        let mut partial = Partial {
+        let mut started = StartedSoFar {
             local_redis,
             server: None,
         };
@@ -167,28 +167,28 @@ impl DirectLaunch {
         let server = match server {
             Ok(s) => s,
             Err(e) => {
-                partial.stop().await;
+                started.stop().await;
                 return Err(e.into());
             }
         };
         let server_addr = server.local_addr();
         let (stop_server_tx, stop_server_rx) = oneshot::channel::<()>();
-        partial.server = Some(tokio::spawn(server.run(async move {
+        started.server = Some(tokio::spawn(server.run(async move {
             let _ = stop_server_rx.await;
         })));
         let dispatcher = match Dispatcher::connect(&settings.redis_url, "launcher").await {
             Ok(d) => d,
             Err(e) => {
-                partial.stop().await;
+                started.stop().await;
                 return Err(e.into());
             }
         };
-        let board = Arc::new(Board {
-            slots: Mutex::new(
+        let table = Arc::new(WorkerTable {
+            entries: Mutex::new(
                 settings
                     .circles
                     .iter()
-                    .map(|spec| Slot {
+                    .map(|spec| WorkerEntry {
                         spec: spec.clone(),
                         state: WorkerState::Starting,
                         pid: None,
@@ -211,7 +211,7 @@ impl DirectLaunch {
                 spec: spec.clone(),
                 program: worker.clone(),
                 settings: settings.clone(),
-                board: board.clone(),
+                table: table.clone(),
                 stop: stop_rx.clone(),
                 socket: notify_dir.path().join(format!("{idx}.sock")),
             };
@@ -225,10 +225,10 @@ impl DirectLaunch {
         progress.finish_and_clear();
 
         let launch = Self {
-            server_task: partial.server.take(),
-            local_redis: partial.local_redis.take(),
+            server_task: started.server.take(),
+            local_redis: started.local_redis.take(),
             settings,
-            board,
+            table,
             supervisors,
             stop_workers,
             stop_server: Some(stop_server_tx),
@@ -243,24 +243,24 @@ impl DirectLaunch {
     /// Sends each ready circle's init script and records the outcome for
     /// the table.
     async fn run_init_scripts(&self) {
-        let slots = self.board.slots.lock().expect("board").clone();
+        let entries = self.table.entries.lock().expect("table").clone();
         let mut ready = Vec::new();
-        for (idx, slot) in slots.iter().enumerate() {
-            if slot.spec.init_script.is_none() {
+        for (idx, entry) in entries.iter().enumerate() {
+            if entry.spec.init_script.is_none() {
                 continue;
             }
-            if slot.state == WorkerState::Ready {
-                ready.push(&slot.spec);
+            if entry.state == WorkerState::Ready {
+                ready.push(&entry.spec);
             } else {
-                self.board
+                self.table
                     .update(idx, |s| s.init = "skipped: worker not ready".into());
             }
         }
         for (key, outcome) in
             crate::init::run_init_scripts(&self.dispatcher, ready, self.settings.init_timeout).await
         {
-            if let Some(idx) = slots.iter().position(|s| s.spec.key == key) {
-                self.board.update(idx, |s| s.init = outcome.summary());
+            if let Some(idx) = entries.iter().position(|s| s.spec.key == key) {
+                self.table.update(idx, |s| s.init = outcome.summary());
             }
         }
     }
@@ -282,26 +282,26 @@ impl DirectLaunch {
 
     /// Current rows for the status table (queue depths read from Redis).
     pub async fn status_rows(&self) -> Vec<StatusRow> {
-        let slots = self.board.slots.lock().expect("board").clone();
+        let entries = self.table.entries.lock().expect("table").clone();
         let mut conn = self.dispatcher.connection();
         let mut rows = Vec::new();
-        for slot in slots {
+        for entry in entries {
             let queue = redis::cmd("LLEN")
-                .arg(task_queue_key(&slot.spec.key))
+                .arg(task_queue_key(&entry.spec.key))
                 .query_async::<u64>(&mut conn)
                 .await
                 .ok();
             rows.push(StatusRow {
-                name: slot.spec.name.clone(),
-                public_key: slot.spec.key.to_hex(),
-                state: slot.state.label(),
-                pid: slot.pid,
-                restarts: Some(slot.restarts),
-                last_exit: slot.last_exit,
+                name: entry.spec.name.clone(),
+                public_key: entry.spec.key.to_hex(),
+                state: entry.state.label(),
+                pid: entry.pid,
+                restarts: Some(entry.restarts),
+                last_exit: entry.last_exit,
                 queue,
                 heartbeat: None,
-                init: slot.init.clone(),
-                url: self.ws_url(&slot.spec.key),
+                init: entry.init.clone(),
+                url: self.ws_url(&entry.spec.key),
             });
         }
         rows
@@ -311,7 +311,7 @@ impl DirectLaunch {
     /// again whenever a worker changes state.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>, print_tables: bool) {
         tokio::pin!(shutdown);
-        let mut changes = self.board.version.subscribe();
+        let mut changes = self.table.version.subscribe();
         if print_tables {
             println!("{}", crate::status::render_table(&self.status_rows().await));
         }
@@ -356,12 +356,12 @@ impl DirectLaunch {
 }
 
 /// What `start` has started so far, to be stopped if it fails.
-struct Partial {
+struct StartedSoFar {
     local_redis: Option<LocalRedis>,
     server: Option<tokio::task::JoinHandle<Result<(), circles_server::ServerError>>>,
 }
 
-impl Partial {
+impl StartedSoFar {
     async fn stop(&mut self) {
         if let Some(s) = self.server.take() {
             s.abort();
@@ -390,7 +390,7 @@ struct Supervisor {
     spec: CircleSpec,
     program: Program,
     settings: LaunchSettings,
-    board: Arc<Board>,
+    table: Arc<WorkerTable>,
     stop: watch::Receiver<bool>,
     socket: PathBuf,
 }
@@ -415,7 +415,7 @@ impl Supervisor {
         loop {
             match self.run_once(&mut first_ready).await {
                 RunEnd::Stopped => {
-                    self.board.update(self.idx, |s| {
+                    self.table.update(self.idx, |s| {
                         s.state = WorkerState::Stopped;
                         s.pid = None;
                     });
@@ -437,7 +437,7 @@ impl Supervisor {
                             "{reason} ({fast_failures} times in a row within {FAST_FAILURE:?} of starting)"
                         );
                         tracing::error!(circle = %self.spec.name, log = %self.log_path().display(), "worker failed, not restarting: {why}");
-                        self.board.update(self.idx, |s| {
+                        self.table.update(self.idx, |s| {
                             s.state = WorkerState::Failed(reason.clone());
                             s.pid = None;
                             s.last_exit = code;
@@ -450,7 +450,7 @@ impl Supervisor {
                         return;
                     }
                     tracing::warn!(circle = %self.spec.name, "worker {reason}; restarting in {backoff:?}");
-                    self.board.update(self.idx, |s| {
+                    self.table.update(self.idx, |s| {
                         s.state = WorkerState::Restarting;
                         s.pid = None;
                         s.restarts += 1;
@@ -458,7 +458,7 @@ impl Supervisor {
                     });
                     tokio::select! {
                         _ = stopped(&mut self.stop) => {
-                            self.board.update(self.idx, |s| s.state = WorkerState::Stopped);
+                            self.table.update(self.idx, |s| s.state = WorkerState::Stopped);
                             return;
                         }
                         _ = tokio::time::sleep(backoff) => {}
@@ -544,7 +544,7 @@ impl Supervisor {
         };
         let pid = child.id();
         tracing::debug!(circle = %self.spec.name, ?pid, "worker spawned");
-        self.board.update(self.idx, |s| {
+        self.table.update(self.idx, |s| {
             s.state = WorkerState::Starting;
             s.pid = pid;
         });
@@ -585,7 +585,7 @@ impl Supervisor {
             }
         }
         tracing::info!(circle = %self.spec.name, ?pid, elapsed = ?started.elapsed(), "worker ready");
-        self.board
+        self.table
             .update(self.idx, |s| s.state = WorkerState::Ready);
         if let Some(tx) = first_ready.take() {
             let _ = tx.send(());

@@ -20,6 +20,7 @@ pub mod init;
 mod process;
 pub mod redis_local;
 pub mod service_mode;
+pub mod service_record;
 pub mod settings;
 pub mod status;
 

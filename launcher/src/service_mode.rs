@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::{CommonArgs, LaunchArgs};
 use crate::error::LaunchError;
+use crate::service_record::ServiceRecord;
 use crate::settings::{CircleSpec, LaunchSettings, Program, check_binary};
 use crate::status::{StatusRow, render_table};
 
@@ -38,133 +39,6 @@ pub const SERVER_SERVICE_NAME: &str = "tf.ourworld.circles.circle-ws-server";
 /// How long to wait for a worker's heartbeat where the service manager
 /// cannot tell readiness (launchd, fallback).
 const HEARTBEAT_WAIT: Duration = Duration::from_secs(30);
-
-/// File in the data directory remembering what service-mode runs installed
-/// from it: the server's settings and every circle, so that a later run
-/// renders the one server for old and new circles alike, and `launcher
-/// status` knows names, URLs and init outcomes.
-pub const RECORD_FILE: &str = "services.json";
-
-/// The contents of [`RECORD_FILE`].
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct ServiceRecord {
-    /// WebSocket server address.
-    pub host: Option<String>,
-    /// WebSocket server port.
-    pub port: Option<u16>,
-    /// Redis the services use.
-    pub redis_url: Option<String>,
-    /// Whether the server requires authentication.
-    #[serde(default)]
-    pub enable_auth: bool,
-    /// Circle key (hex) → what we know of it.
-    #[serde(default)]
-    pub circles: BTreeMap<String, RecordedCircle>,
-}
-
-/// One circle in the [`ServiceRecord`].
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RecordedCircle {
-    /// Its name.
-    pub name: String,
-    /// Its own WebSocket port (circles.json circles).
-    #[serde(default)]
-    pub port: Option<u16>,
-    /// Outcome of its last init script.
-    pub init: String,
-}
-
-impl ServiceRecord {
-    fn path(data_dir: &Path) -> std::path::PathBuf {
-        data_dir.join(RECORD_FILE)
-    }
-
-    /// The record in `data_dir`, or an empty one.
-    pub fn load(data_dir: &Path) -> Self {
-        std::fs::read_to_string(Self::path(data_dir))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
-    }
-
-    /// Writes the record (replacing it atomically).
-    fn save(&self, data_dir: &Path) -> Result<(), LaunchError> {
-        let path = Self::path(data_dir);
-        let json = serde_json::to_string_pretty(self).expect("record serialises");
-        crate::settings::write_atomically(&path, json.as_bytes(), 0o644)
-            .map_err(|e| LaunchError::io(format!("writing {}", path.display()), e))
-    }
-
-    /// `ws://host:port/`
-    fn ws_url_root(&self) -> String {
-        format!(
-            "ws://{}:{}/",
-            self.host.as_deref().unwrap_or(circles_server::DEFAULT_HOST),
-            self.port.unwrap_or(circles_server::DEFAULT_PORT)
-        )
-    }
-
-    fn ws_url(&self, key: &CirclePublicKey) -> String {
-        format!("{}{key}", self.ws_url_root())
-    }
-
-    /// The Redis to inspect: the one given, else the recorded one.
-    fn redis_url(&self, common: &CommonArgs) -> String {
-        common
-            .redis_url
-            .clone()
-            .or_else(|| self.redis_url.clone())
-            .unwrap_or_else(|| common.redis_url_or_default())
-    }
-
-    /// Settles this run's server settings against what is installed: flags
-    /// given now win; flags left out keep the installed server's values
-    /// (port, host) — and authentication, once on, stays on, so leaving out
-    /// `--enable-auth` never silently opens a server. Adds this run's
-    /// circles.
-    fn merge(&mut self, args: &LaunchArgs, settings: &mut LaunchSettings) {
-        if args.port.is_none()
-            && let Some(port) = self.port
-        {
-            settings.port = port;
-        }
-        if args.host.is_none()
-            && let Some(host) = &self.host
-        {
-            settings.host = host.clone();
-        }
-        if self.enable_auth && !settings.enable_auth {
-            tracing::info!(
-                "keeping authentication on, as installed (`launcher cleanup` to reinstall without)"
-            );
-            settings.enable_auth = true;
-        }
-        self.host = Some(settings.host.clone());
-        self.port = Some(settings.port);
-        self.redis_url = Some(settings.redis_url.clone());
-        self.enable_auth = settings.enable_auth;
-        for c in &settings.circles {
-            let entry = self
-                .circles
-                .entry(c.key.to_hex())
-                .or_insert_with(|| RecordedCircle {
-                    name: c.name.clone(),
-                    port: None,
-                    init: "-".into(),
-                });
-            entry.name = c.name.clone();
-            entry.port = c.port.or(entry.port);
-        }
-    }
-
-    /// `(circle, port)` for every recorded circle with a port of its own.
-    fn circle_ports(&self) -> Vec<(String, u16)> {
-        self.circles
-            .iter()
-            .filter_map(|(k, c)| Some((k.clone(), c.port?)))
-            .collect()
-    }
-}
 
 /// `tf.ourworld.circles.circle-worker-<pk>`
 pub fn worker_service_name(key: &CirclePublicKey) -> ServiceName {

@@ -283,7 +283,7 @@ async fn play(
     let mut grace_over = shared.grace_over.clone();
     let timeout = shared.play_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let dispatcher = &shared.redis;
+    let dispatcher = &shared.dispatcher;
     let run = async {
         let task_id = match tokio::time::timeout_at(
             deadline,

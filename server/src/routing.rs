@@ -107,7 +107,7 @@ async fn upgrade_by_path(
         None => match listener
             .shared
             .directory
-            .contains(&circle, &listener.shared.redis)
+            .contains(&circle, &listener.shared.dispatcher)
             .await
         {
             Ok(true) => {}

@@ -43,7 +43,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// is dropped: each connection holds an `Arc<Shared>` for its whole life.
 pub(crate) struct Shared {
     /// Submits `play` scripts and waits for their results.
-    pub(crate) redis: Dispatcher,
+    pub(crate) dispatcher: Dispatcher,
     /// Which circles exist.
     pub(crate) directory: CircleDirectory,
     /// Outstanding `fetch_nonce` nonces.
@@ -65,7 +65,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct Server {
     config: ServerConfig,
-    redis: Dispatcher,
+    dispatcher: Dispatcher,
     main: BoundListener,
     circle_listeners: Vec<(CirclePublicKey, BoundListener)>,
 }
@@ -86,7 +86,7 @@ impl Server {
                 "the play timeout must be longer than zero".to_string(),
             ));
         }
-        let redis = Dispatcher::connect(&config.redis_url, DISPATCHER_CALLER_ID).await?;
+        let dispatcher = Dispatcher::connect(&config.redis_url, DISPATCHER_CALLER_ID).await?;
         let main = bind_listener(&config.host, config.port).await?;
         let mut circle_listeners = Vec::with_capacity(config.circle_ports.len());
         for &(circle, port) in &config.circle_ports {
@@ -94,7 +94,7 @@ impl Server {
         }
         Ok(Server {
             config,
-            redis,
+            dispatcher,
             main,
             circle_listeners,
         })
@@ -130,7 +130,7 @@ impl Server {
             .copied();
         let shared = Arc::new(Shared {
             directory: CircleDirectory::new(configured),
-            redis: self.redis,
+            dispatcher: self.dispatcher,
             nonces: NonceStore::new(self.config.nonce_ttl),
             enable_auth: self.config.enable_auth,
             play_timeout: self.config.play_timeout,

@@ -85,7 +85,7 @@ impl TaskQueue {
                 raw_id.escape_debug()
             )));
         };
-        let key = task_details_key(&id);
+        let key = task_details_key(id);
         let (fields, ()): (HashMap<String, Vec<u8>>, ()) = redis::pipe()
             .cmd("HGETALL")
             .arg(&key)
@@ -117,21 +117,9 @@ impl TaskQueue {
         raw_id: &str,
         outcome: &TaskOutcome,
     ) -> RedisResult<()> {
-        // Ids that are not UUIDs still get a reply under their raw text, so a
-        // hand-written client waiting on it is not left hanging.
-        let (details, reply) = match raw_id.parse::<TaskId>() {
-            Ok(id) => (task_details_key(&id), task_reply_key(&id)),
-            Err(_) => (
-                format!(
-                    "{}{raw_id}",
-                    circles_dispatcher::protocol::TASK_DETAILS_PREFIX
-                ),
-                format!(
-                    "{}{raw_id}",
-                    circles_dispatcher::protocol::TASK_REPLY_PREFIX
-                ),
-            ),
-        };
+        // Keyed by the raw id, so even ids that are not UUIDs get their
+        // reply and a hand-written client waiting on it is not left hanging.
+        let (details, reply) = (task_details_key(raw_id), task_reply_key(raw_id));
         let mut pipe = redis::pipe();
         pipe.atomic();
         let (value_field, value) = match outcome {
