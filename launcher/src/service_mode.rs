@@ -205,23 +205,35 @@ pub fn build_specs(
 ) -> Result<Vec<ServiceSpec>, LaunchError> {
     let worker_hash = file_sha256(worker_binary)?;
     let server_hash = file_sha256(&server.path)?;
-    let common_env = |extra: &[(&str, &str)]| {
-        let mut env = BTreeMap::from([(ENV_RUST_LOG.to_string(), settings.log_level.to_string())]);
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        env
-    };
+    // What every circle service shares: logging, the data directory as the
+    // one writable place, readiness by sd_notify, the restart policy.
+    let service =
+        |name, template, description: String, program: &Path, args, fingerprint| ServiceSpec {
+            name,
+            template,
+            description,
+            program: program.to_path_buf(),
+            args,
+            env: BTreeMap::from([(ENV_RUST_LOG.to_string(), settings.log_level.to_string())]),
+            working_directory: settings.data_dir.clone(),
+            read_write_paths: vec![settings.data_dir.clone()],
+            log_dir: settings.log_dir(),
+            notify_ready: true,
+            restart: RestartPolicy::default(),
+            fingerprint,
+        };
     let mut specs = Vec::new();
     for c in &settings.circles {
         let init_hash = c.init_script.as_ref().map_or_else(
             || "none".to_string(),
             |s| hex::encode(Sha256::digest(s.source.as_bytes())),
         );
-        specs.push(ServiceSpec {
-            name: worker_service_name(&c.key),
-            template: ServiceTemplate::Worker,
-            description: format!("circles worker for {} ({})", c.name, c.key),
-            program: worker_binary.to_path_buf(),
-            args: vec![
+        specs.push(service(
+            worker_service_name(&c.key),
+            ServiceTemplate::Worker,
+            format!("circles worker for {} ({})", c.name, c.key),
+            worker_binary,
+            vec![
                 "--redis-url".into(),
                 settings.redis_url.clone(),
                 "--circle-public-key".into(),
@@ -232,17 +244,11 @@ pub fn build_specs(
                 // tasks still expire (unlike with PRESERVE_TASKS).
                 "--keep-queued-on-stop".into(),
             ],
-            env: common_env(&[]),
-            working_directory: settings.data_dir.clone(),
-            read_write_paths: vec![settings.data_dir.clone()],
-            log_dir: settings.log_dir(),
-            notify_ready: true,
-            restart: RestartPolicy::default(),
-            fingerprint: BTreeMap::from([
+            BTreeMap::from([
                 ("worker-sha256".to_string(), worker_hash.clone()),
                 ("init-script-sha256".to_string(), init_hash),
             ]),
-        });
+        ));
     }
     let mut server_args = server.leading_args.clone();
     server_args.extend([
@@ -268,20 +274,14 @@ pub fn build_specs(
     for (key, port) in ports {
         server_args.extend(["--circle-port".into(), format!("{key}={port}")]);
     }
-    specs.push(ServiceSpec {
-        name: server_service_name(),
-        template: ServiceTemplate::WsServer,
-        description: "circles WebSocket server".into(),
-        program: server.path.clone(),
-        args: server_args,
-        env: common_env(&[]),
-        working_directory: settings.data_dir.clone(),
-        read_write_paths: vec![settings.data_dir.clone()],
-        log_dir: settings.log_dir(),
-        notify_ready: true,
-        restart: RestartPolicy::default(),
-        fingerprint: BTreeMap::from([("server-sha256".to_string(), server_hash)]),
-    });
+    specs.push(service(
+        server_service_name(),
+        ServiceTemplate::WsServer,
+        "circles WebSocket server".into(),
+        &server.path,
+        server_args,
+        BTreeMap::from([("server-sha256".to_string(), server_hash)]),
+    ));
     for spec in &specs {
         spec.validate()?;
     }

@@ -182,15 +182,7 @@ impl FallbackBackend {
             "RestartSec".into(),
             Value::Integer(spec.restart.restart_sec.into()),
         );
-        let mut xml = Vec::new();
-        Value::Dictionary(dict)
-            .to_writer_xml(&mut xml)
-            .map_err(|source| ServiceError::Plist {
-                name: spec.name.clone(),
-                source,
-            })?;
-        let mut contents = String::from_utf8(xml).expect("the plist crate writes UTF-8");
-        contents.push('\n');
+        let contents = launchd_render::to_xml(&spec.name, dict)?;
         Ok(Rendered {
             name: spec.name.clone(),
             path: self.record_path(&spec.name),

@@ -107,11 +107,19 @@ pub fn render_plist(spec: &ServiceSpec, templates: &Templates) -> Result<String,
         }
     }
 
+    to_xml(&spec.name, dict)
+}
+
+/// A plist dictionary as XML text with a final newline.
+pub(crate) fn to_xml(
+    name: &crate::name::ServiceName,
+    dict: plist::Dictionary,
+) -> Result<String, ServiceError> {
     let mut xml = Vec::new();
     Value::Dictionary(dict)
         .to_writer_xml(&mut xml)
         .map_err(|source| ServiceError::Plist {
-            name: spec.name.clone(),
+            name: name.clone(),
             source,
         })?;
     let mut xml = String::from_utf8(xml).expect("the plist crate writes UTF-8");
