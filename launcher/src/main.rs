@@ -78,8 +78,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             unreachable!("handled before the runtime starts")
         }
         None if cli.launch.use_service_manager => {
-            service_mode::launch(&cli.launch, &common).await?;
-            Ok(ExitCode::SUCCESS)
+            let report = service_mode::launch(&cli.launch, &common).await?;
+            // The services stay installed and running; a failed init script
+            // still makes the run fail, so scripts notice.
+            if report.init_failures.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for (circle, message) in &report.init_failures {
+                    eprintln!("error: init script of circle {circle} failed: {message}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
         }
         None => {
             let (settings, resolved) = LaunchSettings::resolve(&cli.launch, &common)?;

@@ -724,3 +724,37 @@ async fn the_launcher_example_in_service_mode_removes_what_it_installed() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_init_script_fails_the_run_and_leaves_the_circle_running() {
+    if !systemd_or_skip("a_failing_init_script_fails_the_run") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-init-fails");
+    let bad = script(w.dir.path(), "bad.rhai", r#"throw "seed data missing""#);
+    let worker = worker();
+    let circle = format!("{KEY_ONE}:{bad}");
+    let (code, out, err) = w.launcher(&[
+        "--use-service-manager",
+        "--worker-binary",
+        worker.to_str().unwrap(),
+        "-p",
+        &w.port,
+        "-c",
+        &circle,
+    ]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("init script of circle circle-0279be66 failed")
+            && err.contains("seed data missing"),
+        "{err}"
+    );
+    assert!(
+        out.contains("error: Runtime error: seed data missing"),
+        "the table shows it:\n{out}"
+    );
+    assert_eq!(w.prop(&worker_unit(KEY_ONE), "ActiveState"), "active");
+    let mut c = Client::connect(&w.url(KEY_ONE)).await;
+    assert_eq!(c.play("1 + 1").await, "2");
+}
