@@ -18,9 +18,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use circles_dispatcher::protocol::{
-    ENV_LAUNCHER_PID, ENV_NOTIFY_SOCKET, ENV_RUST_LOG, task_queue_key,
-};
+use circles_dispatcher::protocol::{ENV_LAUNCHER_PID, ENV_NOTIFY_SOCKET, ENV_RUST_LOG};
 use circles_dispatcher::{CirclePublicKey, Dispatcher};
 use circles_server::{Server, ServerConfig};
 use tokio::net::UnixDatagram;
@@ -286,11 +284,8 @@ impl DirectLaunch {
         let mut conn = self.dispatcher.connection();
         let mut rows = Vec::new();
         for entry in entries {
-            let queue = redis::cmd("LLEN")
-                .arg(task_queue_key(&entry.spec.key))
-                .query_async::<u64>(&mut conn)
-                .await
-                .ok();
+            let (queue, heartbeat) =
+                crate::status::queue_and_heartbeat(&mut conn, &entry.spec.key).await;
             rows.push(StatusRow {
                 name: entry.spec.name.clone(),
                 public_key: entry.spec.key.to_hex(),
@@ -299,7 +294,7 @@ impl DirectLaunch {
                 restarts: Some(entry.restarts),
                 last_exit: entry.last_exit,
                 queue,
-                heartbeat: None,
+                heartbeat,
                 init: entry.init.clone(),
                 url: self.ws_url(&entry.spec.key),
             });

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use circles_dispatcher::protocol::{ENV_RUST_LOG, task_queue_key, worker_heartbeat_key};
-use circles_dispatcher::{CirclePublicKey, Dispatcher, WorkerHeartbeat};
+use circles_dispatcher::protocol::{ENV_RUST_LOG, worker_heartbeat_key};
+use circles_dispatcher::{CirclePublicKey, Dispatcher};
 use circles_services::{
     BackendKind, Plan, PlannedAction, RestartPolicy, SERVICE_PREFIX, ServiceBackend, ServiceName,
     ServiceScope, ServiceSpec, ServiceTemplate, Templates,
@@ -432,20 +432,7 @@ async fn gather_rows(
             row.public_key = key.to_hex();
             row.url = record.ws_url(&key);
             if let Some(conn) = conn.as_mut() {
-                row.queue = redis::cmd("LLEN")
-                    .arg(task_queue_key(&key))
-                    .query_async(conn)
-                    .await
-                    .ok();
-                let beat: Option<String> = redis::cmd("GET")
-                    .arg(worker_heartbeat_key(&key))
-                    .query_async(conn)
-                    .await
-                    .ok()
-                    .flatten();
-                row.heartbeat = beat
-                    .and_then(|b| serde_json::from_str::<WorkerHeartbeat>(&b).ok())
-                    .map(|b| b.beat_at);
+                (row.queue, row.heartbeat) = crate::status::queue_and_heartbeat(conn, &key).await;
             }
         } else {
             row.name = "ws-server".into();

@@ -1,7 +1,8 @@
 //! The status table people read, and its JSON twin for scripts.
 //!
 //! Rendering is a pure function of [`StatusRow`]s so the table can be
-//! snapshot-tested; gathering the rows is the caller's business.
+//! snapshot-tested; gathering the rows is the caller's business, with
+//! [`queue_and_heartbeat`] for the part Redis knows.
 
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
@@ -29,6 +30,30 @@ pub struct StatusRow {
     pub init: String,
     /// WebSocket URL.
     pub url: String,
+}
+
+/// The Redis side of a circle's row: queue depth and last heartbeat (RFC
+/// 3339), each `None` when Redis does not say.
+pub async fn queue_and_heartbeat(
+    conn: &mut redis::aio::ConnectionManager,
+    key: &circles_dispatcher::CirclePublicKey,
+) -> (Option<u64>, Option<String>) {
+    use circles_dispatcher::protocol::{task_queue_key, worker_heartbeat_key};
+    let queue = redis::cmd("LLEN")
+        .arg(task_queue_key(key))
+        .query_async(conn)
+        .await
+        .ok();
+    let beat: Option<String> = redis::cmd("GET")
+        .arg(worker_heartbeat_key(key))
+        .query_async(conn)
+        .await
+        .ok()
+        .flatten();
+    let heartbeat = beat
+        .and_then(|b| serde_json::from_str::<circles_dispatcher::WorkerHeartbeat>(&b).ok())
+        .map(|b| b.beat_at);
+    (queue, heartbeat)
 }
 
 /// Renders rows as a table (UTF-8 borders on a terminal, ASCII otherwise).
