@@ -171,7 +171,20 @@ impl Dispatcher {
         timeout: Duration,
         caller_id: &str,
     ) -> Result<String, DispatchError> {
-        let task_id = TaskId::new();
+        self.run_task(TaskId::new(), circle, script, timeout, caller_id)
+            .await
+    }
+
+    /// [`Self::run_as`] under an id the caller chose, so that a caller that
+    /// gives up on its own timer still knows which task is out there.
+    pub async fn run_task(
+        &self,
+        task_id: TaskId,
+        circle: &CirclePublicKey,
+        script: &str,
+        timeout: Duration,
+        caller_id: &str,
+    ) -> Result<String, DispatchError> {
         let submit_and_wait = || -> Result<Pipeline, DispatchError> {
             let mut pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
             pipe.cmd("BLPOP")

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
-use circles_dispatcher::{CirclePublicKey, DispatchError};
+use circles_dispatcher::{CirclePublicKey, DispatchError, TaskId};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -284,34 +284,18 @@ async fn play(
     let timeout = shared.play_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let dispatcher = &shared.dispatcher;
+    // Submitted and waited for in one round trip.
+    let task_id = TaskId::new();
     let run = async {
-        let task_id = match tokio::time::timeout_at(
+        let outcome = tokio::time::timeout_at(
             deadline,
-            dispatcher.submit_as(&circle, &params.script, timeout, &caller_id),
+            dispatcher.run_task(task_id, &circle, &params.script, timeout, &caller_id),
         )
         .await
-        {
-            Ok(Ok(task_id)) => task_id,
-            Ok(Err(error)) => return play_outcome(Err(error), timeout),
-            Err(_) => {
-                return Err(RpcError::new(
-                    code::TIMEOUT,
-                    format!(
-                        "Redis did not accept the task within {}s",
-                        timeout.as_secs_f64()
-                    ),
-                ));
-            }
-        };
-        tracing::debug!(%task_id, %caller_id, "play submitted");
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let outcome =
-            tokio::time::timeout_at(deadline, dispatcher.await_result(&task_id, remaining))
-                .await
-                .unwrap_or(Err(DispatchError::Timeout {
-                    task_id,
-                    waited: timeout,
-                }));
+        .unwrap_or(Err(DispatchError::Timeout {
+            task_id,
+            waited: timeout,
+        }));
         play_outcome(outcome, timeout)
     };
     tokio::select! {
