@@ -133,6 +133,26 @@ impl Dispatcher {
         task_id: &TaskId,
         timeout: Duration,
     ) -> Result<String, DispatchError> {
+        // A task that already ended (its one reply taken by an earlier wait)
+        // or never existed is answered at once, not after a full timeout.
+        match self.status(task_id).await? {
+            TaskRecord {
+                status: Some(TaskStatus::Completed),
+                output,
+                ..
+            } => return Ok(output.unwrap_or_default()),
+            TaskRecord {
+                status: Some(TaskStatus::Error),
+                error,
+                ..
+            } => {
+                return Err(DispatchError::ScriptError {
+                    task_id: *task_id,
+                    message: error.unwrap_or_default(),
+                });
+            }
+            _ => {}
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("BLPOP")
             .arg(task_reply_key(task_id))

@@ -127,10 +127,29 @@ fn submit_then_wait_then_status() {
     let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
     let out = dispatcher(&url, &["wait", &id], None);
     assert_eq!(text(&out.stdout), "42");
-    // The one reply was taken; a second wait still learns the outcome.
-    let out = dispatcher(&url, &["wait", &id, "--timeout", "1"], None);
+    // The one reply was taken; a second wait learns the outcome from the
+    // task hash at once instead of blocking for its whole timeout.
+    let started = std::time::Instant::now();
+    let out = dispatcher(&url, &["wait", &id, "--timeout", "20"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "42");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "it did not wait out the timeout"
+    );
+
+    // An id that was never submitted (or expired) is reported as such.
+    let out = dispatcher(
+        &url,
+        &["wait", "00000000-0000-4000-8000-000000000000"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = dispatcher(&url, &["--json", "status", &id], None);
     let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
     assert_eq!(v["status"], "completed");

@@ -138,6 +138,22 @@ pub enum Command {
     Serve(circles_server::cli::ServerArgs),
 }
 
+impl Default for CommonArgs {
+    /// What the flags default to (for library callers such as
+    /// [`crate::cleanup_launcher`]); the Redis URL comes from `REDIS_URL`.
+    fn default() -> Self {
+        Self {
+            redis_url: std::env::var("REDIS_URL").ok(),
+            data_dir: DEFAULT_DATA_DIR.into(),
+            debug: false,
+            verbose: 0,
+            system: false,
+            user: false,
+            templates_dir: None,
+        }
+    }
+}
+
 impl CommonArgs {
     /// The Redis URL given, or the default.
     pub fn redis_url_or_default(&self) -> String {

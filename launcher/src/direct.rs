@@ -31,7 +31,8 @@ use crate::redis_local::{LocalRedis, RedisCheck};
 use crate::settings::{CircleSpec, LaunchSettings, Program, ResolvedCircles};
 use crate::status::StatusRow;
 
-/// A worker that exits within this long of starting counts as a fast failure.
+/// A worker that exits within this long of becoming ready (or without ever
+/// becoming ready) counts as a fast failure.
 pub const FAST_FAILURE: Duration = Duration::from_secs(10);
 /// Fast failures in a row before a worker is marked failed.
 pub const MAX_FAST_FAILURES: u32 = 5;
@@ -397,7 +398,8 @@ enum RunEnd {
     /// It exited (or was killed for not becoming ready).
     Exited {
         code: Option<i32>,
-        uptime: Duration,
+        /// How long it served after READY=1; zero if it never became ready.
+        served: Duration,
         reason: String,
     },
 }
@@ -418,10 +420,10 @@ impl Supervisor {
                 }
                 RunEnd::Exited {
                     code,
-                    uptime,
+                    served,
                     reason,
                 } => {
-                    if uptime < FAST_FAILURE {
+                    if served < FAST_FAILURE {
                         fast_failures += 1;
                     } else {
                         fast_failures = 0;
@@ -472,9 +474,12 @@ impl Supervisor {
 
     async fn run_once(&mut self, first_ready: &mut Option<oneshot::Sender<()>>) -> RunEnd {
         let started = Instant::now();
+        // Before READY=1 nothing was served: a worker that never gets there
+        // counts as a fast failure however long it hung (no endless
+        // "starting").
         let exited = |code: Option<i32>, reason: String| RunEnd::Exited {
             code,
-            uptime: started.elapsed(),
+            served: Duration::ZERO,
             reason,
         };
         let _ = std::fs::remove_file(&self.socket);
@@ -582,13 +587,14 @@ impl Supervisor {
         tracing::info!(circle = %self.spec.name, ?pid, elapsed = ?started.elapsed(), "worker ready");
         self.table
             .update(self.idx, |s| s.state = WorkerState::Ready);
+        let ready_at = Instant::now();
         if let Some(tx) = first_ready.take() {
             let _ = tx.send(());
         }
         tokio::select! {
             status = child.wait() => {
                 let code = status.ok().and_then(|s| s.code());
-                exited(code, format!("exited ({})", describe_exit(code)))
+                RunEnd::Exited { code, served: ready_at.elapsed(), reason: format!("exited ({})", describe_exit(code)) }
             }
             _ = stopped(&mut self.stop) => {
                 terminate(&mut child, STOP_GRACE).await;

@@ -72,6 +72,16 @@ pub enum LaunchError {
         /// Why, with a hint.
         reason: String,
     },
+    /// This run names another Redis than the installed services use.
+    #[error(
+        "the installed circle services use Redis at {installed}, not {given}: pass --redis-url {installed}, or `launcher cleanup` first to move them"
+    )]
+    RedisMismatch {
+        /// The URL given now.
+        given: String,
+        /// The URL the services were installed with.
+        installed: String,
+    },
     /// No circles to launch.
     #[error(
         "no circles given: pass -c PUBLIC_KEY[:init.rhai] (see `launcher keygen`), or a circles.json file; {DEFAULT_HINT}"

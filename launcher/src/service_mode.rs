@@ -99,13 +99,14 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
     let server = resolve_server_program(args.server_binary.as_deref(), &worker_binary)?;
     let (mut settings, resolved) = LaunchSettings::resolve_without_ports(args, common)?;
     let mut record = ServiceRecord::load(&settings.data_dir);
-    record.merge(args, &mut settings);
+    let installed = record.clone();
+    record.merge(args, common, &mut settings)?;
     let backend = backend(common).await?;
     tracing::info!("service manager: {}", backend.describe());
     for missing in backend.unavailable_features() {
         tracing::warn!("not available with {}: {missing}", backend.describe());
     }
-    check_service_ports(&backend, &settings).await?;
+    check_service_ports(&backend, &settings, &installed).await?;
     if !args.dry_run {
         crate::redis_local::check(&settings.redis_url, false).await?;
     }
@@ -124,6 +125,9 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
     }
     let started = Instant::now();
     let applied = backend.apply(&plan).await?;
+    // Recorded at once: a run interrupted during the init scripts must not
+    // leave the next run without the installed server's settings.
+    record.save(&settings.data_dir)?;
     tracing::info!(
         created = applied.created.len(),
         updated = applied.updated.len(),
@@ -147,15 +151,8 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         // heartbeat — and undo this run's installs if it never comes.
         for c in &touched {
             if let Err(e) = wait_for_heartbeat(&dispatcher, &c.key, HEARTBEAT_WAIT).await {
-                match backend.remove(&applied.created).await {
-                    Ok(removed) => tracing::warn!(
-                        count = removed.len(),
-                        "removed the services this run installed"
-                    ),
-                    Err(undo) => {
-                        tracing::error!("could not remove the services this run installed: {undo}")
-                    }
-                }
+                undo_apply(&backend, &plan, &applied).await;
+                installed.save(&settings.data_dir)?;
                 return Err(e);
             }
         }
@@ -305,26 +302,79 @@ fn resolve_server_program(
     crate::settings::resolve_server_program(given)
 }
 
-/// The main port must be free unless our own server service holds it.
+/// Ports must be free, except those the installed server (per the record)
+/// already holds while it runs.
 async fn check_service_ports(
     backend: &ServiceBackend,
     settings: &LaunchSettings,
+    installed: &ServiceRecord,
 ) -> Result<(), LaunchError> {
-    let ours_running = backend
+    let server_running = backend
         .status(&server_service_name())
         .await
         .map(|s| s.main_pid.is_some() || s.active_state == "active")
         .unwrap_or(false);
-    if ours_running {
-        return Ok(());
-    }
-    crate::settings::check_port_free(&settings.host, settings.port, "the WebSocket server")?;
-    for c in &settings.circles {
-        if let Some(port) = c.port {
-            crate::settings::check_port_free(&settings.host, port, &format!("circle {}", c.name))?;
+    let held = |port: u16| {
+        server_running
+            && (installed.port == Some(port)
+                || installed.circles.values().any(|c| c.port == Some(port)))
+    };
+    let wanted = std::iter::once((settings.port, "the WebSocket server".to_string())).chain(
+        settings
+            .circles
+            .iter()
+            .filter_map(|c| Some((c.port?, format!("circle {}", c.name)))),
+    );
+    for (port, purpose) in wanted {
+        if !held(port) {
+            crate::settings::check_port_free(&settings.host, port, &purpose)?;
         }
     }
     Ok(())
+}
+
+/// Undoes an apply whose services never became ready (where the service
+/// manager cannot tell readiness itself): removes what it created, and puts
+/// back and restarts what it changed.
+async fn undo_apply(
+    backend: &ServiceBackend,
+    plan: &Plan,
+    applied: &circles_services::ApplyReport,
+) {
+    match backend.remove(&applied.created).await {
+        Ok(removed) => tracing::warn!(
+            count = removed.len(),
+            "removed the services this run installed"
+        ),
+        Err(e) => tracing::error!("could not remove the services this run installed: {e}"),
+    }
+    let restore = Plan {
+        items: plan
+            .items
+            .iter()
+            .filter_map(|(rendered, action)| match action {
+                PlannedAction::Update { previous } => Some((
+                    circles_services::Rendered {
+                        contents: previous.clone(),
+                        ..rendered.clone()
+                    },
+                    PlannedAction::Update {
+                        previous: rendered.contents.clone(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect(),
+    };
+    if !restore.items.is_empty() {
+        match backend.apply(&restore).await {
+            Ok(r) => tracing::warn!(
+                count = r.updated.len(),
+                "restored the services this run changed"
+            ),
+            Err(e) => tracing::error!("could not restore the services this run changed: {e}"),
+        }
+    }
 }
 
 fn print_dry_run(backend: &ServiceBackend, plan: &Plan) -> Result<(), LaunchError> {
@@ -528,10 +578,8 @@ async fn unregister(redis_url: &str, removed: &[ServiceName]) {
 /// resets failed state. Idempotent; never touches a service without the
 /// `tf.ourworld.circles.` prefix. Returns the names removed.
 pub async fn cleanup_launcher() -> Result<Vec<String>, LaunchError> {
-    let backend = ServiceBackend::detect(None, Templates::embedded()).await?;
-    Ok(backend
-        .cleanup()
-        .await?
+    let removed = cleanup(&CommonArgs::default()).await?;
+    Ok(removed
         .into_iter()
         .map(|n| n.as_str().to_string())
         .collect())

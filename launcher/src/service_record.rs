@@ -96,7 +96,12 @@ impl ServiceRecord {
     /// (port, host) — and authentication, once on, stays on, so leaving out
     /// `--enable-auth` never silently opens a server. Adds this run's
     /// circles.
-    pub(crate) fn merge(&mut self, args: &LaunchArgs, settings: &mut LaunchSettings) {
+    pub(crate) fn merge(
+        &mut self,
+        args: &LaunchArgs,
+        common: &CommonArgs,
+        settings: &mut LaunchSettings,
+    ) -> Result<(), LaunchError> {
         if args.port.is_none()
             && let Some(port) = self.port
         {
@@ -106,6 +111,20 @@ impl ServiceRecord {
             && let Some(host) = &self.host
         {
             settings.host = host.clone();
+        }
+        if let Some(recorded) = &self.redis_url {
+            match &common.redis_url {
+                None => settings.redis_url = recorded.clone(),
+                // Installed workers stay on their Redis: moving only the
+                // server and the new circles would split them.
+                Some(given) if given != recorded && !self.circles.is_empty() => {
+                    return Err(LaunchError::RedisMismatch {
+                        given: given.clone(),
+                        installed: recorded.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
         }
         if self.enable_auth && !settings.enable_auth {
             tracing::info!(
@@ -129,6 +148,7 @@ impl ServiceRecord {
             entry.name = c.name.clone();
             entry.port = c.port.or(entry.port);
         }
+        Ok(())
     }
 
     /// `(circle, port)` for every recorded circle with a port of its own.

@@ -469,11 +469,25 @@ fn resolve_program(
     {
         candidates.extend(dir.parent().map(|d| d.join(what)));
     }
-    if let Some(path) = candidates
-        .iter()
-        .find_map(|p| check_binary(what, p).ok())
-        .or_else(|| find_on_path(what))
-    {
+    // A `worker` older than the launcher beside it is likely left from an
+    // earlier build (`cargo run --bin launcher` rebuilds only the launcher):
+    // the built-in one is the same code as this launcher, so prefer it.
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = |p: &Path| match (modified(p), modified(&me)) {
+        (Some(theirs), Some(ours)) => {
+            theirs + std::time::Duration::from_secs(60) < ours
+                && me.file_stem().is_some_and(|n| n == "launcher")
+        }
+        _ => false,
+    };
+    let beside = candidates.iter().filter_map(|p| check_binary(what, p).ok()).find(|p| {
+        let old = stale(p);
+        if old {
+            tracing::warn!("{} is older than the launcher; using the launcher's built-in {what} (rebuild with `cargo build --release`)", p.display());
+        }
+        !old
+    });
+    if let Some(path) = beside.or_else(|| find_on_path(what)) {
         return Ok(Program {
             path,
             leading_args: Vec::new(),

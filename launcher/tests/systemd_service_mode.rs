@@ -318,6 +318,30 @@ async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
     let mut c = Client::connect(&w.url(&key5)).await;
     assert_eq!(c.play("CONTEXT_ID").await, key5);
 
+    // Another Redis than the installed services use is refused, not split.
+    let out = Command::new(binary("launcher"))
+        .args([
+            "--use-service-manager",
+            "--worker-binary",
+            my_worker.to_str().unwrap(),
+            "-c",
+            &key5,
+        ])
+        .args(["--redis-url", "redis://127.0.0.1:1", "--data-dir"])
+        .arg(w.data())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the installed circle services use Redis at {}",
+            w.redis.url()
+        )),
+        "{err}"
+    );
+    assert_eq!(w.main_pid(SERVER_UNIT), after[2]);
+
     // --dry-run prints the files and changes nothing.
     let key4 = circles_dispatcher::CircleKeypair::generate()
         .public

@@ -394,11 +394,19 @@ async fn keep_queued_on_stop_keeps_the_queue_but_finished_tasks_still_expire() {
     }
 }
 
-#[test]
-fn a_second_worker_for_a_live_circle_refuses_to_start() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_worker_for_a_live_circle_refuses_without_touching_its_tasks() {
     let redis = RedisServer::start();
     let (db1, db2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = WorkerProcess::start(&redis, KEY_ONE, db1.path(), &[], &[]);
+    let first = WorkerProcess::start(&redis, KEY_ONE, db1.path(), &["--max-operations", "0"], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    // The first worker is busy with a task when the second one starts.
+    let slow = d.submit(&c, &slow_script(1.0), T).await.unwrap();
+    wait_until("slow task taken", T, || {
+        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
+            .then_some(())
+    });
     let out = std::process::Command::new(binary("worker"))
         .args([
             "--redis-url",
@@ -419,6 +427,7 @@ fn a_second_worker_for_a_live_circle_refuses_to_start() {
         )),
         "{err}"
     );
-    // The first one was not disturbed.
-    first.wait_ready(&redis);
+    // The first worker's task was not ended as abandoned: it completes.
+    assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
+    assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
 }
