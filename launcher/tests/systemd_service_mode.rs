@@ -50,11 +50,16 @@ impl World {
         self.dir.path().join("data")
     }
 
-    /// `launcher ARGS…` with this world's Redis, data dir and port.
+    /// `launcher ARGS…` with this world's Redis, data dir and scope.
     fn launcher(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        self.launcher_with_redis(&self.redis.url(), args)
+    }
+
+    /// [`Self::launcher`] pointed at another Redis.
+    fn launcher_with_redis(&self, redis_url: &str, args: &[&str]) -> (Option<i32>, String, String) {
         let mut cmd = Command::new(binary("launcher"));
         cmd.args(args)
-            .args(["--redis-url", &self.redis.url(), "--data-dir"])
+            .args(["--redis-url", redis_url, "--data-dir"])
             .arg(self.data())
             .arg(self.scope_flag)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -86,6 +91,19 @@ impl World {
             "install failed:\nstdout:\n{out}\nstderr:\n{err}"
         );
         out
+    }
+
+    /// The `launcher status --json` row of a circle.
+    fn status_row(&self, key: &str) -> serde_json::Value {
+        let (code, out, err) = self.launcher(&["status", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["public_key"] == key)
+            .expect("circle in status")
+            .clone()
     }
 
     fn systemctl(&self, args: &[&str]) -> String {
@@ -202,15 +220,7 @@ async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
     let mut c1 = Client::connect(&w.url(KEY_ONE)).await;
     assert_eq!(c1.play("40 + 2").await, "42");
 
-    let (code, out, err) = w.launcher(&["status", "--json"]);
-    assert_eq!(code, Some(0), "{err}");
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["public_key"] == KEY_ONE)
-        .expect("circle in status");
+    let row = w.status_row(KEY_ONE);
     assert_eq!(row["restarts"], 1);
     assert_eq!(row["state"], "active (running)");
     assert_eq!(row["init"], "ok: one ready");
@@ -319,20 +329,17 @@ async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
     assert_eq!(c.play("CONTEXT_ID").await, key5);
 
     // Another Redis than the installed services use is refused, not split.
-    let out = Command::new(binary("launcher"))
-        .args([
+    let (code, _, err) = w.launcher_with_redis(
+        "redis://127.0.0.1:1",
+        &[
             "--use-service-manager",
             "--worker-binary",
             my_worker.to_str().unwrap(),
             "-c",
             &key5,
-        ])
-        .args(["--redis-url", "redis://127.0.0.1:1", "--data-dir"])
-        .arg(w.data())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+        ],
+    );
+    assert_eq!(code, Some(1));
     assert!(
         err.contains(&format!(
             "the installed circle services use Redis at {}",
@@ -453,14 +460,7 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
     wait_until("start limit hit", Duration::from_secs(60), || {
         (w.prop(&unit, "ActiveState") == "failed").then_some(())
     });
-    let (_, out, _) = w.launcher(&["status", "--json"]);
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["public_key"] == KEY_ONE)
-        .unwrap();
+    let row = w.status_row(KEY_ONE);
     assert!(
         row["state"].as_str().unwrap().starts_with("failed"),
         "{row}"
@@ -607,8 +607,9 @@ async fn refusals_happen_before_anything_is_installed() {
 
     // Redis unreachable: no private Redis in service mode.
     let dead = format!("redis://127.0.0.1:{}", free_port());
-    let out = Command::new(binary("launcher"))
-        .args([
+    let (code, _, err) = w.launcher_with_redis(
+        &dead,
+        &[
             "--use-service-manager",
             "--worker-binary",
             wb,
@@ -616,16 +617,7 @@ async fn refusals_happen_before_anything_is_installed() {
             &w.port,
             "-c",
             KEY_ONE,
-            "--redis-url",
-            &dead,
-        ])
-        .arg("--data-dir")
-        .arg(w.data())
-        .output()
-        .unwrap();
-    let (code, err) = (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        ],
     );
     assert_eq!(code, Some(1));
     assert!(

@@ -192,11 +192,7 @@ impl FallbackBackend {
 
     /// Renders every spec and compares it with its record.
     pub async fn plan(&self, specs: &[ServiceSpec]) -> Result<Plan, ServiceError> {
-        let rendered = specs
-            .iter()
-            .map(|s| self.render(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        files::plan_files(rendered, is_ours).await
+        files::plan_files(specs, |s| self.render(s), is_ours).await
     }
 
     /// Installs and starts new services; stops, reinstalls and starts changed

@@ -15,12 +15,14 @@ use crate::name::ServiceName;
 
 /// Compares each rendered file with the file at its path.
 ///
-/// Missing → `Create`; identical → `Unchanged`; different and ours (per
+/// Renders `specs`, then per file: missing → `Create`; identical → `Unchanged`; different and ours (per
 /// `is_ours`) → `Update`; different and not ours → [`ServiceError::AlreadyExists`].
 pub(crate) async fn plan_files(
-    rendered: Vec<Rendered>,
+    specs: &[crate::spec::ServiceSpec],
+    render: impl Fn(&crate::spec::ServiceSpec) -> Result<Rendered, ServiceError>,
     is_ours: fn(&str) -> bool,
 ) -> Result<Plan, ServiceError> {
+    let rendered = specs.iter().map(render).collect::<Result<Vec<_>, _>>()?;
     let mut seen = BTreeSet::new();
     let mut items = Vec::with_capacity(rendered.len());
     for r in rendered {

@@ -150,6 +150,14 @@ async fn wall_time_limit_comes_from_the_task_timeout() {
     assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
 }
 
+/// Waits until the worker has taken `task` (its status is `processing`).
+fn wait_taken(redis: &RedisServer, task: &circles_dispatcher::TaskId) {
+    wait_until("task taken", T, || {
+        (redis.cli(&["HGET", &format!("rhai_task_details:{task}"), "status"]) == "processing")
+            .then_some(())
+    });
+}
+
 /// A script that keeps the worker busy for `secs` seconds.
 fn slow_script(secs: f64) -> String {
     format!("let t = timestamp(); while t.elapsed < {secs} {{ }} \"slept\"")
@@ -166,10 +174,7 @@ async fn killed_mid_task_the_task_ends_as_error_and_the_queue_survives() {
 
     let slow = d.submit(&c, &slow_script(30.0), T).await.unwrap();
     let behind: Vec<_> = submit_numbers(&d, &c, 3).await;
-    wait_until("slow task taken", T, || {
-        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
-            .then_some(())
-    });
+    wait_taken(&redis, &slow);
     let waiter = {
         let d = d.clone();
         tokio::spawn(async move { d.await_result(&slow, Duration::from_secs(30)).await })
@@ -308,10 +313,7 @@ async fn sigterm_finishes_the_task_in_hand_and_ends_queued_ones() {
 
     let slow = d.submit(&c, &slow_script(1.5), T).await.unwrap();
     let queued = submit_numbers(&d, &c, 2).await;
-    wait_until("slow task taken", T, || {
-        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
-            .then_some(())
-    });
+    wait_taken(&redis, &slow);
     w.signal("TERM");
     assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
     assert_eq!(w.wait_exit(T), Some(0));
@@ -338,10 +340,7 @@ async fn sigterm_with_preserve_tasks_keeps_queued_tasks_for_the_next_worker() {
 
     let slow = d.submit(&c, &slow_script(1.0), T).await.unwrap();
     let queued = submit_numbers(&d, &c, 2).await;
-    wait_until("slow task taken", T, || {
-        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
-            .then_some(())
-    });
+    wait_taken(&redis, &slow);
     w.signal("INT");
     assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
     assert_eq!(w.wait_exit(T), Some(0));
@@ -375,10 +374,7 @@ async fn keep_queued_on_stop_keeps_the_queue_but_finished_tasks_still_expire() {
     assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
     let slow = d.submit(&c, &slow_script(1.0), T).await.unwrap();
     let queued = submit_numbers(&d, &c, 2).await;
-    wait_until("slow task taken", T, || {
-        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
-            .then_some(())
-    });
+    wait_taken(&redis, &slow);
     w.signal("TERM");
     assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
     assert_eq!(w.wait_exit(T), Some(0));
@@ -403,10 +399,7 @@ async fn a_second_worker_for_a_live_circle_refuses_without_touching_its_tasks() 
     let c = circle(KEY_ONE);
     // The first worker is busy with a task when the second one starts.
     let slow = d.submit(&c, &slow_script(1.0), T).await.unwrap();
-    wait_until("slow task taken", T, || {
-        (redis.cli(&["HGET", &format!("rhai_task_details:{slow}"), "status"]) == "processing")
-            .then_some(())
-    });
+    wait_taken(&redis, &slow);
     let out = std::process::Command::new(binary("worker"))
         .args([
             "--redis-url",

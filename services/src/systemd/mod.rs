@@ -176,11 +176,7 @@ impl SystemdBackend {
 
     /// Renders every spec and compares it with the unit file on disk.
     pub async fn plan(&self, specs: &[ServiceSpec]) -> Result<Plan, ServiceError> {
-        let rendered = specs
-            .iter()
-            .map(|s| self.render(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        files::plan_files(rendered, render::is_ours).await
+        files::plan_files(specs, |s| self.render(s), render::is_ours).await
     }
 
     /// Carries out `plan` as one transaction.
