@@ -16,10 +16,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Pipeline};
 
-use crate::CirclePublicKey;
 use crate::error::DispatchError;
 use crate::protocol::{task_details_key, task_queue_key, task_reply_key};
 use crate::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus, field, now_rfc3339};
+use crate::{CirclePublicKey, RedisUrl};
 
 /// Idle blocking connections kept for reuse; more are opened on demand.
 const MAX_IDLE_WAITERS: usize = 64;
@@ -35,7 +35,7 @@ pub struct Dispatcher {
 }
 
 struct Inner {
-    url: String,
+    url: RedisUrl,
     client: Client,
     /// For short commands (submit, status); never used for blocking ones.
     /// Reconnects by itself after Redis restarts.
@@ -61,19 +61,20 @@ impl Dispatcher {
         redis_url: &str,
         caller_id: impl Into<String>,
     ) -> Result<Self, DispatchError> {
+        let url = RedisUrl::new(redis_url);
         let client = Client::open(redis_url).map_err(|source| DispatchError::InvalidRedisUrl {
-            url: redis_url.to_string(),
+            url: url.clone(),
             source,
         })?;
         let commands = ConnectionManager::new_with_config(client.clone(), command_config())
             .await
             .map_err(|source| DispatchError::RedisUnavailable {
-                url: redis_url.to_string(),
+                url: url.clone(),
                 source,
             })?;
         Ok(Self {
             inner: Arc::new(Inner {
-                url: redis_url.to_string(),
+                url,
                 client,
                 commands,
                 waiters: Mutex::new(Vec::new()),
@@ -87,8 +88,8 @@ impl Dispatcher {
         &self.inner.caller_id
     }
 
-    /// The Redis URL this dispatcher talks to.
-    pub fn redis_url(&self) -> &str {
+    /// The Redis URL this dispatcher talks to (displays redacted).
+    pub fn redis_url(&self) -> &RedisUrl {
         &self.inner.url
     }
 

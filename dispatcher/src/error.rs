@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::InvalidKey;
 use crate::task::TaskId;
+use crate::{InvalidKey, RedisUrl};
 
 /// Everything that can go wrong when submitting a task or waiting for it.
 #[derive(Debug, thiserror::Error)]
@@ -14,16 +14,16 @@ pub enum DispatchError {
     /// The Redis URL does not parse.
     #[error("invalid Redis URL `{url}`: {source}")]
     InvalidRedisUrl {
-        /// The URL as given.
-        url: String,
+        /// The URL as given (shown redacted).
+        url: RedisUrl,
         /// What the parser said.
         source: redis::RedisError,
     },
     /// Nothing answers at the Redis URL.
     #[error("Redis unreachable at {url}: {source}")]
     RedisUnavailable {
-        /// The URL dialled.
-        url: String,
+        /// The URL dialled (shown redacted).
+        url: RedisUrl,
         /// The connection error.
         source: redis::RedisError,
     },

@@ -67,8 +67,8 @@ pub enum LaunchError {
     /// Nothing answers at the Redis URL (and we will not start one).
     #[error("Redis unreachable at {url}: {reason}")]
     RedisUnreachable {
-        /// The URL.
-        url: String,
+        /// The URL (shown redacted).
+        url: circles_dispatcher::RedisUrl,
         /// Why, with a hint.
         reason: String,
     },
@@ -77,10 +77,10 @@ pub enum LaunchError {
         "the installed circle services use Redis at {installed}, not {given}: pass --redis-url {installed}, or `launcher cleanup` first to move them"
     )]
     RedisMismatch {
-        /// The URL given now.
-        given: String,
-        /// The URL the services were installed with.
-        installed: String,
+        /// The URL given now (shown redacted).
+        given: circles_dispatcher::RedisUrl,
+        /// The URL the services were installed with (shown redacted).
+        installed: circles_dispatcher::RedisUrl,
     },
     /// No circles to launch.
     #[error(

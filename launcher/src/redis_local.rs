@@ -35,7 +35,7 @@ pub enum RedisCheck {
 /// and what to do.
 pub async fn check(url: &str, autostart: bool) -> Result<RedisCheck, LaunchError> {
     let unreachable = |reason: String| LaunchError::RedisUnreachable {
-        url: url.to_string(),
+        url: url.into(),
         reason,
     };
     let info = redis::IntoConnectionInfo::into_connection_info(url)

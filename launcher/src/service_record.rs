@@ -119,8 +119,8 @@ impl ServiceRecord {
                 // server and the new circles would split them.
                 Some(given) if given != recorded && !self.circles.is_empty() => {
                     return Err(LaunchError::RedisMismatch {
-                        given: given.clone(),
-                        installed: recorded.clone(),
+                        given: given.as_str().into(),
+                        installed: recorded.as_str().into(),
                     });
                 }
                 Some(_) => {}

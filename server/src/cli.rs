@@ -25,7 +25,9 @@ pub struct ServerArgs {
     #[arg(short, long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
     /// Redis with the circles' task queues.
-    #[arg(long, value_name = "URL", default_value = DEFAULT_REDIS_URL)]
+    /// Prefer the environment: a URL with a password in argv is visible to
+    /// every user of the host (`ps`).
+    #[arg(long, value_name = "URL", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
     /// Serve this circle even before its worker registers (repeatable).
     #[arg(long = "circle", value_name = "PK")]

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use circles_dispatcher::DispatchError;
+use circles_dispatcher::{DispatchError, RedisUrl};
 
 /// Everything that can stop a [`crate::Server`] from binding or running.
 #[derive(Debug, thiserror::Error)]
@@ -29,16 +29,16 @@ pub enum ServerError {
     /// The Redis URL does not parse.
     #[error("invalid Redis URL `{url}`: {source}")]
     InvalidRedisUrl {
-        /// The URL as given.
-        url: String,
+        /// The URL as given (shown redacted).
+        url: RedisUrl,
         /// What the parser said.
         source: redis::RedisError,
     },
     /// Nothing answers at the Redis URL.
     #[error("Redis unreachable at {url}: {source}")]
     RedisUnreachable {
-        /// The URL dialled.
-        url: String,
+        /// The URL dialled (shown redacted).
+        url: RedisUrl,
         /// The connection error.
         source: redis::RedisError,
     },

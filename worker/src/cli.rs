@@ -21,8 +21,9 @@ use crate::{Limits, WorkerConfig};
     about = "Run Rhai scripts from one circle's Redis queue against its own database"
 )]
 pub struct WorkerArgs {
-    /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    /// Redis URL. Prefer the environment: a URL with a password in argv is
+    /// visible to every user of the host (`ps`).
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
     /// The circle's secp256k1 public key (hex, compressed or uncompressed).
     #[arg(long)]

@@ -31,8 +31,8 @@ pub enum WorkerError {
     /// The Redis URL does not parse.
     #[error("invalid Redis URL `{url}`: {source}")]
     RedisUrl {
-        /// The URL as given.
-        url: String,
+        /// The URL as given (shown redacted).
+        url: circles_dispatcher::RedisUrl,
         /// The parse error.
         source: redis::RedisError,
     },

@@ -422,7 +422,7 @@ async fn connect(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<ConnectionManager>, WorkerError> {
     let client = redis::Client::open(url).map_err(|source| WorkerError::RedisUrl {
-        url: url.to_string(),
+        url: url.into(),
         source,
     })?;
     let config = ConnectionManagerConfig::new()
@@ -456,7 +456,7 @@ struct BlockingLink {
 impl BlockingLink {
     fn new(url: &str) -> Result<Self, WorkerError> {
         let client = redis::Client::open(url).map_err(|source| WorkerError::RedisUrl {
-            url: url.to_string(),
+            url: url.into(),
             source,
         })?;
         Ok(Self {
