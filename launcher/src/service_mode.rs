@@ -469,7 +469,7 @@ async fn gather_rows(
             state,
             pid: status.main_pid,
             restarts: status.n_restarts,
-            last_exit: status.exec_main_status,
+            last_exit: crate::status::service_last_exit(&status),
             queue: None,
             heartbeat: None,
             init: "-".into(),
