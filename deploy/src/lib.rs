@@ -6,7 +6,8 @@
 //!   `tf.ourworld.circles.circle-worker-<pk>`, the one WebSocket server
 //!   `tf.ourworld.circles.circle-ws-server`, the supervisor
 //!   `tf.ourworld.circles.supervisor` — and which kind a name is;
-//! - [`worker`]: the worker's `ServiceSpec`, built in one place;
+//! - [`worker`]: a worker described once, as a `ServiceSpec` or as a
+//!   supervised child;
 //! - [`fs`]: writing a file atomically with a given mode.
 
 pub mod fs;
@@ -16,4 +17,4 @@ pub mod worker;
 pub use kinds::{
     ServiceKind, circle_of, server_service_name, supervisor_service_name, worker_service_name,
 };
-pub use worker::{WorkerService, file_sha256, worker_service_spec};
+pub use worker::{WorkerService, file_sha256, worker_args, worker_child_spec, worker_service_spec};

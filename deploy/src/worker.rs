@@ -1,13 +1,16 @@
-//! A circle worker as a service: the one place its `ServiceSpec` is built,
-//! so a worker installed by the launcher and one installed by the
-//! supervisor are the same unit.
+//! A circle worker, described once ([`WorkerService`]) and turned into what
+//! each way of running it needs: a `ServiceSpec` for systemd/launchd
+//! ([`worker_service_spec`]) or a supervised child ([`worker_child_spec`]).
+//! A worker installed by the launcher and one installed by the supervisor
+//! are therefore the same unit.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use circles_dispatcher::CirclePublicKey;
-use circles_dispatcher::protocol::ENV_RUST_LOG;
+use circles_dispatcher::protocol::{ENV_REDIS_URL, ENV_RUST_LOG};
 use circles_services::{RestartPolicy, ServiceSpec, ServiceTemplate};
+use circles_supervise::ChildSpec;
 use sha2::{Digest, Sha256};
 
 use crate::kinds::worker_service_name;
@@ -21,6 +24,9 @@ pub struct WorkerService {
     pub name: String,
     /// Absolute path of the worker binary.
     pub program: PathBuf,
+    /// Arguments before the worker's own (`run-worker` when the program is
+    /// the launcher's built-in worker).
+    pub leading_args: Vec<String>,
     /// SHA-256 of the binary (see [`file_sha256`]), so a new build changes
     /// the unit and the next apply restarts it.
     pub program_sha256: String,
@@ -56,17 +62,13 @@ pub fn worker_service_spec(w: &WorkerService) -> ServiceSpec {
         template: ServiceTemplate::Worker,
         description: format!("circles worker for {} ({})", w.name, w.key),
         program: w.program.clone(),
-        args: vec![
-            "--redis-url".into(),
-            w.redis_url.clone(),
-            "--circle-public-key".into(),
-            w.key.to_hex(),
-            "--db-path".into(),
-            w.data_dir.to_string_lossy().into_owned(),
-            // A restart must not fail the tasks queued meanwhile; finished
-            // tasks still expire (unlike with PRESERVE_TASKS).
-            "--keep-queued-on-stop".into(),
-        ],
+        args: w
+            .leading_args
+            .iter()
+            .cloned()
+            .chain(["--redis-url".into(), w.redis_url.clone()])
+            .chain(worker_args(w, true))
+            .collect(),
         env,
         working_directory: w.data_dir.clone(),
         read_write_paths: vec![w.data_dir.clone()],
@@ -78,6 +80,43 @@ pub fn worker_service_spec(w: &WorkerService) -> ServiceSpec {
             ("init-script-sha256".to_string(), init_hash),
         ]),
     }
+}
+
+/// The worker's own arguments (no secrets: the Redis URL is not among them).
+/// `keep_queued_on_stop`: a stop or restart leaves queued tasks for the next
+/// worker instead of failing them (finished tasks still expire, unlike with
+/// `PRESERVE_TASKS`) — what a supervised worker that comes back wants.
+pub fn worker_args(w: &WorkerService, keep_queued_on_stop: bool) -> Vec<String> {
+    let mut args = vec![
+        "--circle-public-key".into(),
+        w.key.to_hex(),
+        "--db-path".into(),
+        w.data_dir.to_string_lossy().into_owned(),
+    ];
+    if keep_queued_on_stop {
+        args.push("--keep-queued-on-stop".into());
+    }
+    args
+}
+
+/// The worker as a supervised child process: its output appended to
+/// `log_file`, readiness by `READY=1`, the Redis URL in `REDIS_URL` (never
+/// in argv, where `ps` shows it to every user), `RUST_LOG` set to the
+/// worker's level unless this process has one to pass on.
+pub fn worker_child_spec(
+    w: &WorkerService,
+    log_file: PathBuf,
+    keep_queued_on_stop: bool,
+) -> ChildSpec {
+    let mut spec = ChildSpec::new(w.name.clone(), w.program.clone(), log_file)
+        .args(w.leading_args.iter().cloned())
+        .args(worker_args(w, keep_queued_on_stop));
+    spec.env = w.extra_env.clone();
+    spec = spec.env(ENV_REDIS_URL, w.redis_url.clone());
+    if std::env::var_os(ENV_RUST_LOG).is_none() {
+        spec = spec.env(ENV_RUST_LOG, w.log_level.clone());
+    }
+    spec
 }
 
 /// SHA-256 of a file, hex; streamed, so a large binary costs no memory.

@@ -18,10 +18,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use circles_dispatcher::protocol::{ENV_REDIS_URL, ENV_RUST_LOG};
 use circles_dispatcher::{CirclePublicKey, Dispatcher};
 use circles_server::{Server, ServerConfig};
-use circles_supervise::{ChildSpec, ChildStatus, RestartPolicy, SupervisedChild};
+use circles_supervise::{ChildStatus, RestartPolicy, SupervisedChild};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::LaunchError;
@@ -49,36 +48,6 @@ pub fn restart_policy() -> RestartPolicy {
         ready_timeout: READY_TIMEOUT,
         stop_grace: STOP_GRACE,
     }
-}
-
-/// The child spec of one circle's worker: the worker's arguments (no
-/// secrets), `REDIS_URL` in the environment, output appended to
-/// `<log_dir>/<name>.log`, readiness by `READY=1`.
-pub fn worker_child_spec(
-    program: &Program,
-    circle: &CircleSpec,
-    redis_url: &str,
-    data_dir: &std::path::Path,
-    log_dir: &std::path::Path,
-    log_level: &str,
-) -> ChildSpec {
-    let mut spec = ChildSpec::new(
-        circle.name.clone(),
-        program.path.clone(),
-        log_dir.join(format!("{}.log", circle.name)),
-    )
-    .args(program.leading_args.iter().cloned())
-    .args([
-        "--circle-public-key".to_string(),
-        circle.key.to_hex(),
-        "--db-path".to_string(),
-        data_dir.to_string_lossy().into_owned(),
-    ])
-    .env(ENV_REDIS_URL, redis_url);
-    if std::env::var_os(ENV_RUST_LOG).is_none() {
-        spec = spec.env(ENV_RUST_LOG, log_level);
-    }
-    spec
 }
 
 /// What the launcher knows about one worker besides its process status.
@@ -182,13 +151,25 @@ impl DirectLaunch {
             .iter()
             .map(|spec| WorkerEntry {
                 child: SupervisedChild::spawn(
-                    worker_child_spec(
-                        &worker,
-                        spec,
-                        &settings.redis_url,
-                        &settings.data_dir,
-                        &log_dir,
-                        settings.log_level,
+                    circles_deploy::worker_child_spec(
+                        &circles_deploy::WorkerService {
+                            key: spec.key,
+                            name: spec.name.clone(),
+                            program: worker.path.clone(),
+                            leading_args: worker.leading_args.clone(),
+                            // Only service files carry a fingerprint.
+                            program_sha256: String::new(),
+                            redis_url: settings.redis_url.clone(),
+                            data_dir: settings.data_dir.clone(),
+                            log_dir: log_dir.clone(),
+                            log_level: settings.log_level.to_string(),
+                            init_script: None,
+                            extra_env: Default::default(),
+                        },
+                        log_dir.join(format!("{}.log", spec.name)),
+                        // As before: a worker stopped with the launcher
+                        // fails what is still queued, so no client waits.
+                        false,
                     ),
                     policy,
                 ),

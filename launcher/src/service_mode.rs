@@ -205,6 +205,7 @@ pub fn build_specs(
                 key: c.key,
                 name: c.name.clone(),
                 program: worker_binary.to_path_buf(),
+                leading_args: Vec::new(),
                 program_sha256: worker_hash.clone(),
                 redis_url: settings.redis_url.clone(),
                 data_dir: settings.data_dir.clone(),

@@ -82,32 +82,7 @@ impl SupervisedChild {
     /// Waits until the child runs (`Ok`) or has given up or stopped (`Err`).
     /// Backoff and restarts in between are waited through.
     pub async fn ready(&self) -> Result<(), NotReady> {
-        let mut rx = self.status.clone();
-        let status = match rx
-            .wait_for(|s| {
-                matches!(
-                    s.state,
-                    ChildState::Running | ChildState::Failed | ChildState::Stopped
-                )
-            })
-            .await
-        {
-            Ok(s) => s.clone(),
-            // The task ended without a final status: it was stopped.
-            Err(_) => ChildStatus {
-                state: ChildState::Stopped,
-                ..self.current()
-            },
-        };
-        if status.state == ChildState::Running {
-            return Ok(());
-        }
-        Err(NotReady {
-            name: self.name.clone(),
-            state: status.state,
-            reason: status.reason,
-            last_exit: status.last_exit,
-        })
+        wait_ready(self.status.clone(), &self.name).await
     }
 
     /// Restarts the child now: the running process is stopped (SIGTERM, then
@@ -134,6 +109,35 @@ impl Drop for SupervisedChild {
         // going away instead, `kill_on_drop` kills it.
         self.control.send_modify(|c| c.stop = true);
     }
+}
+
+/// [`SupervisedChild::ready`] on a status receiver, for callers that must
+/// not hold the handle (or a lock around it) while waiting.
+pub async fn wait_ready(
+    mut status: watch::Receiver<ChildStatus>,
+    name: &str,
+) -> Result<(), NotReady> {
+    let settled = |s: &ChildStatus| {
+        matches!(
+            s.state,
+            ChildState::Running | ChildState::Failed | ChildState::Stopped
+        )
+    };
+    let settled_status = status.wait_for(settled).await.map(|s| s.clone()).ok();
+    // `None`: the task ended without a final status: it was stopped.
+    let status = settled_status.unwrap_or_else(|| ChildStatus {
+        state: ChildState::Stopped,
+        ..status.borrow().clone()
+    });
+    if status.state == ChildState::Running {
+        return Ok(());
+    }
+    Err(NotReady {
+        name: name.to_string(),
+        state: status.state,
+        reason: status.reason,
+        last_exit: status.last_exit,
+    })
 }
 
 /// How one run of the process ended.

@@ -41,7 +41,7 @@ mod policy;
 mod spec;
 mod status;
 
-pub use child::{SupervisedChild, terminate};
+pub use child::{SupervisedChild, terminate, wait_ready};
 pub use error::NotReady;
 pub use policy::{RestartDecision, RestartPolicy, RestartTracker};
 pub use spec::ChildSpec;
