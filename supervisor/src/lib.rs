@@ -51,7 +51,7 @@ pub use builder::{
 };
 pub use error::{SupervisorError, codes};
 pub use runner::{ManagerKind, RunnerConfig, RunnerInfo, TargetState};
-pub use secrets::{Scope, Secrets};
+pub use secrets::{Scope, Secrets, SecretsFile};
 pub use supervisor::{
     AddRunner, BulkResult, JobRequest, JobResult, JobStatus, Supervisor, SupervisorSettings,
     SupervisorStatus,

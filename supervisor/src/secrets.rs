@@ -64,11 +64,24 @@ impl std::fmt::Debug for Secrets {
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SecretsFile {
+struct RawSecretsFile {
     #[serde(default)]
     admin: Vec<String>,
     #[serde(default)]
     user: Vec<String>,
+    #[serde(default)]
+    redis_url: Option<String>,
+}
+
+/// What a secrets file holds: the API secrets and, optionally, the Redis
+/// URL (a URL with a password belongs in a 0600 file, not in argv or a
+/// world-readable unit file).
+#[derive(Debug, Clone)]
+pub struct SecretsFile {
+    /// The API secrets.
+    pub secrets: Secrets,
+    /// `redis_url = "…"`, if given.
+    pub redis_url: Option<String>,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -119,8 +132,9 @@ impl Secrets {
         Ok(secrets)
     }
 
-    /// Secrets from a TOML or JSON file that only its owner may read.
-    pub fn from_file(path: &Path) -> Result<Self, SupervisorError> {
+    /// Secrets (and maybe the Redis URL) from a TOML or JSON file that only
+    /// its owner may read.
+    pub fn from_file(path: &Path) -> Result<SecretsFile, SupervisorError> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).map_err(|e| {
             SupervisorError::io(format!("reading the secrets file {}", path.display()), e)
@@ -136,7 +150,7 @@ impl Secrets {
         let text = std::fs::read_to_string(path).map_err(|e| {
             SupervisorError::io(format!("reading the secrets file {}", path.display()), e)
         })?;
-        let parsed: SecretsFile = if text.trim_start().starts_with('{') {
+        let parsed: RawSecretsFile = if text.trim_start().starts_with('{') {
             serde_json::from_str(&text).map_err(|e| e.to_string())
         } else {
             toml::from_str(&text).map_err(|e| e.to_string())
@@ -156,7 +170,10 @@ impl Secrets {
                 path.display()
             )));
         }
-        Ok(secrets)
+        Ok(SecretsFile {
+            secrets,
+            redis_url: parsed.redis_url,
+        })
     }
 
     /// Secrets from [`ENV_ADMIN_SECRETS`] and [`ENV_USER_SECRETS`]; `None`
@@ -323,7 +340,8 @@ mod tests {
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let s = Secrets::from_file(&path).unwrap();
-        assert_eq!(s.scope_of(USER), Some(Scope::User));
+        assert_eq!(s.secrets.scope_of(USER), Some(Scope::User));
+        assert_eq!(s.redis_url, None);
         let json = dir.path().join("secrets.json");
         std::fs::write(&json, format!("{{\"admin\": [\"{ADMIN}\"]}}")).unwrap();
         std::fs::set_permissions(&json, std::fs::Permissions::from_mode(0o600)).unwrap();
