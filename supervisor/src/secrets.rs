@@ -346,9 +346,16 @@ mod tests {
         std::fs::write(&json, format!("{{\"admin\": [\"{ADMIN}\"]}}")).unwrap();
         std::fs::set_permissions(&json, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
-            Secrets::from_file(&json).unwrap().scope_of(ADMIN),
+            Secrets::from_file(&json).unwrap().secrets.scope_of(ADMIN),
             Some(Scope::Admin)
         );
+        std::fs::write(
+            &json,
+            format!("{{\"admin\": [\"{ADMIN}\"], \"redis_url\": \"redis://:pw@h\"}}"),
+        )
+        .unwrap();
+        let loaded = Secrets::from_file(&json).unwrap();
+        assert_eq!(loaded.redis_url.as_deref(), Some("redis://:pw@h"));
         std::fs::write(&json, format!("{{\"admin\": [\"{ADMIN}\"], \"oops\": 1")).unwrap();
         let err = Secrets::from_file(&json).unwrap_err().to_string();
         assert!(

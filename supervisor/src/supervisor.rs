@@ -227,6 +227,7 @@ impl Supervisor {
             dispatcher: OnceCell::new(),
             started: Instant::now(),
         });
+        tokio::spawn(watch_service_runners(Arc::downgrade(&supervisor)));
         let count = supervisor.list_runners().len();
         if count > 0 {
             tracing::info!(runners = count, state = %supervisor.store.path().display(), "restoring runners");
@@ -656,6 +657,19 @@ impl Supervisor {
             } else {
                 Vec::new()
             };
+            // A service runner only added, never started, has no unit yet:
+            // that is `stopped`, not `unknown`.
+            let mut status = status;
+            if status.state == ChildState::Unknown
+                && config.target == TargetState::Stopped
+                && config.manager != ManagerKind::Child
+                && status
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("is not installed"))
+            {
+                status.state = ChildState::Stopped;
+            }
             // The heartbeat counts tasks of the process that wrote it.
             let beat = beat.filter(|b| status.pid.is_none_or(|p| p == b.pid));
             infos.push(RunnerInfo {
@@ -989,6 +1003,31 @@ impl Supervisor {
     /// target state is kept); systemd/launchd runners keep running.
     pub async fn shutdown(&self) {
         self.managers.child.stop_all().await;
+    }
+}
+
+/// How often the states of systemd/launchd runners are read in the
+/// background: often enough to see how a process ended before the manager
+/// restarts it (systemd `RestartSec=2`) and forgets.
+const SERVICE_POLL: Duration = Duration::from_secs(1);
+
+/// Reads the status of every service runner now and then, until the
+/// supervisor is gone.
+async fn watch_service_runners(supervisor: std::sync::Weak<Supervisor>) {
+    loop {
+        tokio::time::sleep(SERVICE_POLL).await;
+        let Some(s) = supervisor.upgrade() else {
+            return;
+        };
+        let configs: Vec<RunnerConfig> = s
+            .slots()
+            .iter()
+            .map(|slot| slot.config())
+            .filter(|c| c.manager != ManagerKind::Child)
+            .collect();
+        for c in configs {
+            let _ = s.managed_status(&c).await;
+        }
     }
 }
 

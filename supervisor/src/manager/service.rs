@@ -21,6 +21,9 @@ use crate::runner::ManagerKind;
 pub struct ServiceManager {
     kind: ManagerKind,
     backend: ServiceBackend,
+    /// The last exit seen per unit: systemd forgets it once it has
+    /// restarted the unit (ExecMain* then describe the new process).
+    last_exits: std::sync::Mutex<std::collections::HashMap<String, ExitStatus>>,
 }
 
 impl ServiceManager {
@@ -38,7 +41,11 @@ impl ServiceManager {
                     format!("{e}; is {kind} running on this host? (use manager `child` otherwise)"),
                 )
             })?;
-        Ok(Self { kind, backend })
+        Ok(Self {
+            kind,
+            backend,
+            last_exits: Default::default(),
+        })
     }
 
     /// Which one.
@@ -50,8 +57,13 @@ impl ServiceManager {
         SupervisorError::manager(self.kind.as_str(), step, e)
     }
 
-    /// Renders and applies the worker's unit (the services crate rolls back
-    /// everything on failure); stops it again unless `start`.
+    /// Renders the worker's unit and plans it against what is installed
+    /// (a foreign file of that name is refused here); with `start`, applies
+    /// the plan — write, enable, start, wait until ready — which the
+    /// services crate rolls back entirely if a step fails. Without `start`
+    /// nothing is written yet: the unit is installed by the first start, so
+    /// a runner that is only added leaves no unit that systemd would start
+    /// at boot against its target state.
     pub async fn install(&self, w: &WorkerService, start: bool) -> Result<(), SupervisorError> {
         let spec = worker_service_spec(w);
         let name = spec.name.clone();
@@ -60,14 +72,11 @@ impl ServiceManager {
             .plan(std::slice::from_ref(&spec))
             .await
             .map_err(|e| self.err(format!("planning `{name}`"), e))?;
-        self.backend
-            .apply(&plan)
-            .await
-            .map_err(|e| self.err(format!("installing `{name}`"), e))?;
-        if !start && let Err(e) = self.backend.stop(std::slice::from_ref(&name)).await {
-            // Half-made: installed and running, asked for stopped. Undo.
-            let _ = self.backend.remove(std::slice::from_ref(&name)).await;
-            return Err(self.err(format!("stopping `{name}` after installing it"), e));
+        if start {
+            self.backend
+                .apply(&plan)
+                .await
+                .map_err(|e| self.err(format!("installing `{name}`"), e))?;
         }
         Ok(())
     }
@@ -131,7 +140,32 @@ impl ServiceManager {
     pub async fn status(&self, w: &WorkerService) -> ManagedStatus {
         let name = worker_service_name(&w.key);
         match self.backend.status(&name).await {
-            Ok(status) => managed_status(&status),
+            Ok(status) => {
+                let mut managed = managed_status(&status);
+                if let Some(exit) = managed.last_exit {
+                    self.last_exits
+                        .lock()
+                        .expect("last exits")
+                        .insert(name.to_string(), exit);
+                } else if managed.restarts > 0 {
+                    // Once systemd has restarted a unit, ExecMain* describe
+                    // the new process: how the previous one ended is what we
+                    // saw before (the supervisor polls its service runners),
+                    // or what systemd wrote to the journal about it.
+                    managed.last_exit = self
+                        .last_exits
+                        .lock()
+                        .expect("last exits")
+                        .get(name.as_str())
+                        .copied();
+                    if managed.last_exit.is_none()
+                        && let ServiceBackend::Systemd(b) = &self.backend
+                    {
+                        managed.last_exit = last_exit_from_journal(b.scope(), &name).await;
+                    }
+                }
+                managed
+            }
             Err(e) => ManagedStatus::unknown(format!("{} status of `{name}`: {e}", self.kind)),
         }
     }
@@ -217,6 +251,38 @@ impl ServiceManager {
     }
 }
 
+/// systemd's structured "unit process exited" journal message
+/// (`SD_MESSAGE_UNIT_PROCESS_EXIT`), which carries `EXIT_CODE` and
+/// `EXIT_STATUS`.
+const UNIT_PROCESS_EXIT: &str = "98e322203f7a4ed290d09fe03c09fe15";
+
+/// How the unit's last main process ended, from systemd's own journal
+/// entry about it; `None` when the journal does not say.
+async fn last_exit_from_journal(
+    scope: circles_services::ServiceScope,
+    name: &circles_services::ServiceName,
+) -> Option<ExitStatus> {
+    let mut cmd = tokio::process::Command::new("journalctl");
+    if scope == circles_services::ServiceScope::User {
+        cmd.arg("--user");
+    }
+    let unit_field = match scope {
+        circles_services::ServiceScope::System => "UNIT",
+        circles_services::ServiceScope::User => "USER_UNIT",
+    };
+    cmd.arg(format!("{unit_field}={}", name.unit_name()))
+        .arg(format!("MESSAGE_ID={UNIT_PROCESS_EXIT}"))
+        .args(["--no-pager", "--output", "json", "--lines", "1"]);
+    let lines = super::logs::command_lines(cmd, "the journal").await.ok()?;
+    let entry: serde_json::Value = serde_json::from_str(lines.last()?).ok()?;
+    let status: i32 = entry["EXIT_STATUS"].as_str()?.parse().ok()?;
+    match entry["EXIT_CODE"].as_str()? {
+        "exited" => Some(ExitStatus::Code(status)),
+        "killed" | "dumped" => Some(ExitStatus::Signal(status)),
+        _ => None,
+    }
+}
+
 /// What systemd (or launchd, in systemd's words) reports, in the one state
 /// model: `active (running)` → running, `activating (start)` → starting,
 /// `activating (auto-restart)` → backoff, `deactivating` → stopping,
@@ -247,7 +313,7 @@ pub fn managed_status(s: &ServiceStatus) -> ManagedStatus {
     };
     let reason = match state {
         ChildState::Unknown if !s.loaded && s.unit_path.is_none() => Some(format!(
-            "`{}` is not installed (removed outside the supervisor?); start_runner installs it again",
+            "`{}` is not installed (not started yet, or removed outside the supervisor); start_runner installs it",
             s.name
         )),
         ChildState::Failed => Some(format!(

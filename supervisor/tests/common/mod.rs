@@ -70,9 +70,12 @@ impl Daemon {
         let mut cmd = Command::new(binary("supervisor"));
         cmd.args(["--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
-            .args(["--manager", "child", "--worker-binary"])
-            .arg(binary("worker"))
-            .args(args)
+            .arg("--worker-binary")
+            .arg(binary("worker"));
+        if !args.contains(&"--manager") {
+            cmd.args(["--manager", "child"]);
+        }
+        cmd.args(args)
             .env("REDIS_URL", redis_url)
             .env("RUST_LOG", "info")
             .env_remove("SUPERVISOR_ADMIN_SECRETS")
