@@ -545,3 +545,31 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         daemon.stderr()
     );
 }
+
+#[test]
+fn the_supervisor_example_adds_two_runners_runs_a_job_and_stops() {
+    let redis = RedisServer::start();
+    let example = circles_test_support::target_dir().join("examples/supervisor_example");
+    let out = std::process::Command::new(&example)
+        .env("REDIS_URL", redis.url())
+        .env("SUPERVISOR_PORT", "0")
+        .output()
+        .expect("supervisor_example is built by scripts/test.sh (cargo build --examples)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("added ourworld: running"), "{stdout}");
+    assert!(stdout.contains("init ok: threefold ready"), "{stdout}");
+    assert!(
+        stdout.contains("completed Some(\"hello from ourworld\")"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stopped"), "{stdout}");
+    // Its workers are gone: no heartbeat is refreshed any more.
+    wait_until("heartbeats to go", UP, || {
+        (redis.cli(&["KEYS", "rhai_worker:*"]) == "").then_some(())
+    });
+}
