@@ -252,7 +252,7 @@ impl Supervisor {
                 let config = slot.config();
                 let result = async {
                     let manager = me.managers.get(config.manager).await?;
-                    let w = me.worker(&config, manager.kind() != ManagerKind::Child)?;
+                    let w = me.worker_for(&config, manager.kind()).await?;
                     let status = manager.status(&w).await;
                     match config.target {
                         TargetState::Running if status.state != ChildState::Running => {
@@ -314,24 +314,11 @@ impl Supervisor {
             })
     }
 
-    /// The worker of `config` as the deploy crate describes it; the binary's
-    /// hash only when a service file needs it.
-    fn worker(
-        &self,
-        config: &RunnerConfig,
-        with_hash: bool,
-    ) -> Result<WorkerService, SupervisorError> {
+    /// The worker of `config` as the deploy crate describes it, without
+    /// the binary's hash (see [`Self::worker_for`]).
+    fn worker(&self, config: &RunnerConfig) -> Result<WorkerService, SupervisorError> {
         let program = self.worker_binary(config)?;
-        let program_sha256 = if with_hash {
-            circles_deploy::file_sha256(&program).map_err(|e| {
-                SupervisorError::io(
-                    format!("reading the worker binary {}", program.display()),
-                    e,
-                )
-            })?
-        } else {
-            String::new()
-        };
+        let program_sha256 = String::new();
         Ok(WorkerService {
             key: config.circle_public_key,
             name: config.name.clone(),
@@ -345,6 +332,33 @@ impl Supervisor {
             init_script: config.init_script.clone(),
             extra_env: config.env.clone(),
         })
+    }
+
+    /// The worker of `config` for `manager`: with the binary's hash when a
+    /// service file needs it, hashed off the runtime's thread (a binary is
+    /// tens of MiB).
+    async fn worker_for(
+        &self,
+        config: &RunnerConfig,
+        manager: ManagerKind,
+    ) -> Result<WorkerService, SupervisorError> {
+        let mut w = self.worker(config)?;
+        if manager != ManagerKind::Child {
+            let program = w.program.clone();
+            w.program_sha256 = tokio::task::spawn_blocking(move || {
+                circles_deploy::file_sha256(&program).map_err(|e| {
+                    SupervisorError::io(
+                        format!("reading the worker binary {}", program.display()),
+                        e,
+                    )
+                })
+            })
+            .await
+            .map_err(|e| {
+                SupervisorError::io("hashing the worker binary", std::io::Error::other(e))
+            })??;
+        }
+        Ok(w)
     }
 
     /// The dispatcher, connecting on first use.
@@ -428,7 +442,7 @@ impl Supervisor {
         }
         let result = async {
             let manager = self.managers.get(manager_kind).await?;
-            let w = self.worker(&config, manager_kind != ManagerKind::Child)?;
+            let w = self.worker_for(&config, manager_kind).await?;
             manager.install(&w, req.start).await?;
             if req.start
                 && let Err(e) = manager.start(&w).await
@@ -462,9 +476,19 @@ impl Supervisor {
     /// Sends the runner's init script if it has not been sent yet, and
     /// records the outcome.
     async fn send_init_if_pending(&self, slot: &RunnerSlot) {
+        if self.send_init_unsaved(slot).await
+            && let Err(e) = self.save()
+        {
+            tracing::error!("could not record the init outcome: {e}");
+        }
+    }
+
+    /// [`Self::send_init_if_pending`] without saving; whether the outcome
+    /// changed the config.
+    async fn send_init_unsaved(&self, slot: &RunnerSlot) -> bool {
         let config = slot.config();
         let (Some(script), true) = (&config.init_script, config.init_pending) else {
-            return;
+            return false;
         };
         let outcome = match self.dispatcher().await {
             Ok(d) => match d
@@ -483,14 +507,10 @@ impl Supervisor {
             Err(e) => format!("error: {e}"),
         };
         tracing::info!(runner = %config.name, "init script: {outcome}");
-        {
-            let mut c = slot.config.lock().expect("runner config");
-            c.init = outcome;
-            c.init_pending = false;
-        }
-        if let Err(e) = self.save() {
-            tracing::error!("could not record the init outcome: {e}");
-        }
+        let mut c = slot.config.lock().expect("runner config");
+        c.init = outcome;
+        c.init_pending = false;
+        true
     }
 
     /// Stops and uninstalls a runner and forgets it (its circle's database
@@ -501,7 +521,7 @@ impl Supervisor {
         let config = slot.config();
         let manager = self.managers.get(config.manager).await?;
         let w = self
-            .worker(&config, false)
+            .worker(&config)
             .or_else(|_| self.placeholder_worker(&config))?;
         manager.remove(&w).await?;
         self.runners.write().expect("runner table").remove(name);
@@ -524,7 +544,7 @@ impl Supervisor {
     fn placeholder_worker(&self, config: &RunnerConfig) -> Result<WorkerService, SupervisorError> {
         let mut with_binary = config.clone();
         with_binary.worker_binary = Some(PathBuf::from("/nonexistent/worker"));
-        self.worker(&with_binary, false)
+        self.worker(&with_binary)
     }
 
     /// Runner names, in order.
@@ -540,31 +560,47 @@ impl Supervisor {
     /// Starts a runner (target `running`) and waits until it runs.
     pub async fn start_runner(&self, name: &str) -> Result<RunnerInfo, SupervisorError> {
         let slot = self.slot(name)?;
-        {
-            let _op = slot.op.lock().await;
-            self.set_target(&slot, TargetState::Running)?;
-            let config = slot.config();
-            let manager = self.managers.get(config.manager).await?;
-            let w = self.worker(&config, manager.kind() != ManagerKind::Child)?;
-            manager.start(&w).await?;
-            self.send_init_if_pending(&slot).await;
-        }
+        self.start_slot(&slot, true).await?;
         self.runner_status(name).await
+    }
+
+    /// Starts one runner under its lock; with `persist`, records the target
+    /// and the init outcome (bulk calls record once for all).
+    async fn start_slot(&self, slot: &RunnerSlot, persist: bool) -> Result<(), SupervisorError> {
+        let _op = slot.op.lock().await;
+        if persist {
+            self.set_target(slot, TargetState::Running)?;
+        }
+        let config = slot.config();
+        let manager = self.managers.get(config.manager).await?;
+        let w = self.worker_for(&config, manager.kind()).await?;
+        manager.start(&w).await?;
+        if persist {
+            self.send_init_if_pending(slot).await;
+        } else {
+            self.send_init_unsaved(slot).await;
+        }
+        Ok(())
+    }
+
+    /// Stops one runner under its lock; with `persist`, records the target.
+    async fn stop_slot(&self, slot: &RunnerSlot, persist: bool) -> Result<(), SupervisorError> {
+        let _op = slot.op.lock().await;
+        if persist {
+            self.set_target(slot, TargetState::Stopped)?;
+        }
+        let config = slot.config();
+        let manager = self.managers.get(config.manager).await?;
+        let w = self
+            .worker(&config)
+            .or_else(|_| self.placeholder_worker(&config))?;
+        manager.stop(&w).await
     }
 
     /// Stops a runner (target `stopped`) and waits until it has stopped.
     pub async fn stop_runner(&self, name: &str) -> Result<RunnerInfo, SupervisorError> {
         let slot = self.slot(name)?;
-        {
-            let _op = slot.op.lock().await;
-            self.set_target(&slot, TargetState::Stopped)?;
-            let config = slot.config();
-            let manager = self.managers.get(config.manager).await?;
-            let w = self
-                .worker(&config, false)
-                .or_else(|_| self.placeholder_worker(&config))?;
-            manager.stop(&w).await?;
-        }
+        self.stop_slot(&slot, true).await?;
         self.runner_status(name).await
     }
 
@@ -576,7 +612,7 @@ impl Supervisor {
             self.set_target(&slot, TargetState::Running)?;
             let config = slot.config();
             let manager = self.managers.get(config.manager).await?;
-            let w = self.worker(&config, manager.kind() != ManagerKind::Child)?;
+            let w = self.worker_for(&config, manager.kind()).await?;
             manager.restart(&w).await?;
             self.send_init_if_pending(&slot).await;
         }
@@ -596,32 +632,56 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Starts every runner; one result per runner.
+    /// Starts every runner (all at once); one result per runner. The
+    /// targets, then the init outcomes, are recorded once for all.
     pub async fn start_all(&self) -> Vec<BulkResult> {
-        self.bulk(|name| async move { self.start_runner(&name).await.map(drop) })
-            .await
+        self.bulk(TargetState::Running).await
     }
 
-    /// Stops every runner; one result per runner.
+    /// Stops every runner (all at once); one result per runner.
     pub async fn stop_all(&self) -> Vec<BulkResult> {
-        self.bulk(|name| async move { self.stop_runner(&name).await.map(drop) })
-            .await
+        self.bulk(TargetState::Stopped).await
     }
 
-    async fn bulk<'a, F, Fut>(&'a self, op: F) -> Vec<BulkResult>
-    where
-        F: Fn(String) -> Fut,
-        Fut: std::future::Future<Output = Result<(), SupervisorError>> + 'a,
-    {
-        let names = self.list_runners();
-        let results = futures_util::future::join_all(names.iter().cloned().map(op)).await;
-        names
+    async fn bulk(&self, target: TargetState) -> Vec<BulkResult> {
+        let slots: Vec<(String, Arc<RunnerSlot>)> = self
+            .runners
+            .read()
+            .expect("runner table")
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (_, slot) in &slots {
+            slot.config.lock().expect("runner config").target = target;
+        }
+        let saved = self.save();
+        let results = futures_util::future::join_all(slots.iter().map(|(_, slot)| async move {
+            match target {
+                TargetState::Running => self.start_slot(slot, false).await,
+                TargetState::Stopped => self.stop_slot(slot, false).await,
+            }
+        }))
+        .await;
+        if target == TargetState::Running
+            && let Err(e) = self.save()
+        {
+            tracing::error!("could not record the init outcomes: {e}");
+        }
+        slots
             .into_iter()
             .zip(results)
-            .map(|(name, r)| BulkResult {
-                name,
-                ok: r.is_ok(),
-                error: r.err().map(|e| e.to_string()),
+            .map(|((name, _), r)| {
+                let r = r.and(saved.as_ref().map(drop).map_err(|e| {
+                    SupervisorError::io(
+                        "recording the target state",
+                        std::io::Error::other(e.to_string()),
+                    )
+                }));
+                BulkResult {
+                    name,
+                    ok: r.is_ok(),
+                    error: r.err().map(|e| e.to_string()),
+                }
             })
             .collect()
     }
@@ -709,7 +769,7 @@ impl Supervisor {
             Err(e) => return ManagedStatus::unknown(e.to_string()),
         };
         match self
-            .worker(config, false)
+            .worker(config)
             .or_else(|_| self.placeholder_worker(config))
         {
             Ok(w) => manager.status(&w).await,
@@ -825,7 +885,7 @@ impl Supervisor {
     ) -> Result<Vec<String>, SupervisorError> {
         let manager = self.managers.get(config.manager).await?;
         let w = self
-            .worker(config, false)
+            .worker(config)
             .or_else(|_| self.placeholder_worker(config))?;
         manager.logs(&w, lines, since).await
     }
@@ -839,7 +899,7 @@ impl Supervisor {
         let config = self.slot(name)?.config();
         let manager = self.managers.get(config.manager).await?;
         let w = self
-            .worker(&config, false)
+            .worker(&config)
             .or_else(|_| self.placeholder_worker(&config))?;
         manager.follow_logs(&w)
     }
@@ -892,7 +952,12 @@ impl Supervisor {
     /// Queues a script and waits (up to its timeout) for its outcome.
     pub async fn run_job(&self, req: JobRequest) -> Result<JobResult, SupervisorError> {
         let (key, timeout, caller) = self.check_job(&req)?;
-        let state = self.runner_status(&req.runner).await?.state;
+        // The manager's view only (no Redis round trip): this is on the
+        // path of every job.
+        let state = self
+            .managed_status(&self.slot(&req.runner)?.config())
+            .await
+            .state;
         if !matches!(
             state,
             ChildState::Running | ChildState::Starting | ChildState::Backoff
