@@ -25,8 +25,10 @@ impl NotifySocket {
     /// (Socket paths are limited to ~100 bytes, so not under a long data dir.)
     pub fn bind() -> std::io::Result<Self> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(|| remove_stale_dirs(&std::env::temp_dir()));
         let dir = std::env::temp_dir().join(format!(
-            "circles-notify-{}-{}",
+            "{DIR_PREFIX}{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
@@ -79,6 +81,33 @@ impl Drop for NotifySocket {
     }
 }
 
+/// Notify directories are `<tmp>/circles-notify-<pid>-<n>`.
+const DIR_PREFIX: &str = "circles-notify-";
+
+/// Removes the notify directories of processes that are gone: a supervisor
+/// killed by SIGKILL cannot remove its own.
+fn remove_stale_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let gone = !Path::new(&format!("/proc/{pid}")).exists();
+        if gone && cfg!(target_os = "linux") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Whether an `sd_notify` datagram says `READY=1` (one assignment per line).
 pub fn is_ready_message(datagram: &[u8]) -> bool {
     String::from_utf8_lossy(datagram)
@@ -97,6 +126,23 @@ mod tests {
         assert!(!is_ready_message(b"READY=0"));
         assert!(!is_ready_message(b"STATUS=READY=1"));
         assert!(!is_ready_message(b"STOPPING=1"));
+    }
+
+    #[test]
+    fn directories_of_dead_processes_are_swept() {
+        let tmp = std::env::temp_dir().join(format!("notify-sweep-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        // PID 4194304 is above Linux's maximum: never alive.
+        let dead = tmp.join(format!("{DIR_PREFIX}4194304-0"));
+        let alive = tmp.join(format!("{DIR_PREFIX}{}-0", std::process::id()));
+        let other = tmp.join("circles-notify-AbCdEf");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        remove_stale_dirs(&tmp);
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[tokio::test]
