@@ -25,9 +25,10 @@ mod keys;
 pub mod protocol;
 mod redis_url;
 pub mod task;
+pub mod text;
 
 pub use client::Dispatcher;
 pub use error::DispatchError;
 pub use keys::{CircleKeypair, CirclePublicKey, EXPECTED_KEY_FORM, InvalidKey};
 pub use redis_url::{RedisUrl, redact as redact_redis_url};
-pub use task::{TaskId, TaskOutcome, TaskRecord, TaskStatus, WorkerHeartbeat};
+pub use task::{CircleOwner, TaskId, TaskOutcome, TaskRecord, TaskStatus, WorkerHeartbeat};

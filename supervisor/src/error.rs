@@ -85,6 +85,9 @@ pub enum SupervisorError {
         /// Its state.
         state: String,
     },
+    /// The circle has no live worker (no heartbeat): nothing was queued.
+    #[error("{0}; the job was not queued (start the runner, or see its status and logs)")]
+    CircleOffline(String),
     /// Redis did not answer or refused.
     #[error("Redis unavailable at {url}: {message}")]
     Redis {
@@ -129,9 +132,10 @@ impl SupervisorError {
             Self::RunnerExists(_) | Self::CircleTaken { .. } => RUNNER_EXISTS,
             Self::InvalidKey(_) => INVALID_CIRCLE_KEY,
             Self::InvalidInput(_) => INVALID_PARAMS,
-            Self::Manager { .. } | Self::NotStarted { .. } | Self::RunnerNotRunning { .. } => {
-                MANAGER_FAILURE
-            }
+            Self::Manager { .. }
+            | Self::NotStarted { .. }
+            | Self::RunnerNotRunning { .. }
+            | Self::CircleOffline(_) => MANAGER_FAILURE,
             Self::Unauthorized(_) => UNAUTHORIZED,
             Self::JobNotFound(_) => JOB_NOT_FOUND,
             Self::JobTimedOut(..) => JOB_TIMED_OUT,
@@ -173,6 +177,7 @@ impl SupervisorError {
                 url,
                 message: source.to_string(),
             },
+            e @ DispatchError::CircleOffline { .. } => Self::CircleOffline(e.to_string()),
             e => Self::Dispatch(e),
         }
     }

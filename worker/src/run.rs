@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use circles_dispatcher::protocol::{CIRCLES_SET, HEARTBEAT_TTL_SECS, worker_heartbeat_key};
+use circles_dispatcher::protocol::{
+    CIRCLES_SET, HEARTBEAT_TTL_SECS, LAST_SEEN_HASH, worker_heartbeat_key,
+};
 use circles_dispatcher::task::now_rfc3339;
 use circles_dispatcher::{CirclePublicKey, TaskOutcome, WorkerHeartbeat};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -15,7 +17,9 @@ use tokio::sync::watch;
 
 use crate::WorkerError;
 use crate::engine::{Limits, ScriptEngine};
-use crate::queue::{Taken, TaskQueue};
+use crate::lease::{HeldBy, Lease, host_name};
+use crate::memory;
+use crate::queue::{Finished, Taken, TaskQueue};
 use crate::store::{CircleStore, database_file_name};
 
 /// Everything a worker needs to know, resolved from its command line.
@@ -46,6 +50,10 @@ impl WorkerConfig {
     }
 }
 
+/// Heap allowed beyond twice the task budget before allocations fail: the
+/// worker's own buffers (a script up to the size limit, its reply, Redis
+/// connections) live there.
+const HARD_LIMIT_HEADROOM: usize = 128 * 1024 * 1024;
 /// How long one `BLMOVE` waits before the loop looks around again.
 const TAKE_WAIT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -89,9 +97,6 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let store = Arc::new(CircleStore::open(&config.db_file())?);
-    tracing::info!(db = %store.path().display(), circle = %config.circle, "circle database open");
-    let engine = Arc::new(ScriptEngine::new(store, config.limits.clone()));
     let queue = TaskQueue::new(config.circle, config.retention);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -106,31 +111,49 @@ pub async fn run(
     // Connection for the blocking BLMOVE; short commands go on `conn`.
     let mut blocking = BlockingLink::new(&config.redis_url)?;
 
-    let holder = retry(&mut stop_rx, "reading the heartbeat", || {
+    // Ownership first: a second worker for this circle, on any host,
+    // refuses here — before it opens (or creates) a database.
+    let Some(acquired) = retry(&mut stop_rx, "taking the circle's lease", || {
         let mut c = conn.clone();
-        let key = worker_heartbeat_key(&config.circle);
-        async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<String>>(&mut c)
-                .await
-        }
+        let circle = config.circle;
+        async move { Lease::acquire(&mut c, &circle).await }
     })
     .await
-    .flatten()
-    .and_then(|beat| serde_json::from_str::<WorkerHeartbeat>(&beat).ok());
-    if let Some(other) =
-        holder.filter(|b| b.pid != std::process::id() && process_serves(b.pid, &config.circle))
-    {
-        return Err(WorkerError::AlreadyServed {
-            circle: config.circle.to_hex(),
-            pid: other.pid,
-        });
+    else {
+        return Ok(());
+    };
+    let lease = match acquired {
+        Ok(lease) => lease,
+        Err(HeldBy(owner)) => {
+            return Err(WorkerError::AlreadyServed {
+                circle: config.circle.to_hex(),
+                host: owner.host,
+                pid: owner.pid,
+                since: owner.since,
+            });
+        }
+    };
+
+    // Only now, once this worker is known to be the circle's one worker:
+    // a worker that refuses to start must not leave a database behind.
+    let store = Arc::new(CircleStore::open(&config.db_file())?);
+    tracing::info!(db = %store.path().display(), circle = %config.circle, "circle database open");
+    let engine = Arc::new(ScriptEngine::new(store, config.limits.clone()));
+    if config.limits.max_memory > 0 {
+        // The per-task budget stops scripts between operations; this
+        // ceiling only catches a single operation that jumps far past it.
+        let ceiling = memory::allocated()
+            .saturating_add(config.limits.max_memory.saturating_mul(2))
+            .saturating_add(HARD_LIMIT_HEADROOM);
+        memory::set_hard_limit(Some(ceiling));
     }
 
+    // Tasks left in the processing list were taken by a worker whose lease
+    // has ended (we hold it now): it is gone, frozen past its lease, or cut
+    // off — none of them will finish these.
     let recovered = retry(&mut stop_rx, "recovering abandoned tasks", || {
-        let (queue, mut c) = (queue.clone(), conn.clone());
-        async move { queue.recover_abandoned(&mut c).await }
+        let (queue, mut c, fence) = (queue.clone(), conn.clone(), lease.value());
+        async move { queue.recover_abandoned(&mut c, &fence).await }
     })
     .await;
     if let Some(n) = recovered.filter(|n| *n > 0) {
@@ -146,12 +169,18 @@ pub async fn run(
         circle: config.circle.to_hex(),
         beat: WorkerHeartbeat {
             pid: std::process::id(),
+            host: host_name(),
+            db_dir: std::path::absolute(&config.db_dir)
+                .unwrap_or_else(|_| config.db_dir.clone())
+                .display()
+                .to_string(),
             started_at: now_rfc3339(),
             beat_at: String::new(),
             tasks_done: 0,
             version: env!("CARGO_PKG_VERSION").to_string(),
         },
         tasks_done: tasks_done.clone(),
+        lease: lease.clone(),
     };
     // Registration and first heartbeat before READY, so whoever waits on
     // readiness can already route to this circle.
@@ -170,8 +199,27 @@ pub async fn run(
     tracing::info!(circle = %config.circle, queue = %circles_dispatcher::protocol::task_queue_key(&config.circle), "worker ready");
 
     let mut backoff = Backoff::new();
+    let mut lost: Option<WorkerError> = None;
     loop {
         if *stop_rx.borrow() {
+            break;
+        }
+        // After a pause (SIGSTOP, a stalled machine) the heartbeat thread
+        // may not have noticed yet that a successor took over: confirm the
+        // lease before taking one more task.
+        if lease.needs_confirming() && !lease.is_lost() {
+            match lease.renew(&mut conn).await {
+                Ok(_) => {}
+                Err(e) => {
+                    if !backoff.wait("confirming the lease", &e, &mut stop_rx).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        if lease.is_lost() {
+            lost = Some(lost_ownership(&mut conn, &config.circle).await);
             break;
         }
         // Never cancelled: a BLMOVE dropped half-way could still move a task
@@ -212,17 +260,39 @@ pub async fn run(
         // From here on the task is ours: finish it even if asked to stop.
         let outcome = run_task(&queue, &mut conn, &engine, &raw_id).await;
         let id = raw_id.clone();
-        retry_forever("finishing a task", || {
-            let (queue, mut c, id, outcome) =
-                (queue.clone(), conn.clone(), id.clone(), outcome.clone());
-            async move { queue.finish(&mut c, &id, &outcome).await }
+        let finished = retry_forever("finishing a task", || {
+            let (queue, mut c, id, outcome, fence) = (
+                queue.clone(),
+                conn.clone(),
+                id.clone(),
+                outcome.clone(),
+                lease.value(),
+            );
+            async move { queue.finish(&mut c, &fence, &id, &outcome).await }
         })
         .await;
-        tasks_done.fetch_add(1, Ordering::Relaxed);
+        match finished {
+            Finished::Done => {
+                tasks_done.fetch_add(1, Ordering::Relaxed);
+            }
+            Finished::NotInHand => tracing::warn!(
+                task_id = %raw_id,
+                "a successor already ended this task; its result here is discarded"
+            ),
+            Finished::NotOwner => {
+                tracing::error!(task_id = %raw_id, "this worker lost its circle to another worker; the task's result here is discarded");
+                lease.mark_lost();
+            }
+        }
     }
 
     notify_stopping();
     heartbeat_thread.stop();
+    if let Some(lost) = lost {
+        // The circle is somebody else's now: its queue, heartbeat and lease
+        // are not ours to touch.
+        return Err(lost);
+    }
     tracing::info!("shutting down");
     let cleanup = async {
         if config.keep_queued_on_stop {
@@ -230,7 +300,11 @@ pub async fn run(
             tracing::info!(count = left, "queued tasks stay queued for the next worker");
         } else {
             let failed = queue
-                .fail_pending(&mut conn, "worker shut down before running this task")
+                .fail_pending(
+                    &mut conn,
+                    &lease.value(),
+                    "worker shut down before running this task",
+                )
                 .await?;
             if failed > 0 {
                 tracing::warn!(
@@ -242,7 +316,8 @@ pub async fn run(
         redis::cmd("DEL")
             .arg(worker_heartbeat_key(&config.circle))
             .query_async::<()>(&mut conn)
-            .await
+            .await?;
+        lease.release(&mut conn).await
     };
     if let Err(e) = tokio::time::timeout(Duration::from_secs(10), cleanup)
         .await
@@ -251,6 +326,24 @@ pub async fn run(
         tracing::warn!(error = %e, "could not tidy the queue on shutdown; the next worker will");
     }
     Ok(())
+}
+
+/// The error for a worker whose circle was taken over, naming the new owner.
+async fn lost_ownership(conn: &mut ConnectionManager, circle: &CirclePublicKey) -> WorkerError {
+    let owner: Option<circles_dispatcher::CircleOwner> = redis::cmd("GET")
+        .arg(circles_dispatcher::protocol::owner_key(circle))
+        .query_async::<Option<String>>(conn)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_str(&v).ok());
+    WorkerError::LostOwnership {
+        circle: circle.to_hex(),
+        owner: owner.map_or_else(
+            || "another worker".to_string(),
+            |o| format!("pid {} on host {}", o.pid, o.host),
+        ),
+    }
 }
 
 /// Loads and runs one task, turning every failure into an error outcome.
@@ -273,6 +366,13 @@ async fn run_task(
             return TaskOutcome::Error { error: reason };
         }
     };
+    // A task whose caller gave up before any worker took it (the worker was
+    // down, paused or busy) is not run: its side effects would surprise a
+    // client that was told it timed out.
+    if let Some(expired) = expired_before_run(&record) {
+        tracing::info!(task_id = %raw_id, "task expired before it ran");
+        return TaskOutcome::Error { error: expired };
+    }
     let script = record.script.unwrap_or_default();
     let caller = record.caller_id.unwrap_or_default();
     let context = queue_circle_hex(queue);
@@ -292,6 +392,21 @@ async fn run_task(
     }
 }
 
+/// The error for a task whose deadline (`created_at` + `timeout_secs`)
+/// has passed, or `None` while it may still run. Tasks without both fields
+/// (written by other tools) never expire.
+fn expired_before_run(record: &circles_dispatcher::TaskRecord) -> Option<String> {
+    let created = chrono::DateTime::parse_from_rfc3339(record.created_at.as_deref()?).ok()?;
+    let timeout = record.timeout_secs?;
+    let deadline = created + chrono::Duration::seconds(i64::try_from(timeout).ok()?);
+    (chrono::Utc::now() > deadline).then(|| {
+        format!(
+            "expired before it ran: no worker took it within its {timeout}s timeout (submitted {}), so its caller stopped waiting",
+            record.created_at.as_deref().unwrap_or_default()
+        )
+    })
+}
+
 fn queue_circle_hex(queue: &TaskQueue) -> String {
     queue.circle().to_hex()
 }
@@ -304,12 +419,19 @@ struct Heartbeat {
     circle: String,
     beat: WorkerHeartbeat,
     tasks_done: Arc<AtomicU64>,
+    /// Renewed with every beat.
+    lease: Arc<Lease>,
 }
 
 impl Heartbeat {
-    /// Refreshes the heartbeat and the registration: a Redis that restarted
-    /// empty learns about this circle again within one interval.
+    /// Renews the lease, then refreshes the heartbeat and the registration
+    /// (a Redis that restarted empty learns about this circle again within
+    /// one interval). A lost lease stops the beating: the heartbeat is the
+    /// new owner's to write.
     async fn beat(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        if self.lease.is_lost() || !self.lease.renew(conn).await? {
+            return Ok(());
+        }
         let mut beat = self.beat.clone();
         beat.beat_at = now_rfc3339();
         beat.tasks_done = self.tasks_done.load(Ordering::Relaxed);
@@ -324,6 +446,11 @@ impl Heartbeat {
             .cmd("SADD")
             .arg(CIRCLES_SET)
             .arg(&self.circle)
+            .ignore()
+            .cmd("HSET")
+            .arg(LAST_SEEN_HASH)
+            .arg(&self.circle)
+            .arg(&beat.beat_at)
             .ignore()
             .query_async(conn)
             .await
@@ -364,18 +491,6 @@ impl Heartbeat {
             thread,
         }
     }
-}
-
-/// Whether process `pid` on this host is a worker for `circle` (its command
-/// line names the circle). Two workers on one queue would end each other's
-/// tasks as abandoned. Only checked on Linux; workers on other hosts are not
-/// detected.
-fn process_serves(pid: u32, circle: &CirclePublicKey) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let cmdline = String::from_utf8_lossy(&cmdline).to_lowercase();
-    cmdline.contains(&circle.to_hex()) || cmdline.contains(&circle.to_uncompressed_hex())
 }
 
 /// The running heartbeat thread.
