@@ -137,6 +137,19 @@ fn failures_have_their_own_exit_codes() {
         "{}",
         text(&out.stderr)
     );
+    // Issue 10 item 6: the cause is said once, not once per error layer.
+    assert_eq!(
+        text(&out.stderr).matches("Connection refused").count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+    // A URL that is not a Redis URL is bad input (2), not an outage (4).
+    let out = dispatcher("http://x", &["run", "-c", KEY_ONE, "1"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: invalid Redis URL `http://x`"), "{err}");
+    assert_eq!(err.matches("did not parse").count(), 1, "{err}");
 }
 
 #[test]

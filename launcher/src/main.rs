@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", circles_dispatcher::text::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -149,7 +149,7 @@ async fn a_killed_worker_is_restarted_and_serves_again() {
     let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/{KEY_ONE}")).await;
     assert_eq!(c.play("6 * 7").await, "42");
     // The last exit is the signal, not an exit code.
-    l.wait_stderr("exited (killed by signal 9 (SIGKILL)); restarting in", UP);
+    l.wait_stderr("exited, killed by signal 9 (SIGKILL); restarting in", UP);
     l.signal("INT");
     assert_eq!(l.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(!alive(second), "worker stopped with the launcher");

@@ -217,11 +217,15 @@ impl Supervision {
                     reason,
                 } => match tracker.on_exit(served) {
                     RestartDecision::GiveUp { fast_failures } => {
+                        // Said with the same restart count the tables
+                        // show, so the message and the table agree.
+                        let restarts = self.status.borrow().restarts;
                         let why = format!(
-                            "{reason} ({fast_failures} times in a row within {:?} of starting)",
-                            self.policy.fast_failure
+                            "{reason}; gave up after {restarts} restart{} ({fast_failures} failures in a row within {:?} of starting)",
+                            if restarts == 1 { "" } else { "s" },
+                            self.policy.fast_failure,
                         );
-                        tracing::error!(child = %self.spec.name, log = %self.spec.log_file.display(), "failed, not restarting: {why}");
+                        tracing::error!(child = %self.spec.name, log = %self.spec.log_file.display(), "failed: {why}");
                         self.publish(|s| {
                             s.state = ChildState::Failed;
                             s.pid = None;
@@ -348,6 +352,14 @@ impl Supervision {
             }
         }
         die_with_parent(&mut cmd);
+        // Where this run's output starts: the error it writes before
+        // exiting is the reason people are shown.
+        let log_start = std::fs::metadata(&spec.log_file).map_or(0, |m| m.len());
+        let log_file = spec.log_file.clone();
+        let reason = move |how: String| match crate::logs::last_error_since(&log_file, log_start) {
+            Some(error) => format!("{error} ({how})"),
+            None => how,
+        };
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -359,7 +371,7 @@ impl Supervision {
             }
         };
         let pid = child.id();
-        tracing::debug!(child = %spec.name, ?pid, "spawned");
+        tracing::debug!(child = %spec.name, pid, "spawned");
         self.publish(|s| {
             s.state = ChildState::Starting;
             s.pid = pid;
@@ -372,16 +384,16 @@ impl Supervision {
                 _ = notify.ready() => {}
                 status = child.wait() => {
                     let exit = status.ok().map(ExitStatus::from_std);
-                    return exited(exit, format!("exited before becoming ready ({})", describe(exit)));
+                    return exited(exit, reason(format!("exited before becoming ready, {}", describe(exit))));
                 }
                 _ = tokio::time::sleep(ready_timeout) => {
                     let exit = self.terminate(&mut child).await;
-                    return exited(exit, format!("was not ready within {ready_timeout:?}"));
+                    return exited(exit, reason(format!("was not ready within {ready_timeout:?}")));
                 }
                 asked = self.wait_stop_or_restart() => return self.end_for(asked, &mut child).await,
             }
         }
-        tracing::info!(child = %self.spec.name, ?pid, elapsed = ?started.elapsed(), "ready");
+        tracing::info!(child = %self.spec.name, pid, elapsed = ?started.elapsed(), "ready");
         self.publish(|s| {
             s.state = ChildState::Running;
             s.reason = None;
@@ -390,7 +402,7 @@ impl Supervision {
         tokio::select! {
             status = child.wait() => {
                 let exit = status.ok().map(ExitStatus::from_std);
-                RunEnd::Exited { exit, served: ready_at.elapsed(), reason: format!("exited ({})", describe(exit)) }
+                RunEnd::Exited { exit, served: ready_at.elapsed(), reason: reason(format!("exited, {}", describe(exit))) }
             }
             asked = self.wait_stop_or_restart() => self.end_for(asked, &mut child).await,
         }

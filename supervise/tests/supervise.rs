@@ -61,7 +61,11 @@ async fn wait_state(
 async fn a_crash_loop_ends_failed_with_its_exit_code_and_reason() {
     let dir = Dir::new("crash");
     let child = SupervisedChild::spawn(
-        sh("crasher", &dir.0, "echo 'cannot start' >&2; exit 3"),
+        sh(
+            "crasher",
+            &dir.0,
+            "echo 'cannot start' >&2; echo 'error: port 7 is taken' >&2; exit 3",
+        ),
         policy(),
     );
     // Without readiness a child counts as running once spawned; wait for
@@ -72,8 +76,16 @@ async fn a_crash_loop_ends_failed_with_its_exit_code_and_reason() {
     assert_eq!(err.last_exit, Some(ExitStatus::Code(3)));
     assert_eq!(status.last_exit, err.last_exit);
     let reason = err.reason.unwrap();
-    assert!(reason.contains("exit status 3"), "{reason}");
-    assert!(reason.contains("3 times in a row"), "{reason}");
+    // The child's own last error line is the reason (issue 10 item 1),
+    // and the message counts restarts as the status does.
+    assert!(
+        reason.starts_with("port 7 is taken (exited, exit status 3)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("gave up after 2 restarts (3 failures in a row"),
+        "{reason}"
+    );
     let status = child.current();
     assert_eq!(status.restarts, 2, "restarted twice, then gave up");
     assert_eq!(status.pid, None);
@@ -83,8 +95,8 @@ async fn a_crash_loop_ends_failed_with_its_exit_code_and_reason() {
     let log = std::fs::read_to_string(dir.0.join("crasher.log")).unwrap();
     assert_eq!(log.matches("cannot start").count(), 3, "{log}");
     assert_eq!(
-        circles_supervise::logs::tail_lines(&dir.0.join("crasher.log"), 1).unwrap(),
-        ["cannot start"]
+        circles_supervise::logs::tail_lines(&dir.0.join("crasher.log"), 2).unwrap(),
+        ["cannot start", "error: port 7 is taken"]
     );
     // A restart asked for tries again with a fresh count.
     child.restart();

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", circles_dispatcher::text::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -74,7 +74,7 @@ fn kill_9_of_a_runner_a_crash_loop_and_kill_9_of_the_supervisor() {
     assert_eq!(s["state"], "failed", "{s}");
     assert_eq!(s["last_exit"], json!({"code": 3}));
     assert!(
-        s["reason"].as_str().unwrap().contains("times in a row"),
+        s["reason"].as_str().unwrap().contains("failures in a row"),
         "{s}"
     );
     assert!(

@@ -148,7 +148,7 @@ pub fn main_with(cli: WorkerArgs) -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             // Logged once (stderr is the log), not printed again.
-            tracing::error!("{e:#}");
+            tracing::error!("{}", circles_dispatcher::text::error_chain(&e));
             ExitCode::FAILURE
         }
         Err(_) => {

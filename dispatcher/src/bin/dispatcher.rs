@@ -111,8 +111,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            let message = circles_dispatcher::text::error_chain(err.as_ref());
             let (code, kind) = match err.downcast_ref::<DispatchError>() {
                 Some(DispatchError::ScriptError { .. }) => (1, "script_error"),
+                // A URL that does not parse is bad input, not a Redis outage.
+                Some(DispatchError::InvalidRedisUrl { .. }) => (2, "invalid_input"),
                 Some(DispatchError::Timeout { .. }) => (3, "timeout"),
                 Some(DispatchError::CircleOffline { .. }) => (5, "offline"),
                 Some(e) if e.is_redis() => (4, "redis"),
@@ -126,10 +129,10 @@ fn main() -> ExitCode {
                     ) => Some(task_id.to_string()),
                     _ => None,
                 };
-                let v = serde_json::json!({"ok": false, "kind": kind, "error": format!("{err:#}"), "task_id": task_id});
+                let v = serde_json::json!({"ok": false, "kind": kind, "error": message, "task_id": task_id});
                 println!("{v}");
             } else {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {message}");
             }
             ExitCode::from(code)
         }
