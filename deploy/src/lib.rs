@@ -8,11 +8,21 @@
 //!   `tf.ourworld.circles.supervisor` — and which kind a name is;
 //! - [`worker`]: a worker described once, as a `ServiceSpec` or as a
 //!   supervised child;
-//! - [`fs`]: writing a file atomically with a given mode.
+//! - [`fs`]: writing a file atomically with a given mode;
+//! - [`address`]: a circle named by name, key, key prefix or table cell;
+//! - [`status`]: what a service manager reports, in the one state model of
+//!   `circles-supervise`, with the reason of the last failure.
 
+pub mod address;
 pub mod fs;
 pub mod kinds;
+pub mod status;
 pub mod worker;
+
+/// `02abcdef…` → `circle-02abcdef`: the name of a circle given by key only.
+pub fn short_name(key: &circles_dispatcher::CirclePublicKey) -> String {
+    format!("circle-{}", &key.to_hex()[..8])
+}
 
 pub use kinds::{
     ServiceKind, circle_of, server_service_name, supervisor_service_name, worker_service_name,

@@ -161,8 +161,23 @@ impl ServiceManager {
                     if managed.last_exit.is_none()
                         && let ServiceBackend::Systemd(b) = &self.backend
                     {
-                        managed.last_exit = last_exit_from_journal(b.scope(), &name).await;
+                        managed.last_exit =
+                            circles_deploy::status::last_exit_from_journal(b.scope(), &name).await;
                     }
+                }
+                // Why it is not running: the worker's own last error, as
+                // `launcher status` shows it.
+                if matches!(
+                    managed.state,
+                    ChildState::Failed | ChildState::Backoff | ChildState::Exited
+                ) && let ServiceBackend::Systemd(b) = &self.backend
+                    && let Some(error) =
+                        circles_deploy::status::error_from_journal(b.scope(), &name).await
+                {
+                    managed.reason = Some(match managed.reason {
+                        Some(manager) => format!("{error} ({manager})"),
+                        None => error,
+                    });
                 }
                 managed
             }
@@ -251,91 +266,24 @@ impl ServiceManager {
     }
 }
 
-/// systemd's structured "unit process exited" journal message
-/// (`SD_MESSAGE_UNIT_PROCESS_EXIT`), which carries `EXIT_CODE` and
-/// `EXIT_STATUS`.
-const UNIT_PROCESS_EXIT: &str = "98e322203f7a4ed290d09fe03c09fe15";
-
-/// How the unit's last main process ended, from systemd's own journal
-/// entry about it; `None` when the journal does not say.
-async fn last_exit_from_journal(
-    scope: circles_services::ServiceScope,
-    name: &circles_services::ServiceName,
-) -> Option<ExitStatus> {
-    let mut cmd = tokio::process::Command::new("journalctl");
-    if scope == circles_services::ServiceScope::User {
-        cmd.arg("--user");
-    }
-    let unit_field = match scope {
-        circles_services::ServiceScope::System => "UNIT",
-        circles_services::ServiceScope::User => "USER_UNIT",
-    };
-    cmd.arg(format!("{unit_field}={}", name.unit_name()))
-        .arg(format!("MESSAGE_ID={UNIT_PROCESS_EXIT}"))
-        .args(["--no-pager", "--output", "json", "--lines", "1"]);
-    let lines = super::logs::command_lines(cmd, "the journal").await.ok()?;
-    let entry: serde_json::Value = serde_json::from_str(lines.last()?).ok()?;
-    let status: i32 = entry["EXIT_STATUS"].as_str()?.parse().ok()?;
-    match entry["EXIT_CODE"].as_str()? {
-        "exited" => Some(ExitStatus::Code(status)),
-        "killed" | "dumped" => Some(ExitStatus::Signal(status)),
-        _ => None,
-    }
-}
-
-/// What systemd (or launchd, in systemd's words) reports, in the one state
-/// model: `active (running)` → running, `activating (start)` → starting,
-/// `activating (auto-restart)` → backoff, `deactivating` → stopping,
-/// `failed` → failed, `inactive` → stopped (exited after a failure that
-/// nothing restarts), a unit that is neither loaded nor on disk → unknown.
+/// The unit's status in the one state model (`circles_deploy::status`,
+/// shared with `launcher status`), with the supervisor's own hint for a
+/// unit that is not installed yet.
 pub fn managed_status(s: &ServiceStatus) -> ManagedStatus {
-    let last_exit = s.last_exit().map(|(signal, n)| {
-        if signal {
-            ExitStatus::Signal(n)
-        } else {
-            ExitStatus::Code(n)
-        }
-    });
-    let state = match (s.active_state.as_str(), s.sub_state.as_str()) {
-        _ if !s.loaded && s.unit_path.is_none() => ChildState::Unknown,
-        ("active", _) | ("reloading", _) => ChildState::Running,
-        ("activating", "auto-restart") => ChildState::Backoff,
-        ("activating", _) => ChildState::Starting,
-        ("deactivating", _) => ChildState::Stopping,
-        ("failed", _) => ChildState::Failed,
-        ("inactive", _)
-            if last_exit.is_some_and(|e| !e.success() && e != ExitStatus::Signal(15)) =>
-        {
-            ChildState::Exited
-        }
-        ("inactive", _) => ChildState::Stopped,
-        _ => ChildState::Unknown,
-    };
-    let reason = match state {
+    let status = circles_deploy::status::child_status(s);
+    let reason = match status.state {
         ChildState::Unknown if !s.loaded && s.unit_path.is_none() => Some(format!(
             "`{}` is not installed (not started yet, or removed outside the supervisor); start_runner installs it",
             s.name
         )),
-        ChildState::Failed => Some(format!(
-            "`{}` is {} ({}){}",
-            s.name,
-            s.active_state,
-            s.sub_state,
-            last_exit.map(|e| format!(", last {e}")).unwrap_or_default()
-        )),
-        _ => None,
+        _ => status.reason,
     };
-    let pid = s.main_pid;
     ManagedStatus {
-        state,
-        pid,
-        started_at: pid.and_then(crate::procfs::start_time),
-        restarts: s.n_restarts.unwrap_or(0),
-        last_exit: if s.exec_main_code == Some(0) {
-            None
-        } else {
-            last_exit
-        },
+        state: status.state,
+        pid: status.pid,
+        started_at: status.pid.and_then(crate::procfs::start_time),
+        restarts: status.restarts,
+        last_exit: status.last_exit,
         reason,
     }
 }
@@ -344,52 +292,22 @@ pub fn managed_status(s: &ServiceStatus) -> ManagedStatus {
 mod tests {
     use super::*;
 
-    fn status(active: &str, sub: &str, code: Option<i32>, exit: Option<i32>) -> ServiceStatus {
-        ServiceStatus {
+    #[test]
+    fn a_unit_not_installed_says_how_to_install_it() {
+        let gone = ServiceStatus {
             name: circles_services::ServiceName::new("tf.ourworld.circles.circle-worker-x")
                 .unwrap(),
-            loaded: true,
-            active_state: active.into(),
-            sub_state: sub.into(),
+            loaded: false,
+            active_state: "inactive".into(),
+            sub_state: "dead".into(),
             main_pid: None,
-            n_restarts: Some(3),
-            exec_main_status: exit,
-            exec_main_code: code,
-            unit_path: Some("/etc/systemd/system/x.service".into()),
-        }
-    }
-
-    #[test]
-    fn systemd_states_map_onto_the_one_model() {
-        for (active, sub, want) in [
-            ("active", "running", ChildState::Running),
-            ("activating", "start", ChildState::Starting),
-            ("activating", "auto-restart", ChildState::Backoff),
-            ("deactivating", "stop-sigterm", ChildState::Stopping),
-            ("failed", "failed", ChildState::Failed),
-            ("inactive", "dead", ChildState::Stopped),
-            ("maintenance", "x", ChildState::Unknown),
-        ] {
-            let m = managed_status(&status(active, sub, Some(1), Some(0)));
-            assert_eq!(m.state, want, "{active} ({sub})");
-            assert_eq!(m.restarts, 3);
-        }
-        let killed = managed_status(&status("activating", "auto-restart", Some(2), Some(9)));
-        assert_eq!(
-            killed.last_exit,
-            Some(ExitStatus::Signal(9)),
-            "SIGKILL is not exit 9"
-        );
-        let exited = managed_status(&status("failed", "failed", Some(1), Some(3)));
-        assert_eq!(exited.last_exit, Some(ExitStatus::Code(3)));
-        assert!(exited.reason.unwrap().contains("last exit status 3"));
-        let never = managed_status(&status("inactive", "dead", Some(0), Some(0)));
-        assert_eq!(never.last_exit, None, "nothing ran yet");
-        let mut gone = status("inactive", "dead", None, None);
-        gone.loaded = false;
-        gone.unit_path = None;
-        let gone = managed_status(&gone);
-        assert_eq!(gone.state, ChildState::Unknown);
-        assert!(gone.reason.unwrap().contains("not installed"));
+            n_restarts: None,
+            exec_main_status: None,
+            exec_main_code: None,
+            unit_path: None,
+        };
+        let m = managed_status(&gone);
+        assert_eq!(m.state, ChildState::Unknown);
+        assert!(m.reason.unwrap().contains("start_runner installs it"));
     }
 }
