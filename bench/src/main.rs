@@ -65,7 +65,10 @@ async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", circles_dispatcher::text::error_chain(err.as_ref()));
+            eprintln!(
+                "error: {}",
+                circles_dispatcher::text::error_chain(err.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

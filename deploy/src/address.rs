@@ -228,7 +228,12 @@ mod tests {
             assert!(err.contains(n), "{err}");
         }
         let err = name("ourwrld").unwrap_err();
-        assert!(err.starts_with("no circle `ourwrld` here: known circles are ourworld (02c6047f…709ee5), threefold"), "{err}");
+        assert!(
+            err.starts_with(
+                "no circle `ourwrld` here: known circles are ourworld (02c6047f…709ee5), threefold"
+            ),
+            "{err}"
+        );
         let err = resolve("x", &[]).unwrap_err().to_string();
         assert!(err.contains("no circles are known"), "{err}");
         // A hostile query is quoted clipped.

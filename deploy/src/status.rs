@@ -166,7 +166,9 @@ pub async fn error_from_journal(scope: ServiceScope, name: &ServiceName) -> Opti
         .iter()
         .rev()
         .find_map(|l| circles_supervise::logs::error_message(l))?;
-    Some(circles_dispatcher::text::clip(error, circles_supervise::logs::MAX_REASON_LEN).into_owned())
+    Some(
+        circles_dispatcher::text::clip(error, circles_supervise::logs::MAX_REASON_LEN).into_owned(),
+    )
 }
 
 /// Runs a journal query; its stdout lines, or `None` when it cannot run,

@@ -68,7 +68,10 @@ mod tests {
         assert_eq!(line.matches("refused").count(), 1, "{line}");
         // A message that does not: the cause is added.
         let e = Silent { source: refused() };
-        assert_eq!(error_chain(&e), format!("reading the config: {}", refused()));
+        assert_eq!(
+            error_chain(&e),
+            format!("reading the config: {}", refused())
+        );
         // Through anyhow's context layers as well.
         let e = anyhow::Error::new(Quoting {
             what: "failed to read init script x.rhai",
@@ -76,7 +79,10 @@ mod tests {
         })
         .context("loading circles");
         let line = error_chain(e.as_ref());
-        assert!(line.starts_with("loading circles: failed to read init script x.rhai: "), "{line}");
+        assert!(
+            line.starts_with("loading circles: failed to read init script x.rhai: "),
+            "{line}"
+        );
         assert_eq!(line.matches("not found").count(), 1, "{line}");
     }
 

@@ -148,7 +148,10 @@ fn failures_have_their_own_exit_codes() {
     let out = dispatcher("http://x", &["run", "-c", KEY_ONE, "1"], None);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(err.starts_with("error: invalid Redis URL `http://x`"), "{err}");
+    assert!(
+        err.starts_with("error: invalid Redis URL `http://x`"),
+        "{err}"
+    );
     assert_eq!(err.matches("did not parse").count(), 1, "{err}");
 }
 

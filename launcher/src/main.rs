@@ -29,7 +29,10 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {}", circles_dispatcher::text::error_chain(err.as_ref()));
+            eprintln!(
+                "error: {}",
+                circles_dispatcher::text::error_chain(err.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

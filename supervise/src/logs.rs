@@ -126,11 +126,23 @@ mod tests {
                 "2026-12-01T18:31:51.259861Z ERROR circles_worker::cli: circle 02ab is already served by pid 7 on host h",
                 Some("circle 02ab is already served by pid 7 on host h"),
             ),
-            ("2026-12-01T18:31:51Z ERROR oops: it broke", Some("oops: it broke")),
+            (
+                "2026-12-01T18:31:51Z ERROR oops: it broke",
+                Some("oops: it broke"),
+            ),
             ("ERROR circles_worker::run: lost", Some("lost")),
-            ("error: invalid public key `zz`", Some("invalid public key `zz`")),
-            ("2026-12-01T18:31:51Z  WARN circles_worker::run: Redis error", None),
-            ("2026-12-01T18:31:51Z  INFO an ERROR in the middle of a message", None),
+            (
+                "error: invalid public key `zz`",
+                Some("invalid public key `zz`"),
+            ),
+            (
+                "2026-12-01T18:31:51Z  WARN circles_worker::run: Redis error",
+                None,
+            ),
+            (
+                "2026-12-01T18:31:51Z  INFO an ERROR in the middle of a message",
+                None,
+            ),
             ("error: ", None),
             ("plain output", None),
         ] {

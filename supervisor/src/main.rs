@@ -30,7 +30,10 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {}", circles_dispatcher::text::error_chain(err.as_ref()));
+            eprintln!(
+                "error: {}",
+                circles_dispatcher::text::error_chain(err.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

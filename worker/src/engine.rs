@@ -209,6 +209,7 @@ impl ScriptEngine {
             None
         });
         register_db_api(&mut engine, store, limits.max_value_depth);
+        register_clock(&mut engine);
         Self {
             engine,
             limits,
@@ -468,6 +469,16 @@ fn store_err(e: crate::store::StoreError) -> Box<EvalAltResult> {
     e.to_string().into()
 }
 
+/// Wall-clock time for scripts. Rhai's own `timestamp()` is a monotonic
+/// instant, good for measuring (`timestamp().elapsed`) but not for saying
+/// *when* something happened: stored, it reads as 0.
+/// - `now()`: the current time, RFC 3339 in UTC (`2026-12-01T18:43:36.588Z`);
+/// - `unix_time()`: seconds since 1970-01-01 UTC.
+fn register_clock(engine: &mut Engine) {
+    engine.register_fn("now", circles_dispatcher::task::now_rfc3339);
+    engine.register_fn("unix_time", || chrono::Utc::now().timestamp());
+}
+
 fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, max_depth: usize) {
     let s = store.clone();
     engine.register_fn(
@@ -539,6 +550,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(CircleStore::open(&dir.path().join("db.redb")).unwrap());
         (dir, ScriptEngine::new(store, limits))
+    }
+
+    #[test]
+    fn scripts_can_tell_the_time() {
+        let (_d, e) = engine(Limits::default());
+        let before = chrono::Utc::now().timestamp();
+        let t: i64 = e
+            .run("unix_time()", "c", "c", None)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((before..before + 60).contains(&t), "{t}");
+        let now = e.run("now()", "c", "c", None).unwrap();
+        let parsed = chrono::DateTime::parse_from_rfc3339(&now).unwrap();
+        assert!((parsed.timestamp() - before).abs() < 60, "{now}");
+    }
+
+    #[test]
+    fn the_ourworld_init_script_records_when_members_joined() {
+        // Issue 10 item 8: `joined` was `timestamp().elapsed`, 0 for all.
+        let (_d, e) = engine(Limits::default());
+        let script = include_str!("../../scripts/ourworld.rhai");
+        assert_eq!(
+            e.run(script, "c", "c", None).unwrap(),
+            "OurWorld: 3 members"
+        );
+        let members: serde_json::Value =
+            serde_json::from_str(&e.run(r#"db_list("members:")"#, "c", "c", None).unwrap())
+                .unwrap();
+        let members = members.as_object().unwrap();
+        assert_eq!(members.len(), 3);
+        for member in members.values() {
+            let joined = member["joined"].as_str().unwrap();
+            let at = chrono::DateTime::parse_from_rfc3339(joined).unwrap();
+            let age = chrono::Utc::now().signed_duration_since(at);
+            assert!(age.num_seconds().abs() < 60, "{joined}");
+        }
     }
 
     #[test]

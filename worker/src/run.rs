@@ -627,13 +627,23 @@ async fn connect(
         url: url.into(),
         source,
     })?;
+    // One retry inside the manager, not its default six: those add up to
+    // ~9.5 s of silence before the first failure surfaces here, to be
+    // logged. Our own backoff (logged at every attempt) does the rest.
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(1)
         .set_max_delay(BACKOFF_MAX);
     let mut backoff = Backoff::new();
     loop {
-        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+        // A stop during an attempt ends it at once (SIGTERM while Redis is
+        // down must not wait for the connection timeout).
+        let attempt = tokio::select! {
+            attempt = ConnectionManager::new_with_config(client.clone(), config.clone()) => attempt,
+            _ = stop.changed() => return Ok(None),
+        };
+        match attempt {
             Ok(conn) => return Ok(Some(conn)),
             Err(e) => {
                 if !backoff

@@ -27,6 +27,20 @@ pub enum StoreError {
         /// What redb said.
         source: Box<redb::DatabaseError>,
     },
+    /// Another process has the file open (redb locks it): another worker of
+    /// the same circle on the same data directory, most likely one that
+    /// uses another Redis (with the same Redis, the circle's lease stops a
+    /// second worker before it gets here).
+    #[error(
+        "circle database {path} is in use by {holder}; a circle database has one worker at a time: stop that one, or give this worker its own --db-path"
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+        /// Who holds it: `pid 4242 (worker --circle-public-key …)`, or
+        /// `another process` when the system does not say.
+        holder: String,
+    },
     /// A read or write failed.
     #[error("circle database {path}: {message}")]
     Access {
@@ -42,6 +56,48 @@ pub enum StoreError {
 pub struct CircleStore {
     db: Database,
     path: PathBuf,
+}
+
+/// The process holding the whole-file lock of `path`, from `/proc/locks`
+/// (Linux; `None` elsewhere or when the lock is not found): `pid 4242
+/// (worker --circle-public-key 02… --db-path …)`.
+fn lock_holder(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let dev = meta.dev();
+    // The kernel's major/minor split of a device number, as /proc/locks
+    // prints it (hex, `fe:00:<inode>`).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let id = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid: u32 = locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // `9: FLOCK ADVISORY WRITE 996 fe:00:10010764 0 EOF`; OFD locks
+        // have no pid (-1) and waiters are marked `->`.
+        match fields.as_slice() {
+            [_, "FLOCK" | "POSIX", _, _, pid, file, ..] if *file == id => pid.parse().ok(),
+            _ => None,
+        }
+    })?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let command: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Some(if command.is_empty() {
+        format!("pid {pid}")
+    } else {
+        let program = std::path::Path::new(&command[0])
+            .file_name()
+            .map_or_else(|| command[0].clone(), |n| n.to_string_lossy().into_owned());
+        let args = std::iter::once(program)
+            .chain(command[1..].iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("pid {pid} ({})", circles_dispatcher::text::clip(&args, 300))
+    })
 }
 
 /// File name of a circle's database inside the data directory.
@@ -61,9 +117,15 @@ impl CircleStore {
                 message: format!("cannot create directory {}: {e}", parent.display()),
             })?;
         }
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source: Box::new(source),
+        let db = Database::create(path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_path_buf(),
+                holder: lock_holder(path).unwrap_or_else(|| "another process".into()),
+            },
+            source => StoreError::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            },
         })?;
         let store = Self {
             db,
@@ -156,6 +218,23 @@ impl CircleStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_database_open_elsewhere_names_the_process_holding_it() {
+        // Issue 10 item 6: not redb's "Database already open. Cannot
+        // acquire lock." but who holds it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(database_file_name("02ab"));
+        let _first = CircleStore::open(&path).unwrap();
+        let err = CircleStore::open(&path).unwrap_err().to_string();
+        let me = format!("is in use by pid {} (", std::process::id());
+        assert!(err.contains(&me), "{err}");
+        assert!(
+            err.contains("stop that one, or give this worker its own --db-path"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn values_survive_reopen_and_ids_increase() {

@@ -425,3 +425,80 @@ async fn a_second_worker_for_a_live_circle_refuses_without_touching_its_tasks() 
     assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
     assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
 }
+
+#[test]
+fn two_workers_of_a_circle_on_one_data_directory_say_who_holds_it() {
+    // Two Redis servers, so the circle's lease cannot tell the workers
+    // apart: the database lock is what stops the second (issue 10 item 6).
+    let (redis_a, redis_b) = (RedisServer::start(), RedisServer::start());
+    let db = tempfile::tempdir().unwrap();
+    let first = WorkerProcess::start(&redis_a, KEY_ONE, db.path(), &[], &[]);
+    let out = WorkerProcess::command(&redis_b, KEY_ONE, db.path(), &[])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let holder = format!("is in use by pid {} (worker --redis-url", first.pid());
+    assert!(err.contains(&holder), "{err}");
+    assert!(!err.contains("Cannot acquire lock"), "{err}");
+    assert_eq!(err.matches(" ERROR ").count(), 1, "said once: {err}");
+}
+
+#[test]
+fn with_redis_down_the_worker_says_so_at_once_and_stops_at_once() {
+    // Issue 10 item 7: silent for ~9.5 s, then 4 s to exit on SIGTERM.
+    use std::io::BufRead;
+    let db = tempfile::tempdir().unwrap();
+    let nobody = format!("redis://127.0.0.1:{}", circles_test_support::free_port());
+    let mut child = std::process::Command::new(binary("worker"))
+        .args([
+            "--redis-url",
+            &nobody,
+            "--circle-public-key",
+            KEY_ONE,
+            "--db-path",
+        ])
+        .arg(db.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(3))
+        .expect("a log line within 3 s of starting with Redis down");
+    assert!(first.contains("Redis error while connecting"), "{first}");
+    assert!(first.contains("Connection refused"), "{first}");
+    let logged_after = started.elapsed();
+    let stop = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = wait_until("the worker to exit", Duration::from_secs(10), || {
+        child.try_wait().unwrap()
+    });
+    let stopped_after = stop.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        stopped_after < Duration::from_millis(1500),
+        "SIGTERM took {stopped_after:?} (first log after {logged_after:?})"
+    );
+    // Nothing was created for a circle it never served.
+    assert_eq!(std::fs::read_dir(db.path()).unwrap().count(), 0);
+}
