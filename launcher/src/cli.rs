@@ -1,10 +1,14 @@
 //! The launcher's command line, as clap structs that do no I/O. The
 //! [`crate::settings`] module turns them into validated settings.
+//!
+//! Each subcommand takes only the options that apply to it (`keygen
+//! --help` lists `--json` and nothing else); the launch itself takes them
+//! all.
 
 use std::path::PathBuf;
 
 use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Default data directory: circle databases, generated keys, rendered
 /// service files, logs.
@@ -13,13 +17,13 @@ pub const DEFAULT_DATA_DIR: &str = "launch_data";
 pub const DEFAULT_CONFIG_FILE: &str = "circles.json";
 
 /// Bring circles up: their workers and one WebSocket server, as child
-/// processes or as systemd/launchd services.
+/// processes (development) or as systemd/launchd services (production).
 #[derive(Parser, Debug)]
 #[command(
     name = "launcher",
     version,
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  launcher -c 02abc…:scripts/ourworld.rhai\n  launcher examples/circles.json\n  launcher --use-service-manager --worker-binary target/release/worker -c 02abc…\n  launcher status --json\n  launcher cleanup"
+    after_help = LAUNCHER_EXAMPLES
 )]
 pub struct Cli {
     /// What to do; without a subcommand, launch circles.
@@ -33,30 +37,128 @@ pub struct Cli {
     pub common: CommonArgs,
 }
 
-/// Options shared by launching and the subcommands.
+const LAUNCHER_EXAMPLES: &str = "\
+Examples:
+  # The demo circles as child processes, with their init scripts
+  # (a private redis-server is started if none answers):
+  launcher examples/circles.json
+
+  # A circle by key, with an init script (keys from `launcher keygen`):
+  launcher -c 02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5:scripts/ourworld.rhai
+
+  # As systemd/launchd services that stay up after the launcher exits:
+  launcher --use-service-manager --worker-binary target/release/worker examples/circles.json
+  launcher status                # state, restarts, last exit, reason
+  launcher logs ourworld -f      # a circle by name, key or key prefix
+  launcher cleanup               # remove every circle service
+
+Exit status: 0 when every circle is up (or the subcommand succeeded), 1 when
+a circle could not be served or an init script failed (the reasons are
+printed), 2 for a command-line mistake.";
+
+impl Cli {
+    /// Parses the process's arguments, exiting with clap's message (and
+    /// status 2) on a mistake — including a mistyped subcommand, which clap
+    /// alone would take for the name of a circles.json (`launcher stauts`).
+    pub fn parse_args() -> Self {
+        Self::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Self::parse_args`] over given arguments (the first is the program).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Self::try_parse_from(args)?;
+        if cli.command.is_none()
+            && let Some(word) = &cli.launch.config
+        {
+            check_not_a_mistyped_subcommand(word)?;
+        }
+        Ok(cli)
+    }
+
+    /// The shared options of whatever runs: the launch's, or the
+    /// subcommand's own.
+    pub fn common(&self) -> CommonArgs {
+        match &self.command {
+            Some(Command::Cleanup { common, .. } | Command::Status { common, .. }) => {
+                common.clone()
+            }
+            Some(Command::Logs(logs)) => logs.common(),
+            Some(Command::Keygen { .. } | Command::RunWorker(_) | Command::Serve(_)) | None => {
+                self.common.clone()
+            }
+        }
+    }
+}
+
+/// A config path that does not exist, looks like a word rather than a file
+/// name, and is close to a subcommand's name is a mistyped subcommand:
+/// answer as clap does for one (`unrecognized subcommand 'stauts'`, `tip:
+/// a similar subcommand exists: 'status'`) rather than "cannot read
+/// stauts".
+fn check_not_a_mistyped_subcommand(word: &std::path::Path) -> Result<(), clap::Error> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let Some(text) = word.to_str() else {
+        return Ok(());
+    };
+    let looks_like_a_word =
+        !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !looks_like_a_word || word.exists() {
+        return Ok(());
+    }
+    let mut cmd = Cli::command();
+    // clap's own measure and threshold for "did you mean".
+    let best = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| s.get_name().to_string())
+        .map(|name| (strsim::jaro(text, &name), name))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let Some((_, suggestion)) = best else {
+        return Ok(());
+    };
+    let usage = cmd.render_usage();
+    let mut err = clap::Error::new(ErrorKind::InvalidSubcommand).with_cmd(&cmd);
+    err.insert(
+        ContextKind::InvalidSubcommand,
+        ContextValue::String(text.to_string()),
+    );
+    err.insert(
+        ContextKind::SuggestedSubcommand,
+        ContextValue::String(suggestion),
+    );
+    err.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
+    Err(err)
+}
+
+/// Options shared by launching, `status` and `cleanup`.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Redis URL [default: redis://127.0.0.1:6379; for status and cleanup,
     /// the one the services were installed with].
-    #[arg(long, global = true, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
     /// Data directory (databases, keys, service files, logs).
-    #[arg(long, global = true, default_value = DEFAULT_DATA_DIR)]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Debug logging (same as -v).
-    #[arg(short, long, global = true)]
+    #[arg(short, long)]
     pub debug: bool,
     /// More logging; repeat for more (-vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Use system services (default when root).
-    #[arg(long, global = true, conflicts_with = "user")]
+    #[arg(long, conflicts_with = "user")]
     pub system: bool,
     /// Use per-user services (default when not root).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub user: bool,
     /// Service templates directory overriding the built-in ones.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub templates_dir: Option<PathBuf>,
 }
 
@@ -105,26 +207,36 @@ pub struct LaunchArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Stop, disable and delete every circle service (everything named tf.ourworld.circles.*).
+    #[command(after_help = "Examples:\n  launcher cleanup\n  launcher cleanup --json --user")]
     Cleanup {
         /// Print what was removed as JSON.
         #[arg(long)]
         json: bool,
+        /// Where and how.
+        #[command(flatten)]
+        common: CommonArgs,
     },
-    /// Show every installed circle service: state, PID, restarts, last exit, queue, heartbeat.
+    /// Show every installed circle service: state, PID, restarts, last exit,
+    /// queue, heartbeat, init outcome, and why whatever is not running is not.
+    #[command(
+        after_help = "Examples:\n  launcher status\n  launcher status --json | jq '.[] | select(.state != \"running\")'\n\nStates: starting, running, backoff (restarting after an exit), stopping, stopped,\nexited, failed (gave up restarting), offline (running, but no live heartbeat in\nRedis: frozen or cut off), unknown."
+    )]
     Status {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Where and how.
+        #[command(flatten)]
+        common: CommonArgs,
     },
-    /// Show a circle's worker logs (or `server` for the WebSocket server).
-    Logs {
-        /// Circle public key, or `server`.
-        circle: String,
-        /// Keep following.
-        #[arg(short, long)]
-        follow: bool,
-    },
+    /// Show a circle's worker log: the journal of its service, or its log
+    /// file from a direct run (`server` for the WebSocket server).
+    #[command(
+        after_help = "Examples:\n  launcher logs ourworld          # by name\n  launcher logs 02c6 -f           # by key prefix, following\n  launcher logs 02c6047f…709ee5   # as the status table shows it\n  launcher logs server"
+    )]
+    Logs(LogsArgs),
     /// Print a fresh circle keypair.
+    #[command(after_help = "Examples:\n  launcher keygen\n  launcher keygen --json")]
     Keygen {
         /// Machine-readable output.
         #[arg(long)]
@@ -136,6 +248,51 @@ pub enum Command {
     /// Run the WebSocket server (the launcher's built-in server; same options as `server`).
     #[command(hide = true)]
     Serve(circles_server::cli::ServerArgs),
+}
+
+/// `launcher logs`.
+#[derive(Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// The circle: its name, full key, a key prefix, or the shortened key of
+    /// the status table; `server` for the WebSocket server.
+    pub circle: String,
+    /// Keep following.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Data directory (names of circles, direct-mode log files).
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// System services (default when root).
+    #[arg(long, conflicts_with = "user")]
+    pub system: bool,
+    /// Per-user services (default when not root).
+    #[arg(long)]
+    pub user: bool,
+    /// Debug logging (same as -v).
+    #[arg(short, long)]
+    pub debug: bool,
+    /// More logging; repeat for more (-vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Accepted for scripts that pass the same options to every
+    /// subcommand; logs do not need Redis.
+    #[arg(long, env = "REDIS_URL", hide = true)]
+    pub redis_url: Option<String>,
+}
+
+impl LogsArgs {
+    /// The shared options these flags amount to.
+    pub fn common(&self) -> CommonArgs {
+        CommonArgs {
+            redis_url: self.redis_url.clone(),
+            data_dir: self.data_dir.clone(),
+            debug: self.debug,
+            verbose: self.verbose,
+            system: self.system,
+            user: self.user,
+            templates_dir: None,
+        }
+    }
 }
 
 impl Default for CommonArgs {

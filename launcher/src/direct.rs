@@ -8,6 +8,11 @@
 //! [`MAX_FAST_FAILURES`] failures in a row, each within [`FAST_FAILURE`] of
 //! its start, it is marked failed instead of looping forever.
 //!
+//! After start-up [`DirectLaunch::outcome`] says how it went, in the terms
+//! service mode uses: every circle up; some up (the rest failed, with their
+//! reasons — the launch goes on with those that are up); none up (the run
+//! fails); or an init script failed (the run fails, as in service mode).
+//!
 //! No orphans: workers get the kernel's parent-death signal and the
 //! launcher's PID (`CIRCLES_LAUNCHER_PID`), and shutdown SIGTERMs them,
 //! waits [`STOP_GRACE`], then SIGKILLs stragglers. The Redis URL reaches
@@ -55,6 +60,8 @@ pub fn restart_policy() -> RestartPolicy {
 struct WorkerEntry {
     spec: CircleSpec,
     child: SupervisedChild,
+    /// Where its output goes.
+    log_file: std::path::PathBuf,
     init: Mutex<String>,
 }
 
@@ -77,6 +84,37 @@ pub struct DirectLaunch {
     server_addr: std::net::SocketAddr,
     local_redis: Option<LocalRedis>,
     dispatcher: Dispatcher,
+    /// Init scripts that failed: (circle name, error).
+    init_failures: Vec<(String, String)>,
+}
+
+/// How a direct-mode start went; see [`DirectLaunch::outcome`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// Every circle serves.
+    AllUp {
+        /// How many.
+        total: usize,
+    },
+    /// Some serve; the others failed.
+    SomeUp {
+        /// How many serve.
+        up: usize,
+        /// How many there are.
+        total: usize,
+        /// (circle name, why) of those that do not.
+        failed: Vec<(String, String)>,
+    },
+    /// None serves.
+    NoneUp {
+        /// (circle name, why) of each.
+        failed: Vec<(String, String)>,
+    },
+    /// An init script failed (whatever else happened).
+    InitFailed {
+        /// (circle name, the script's error).
+        failures: Vec<(String, String)>,
+    },
 }
 
 impl DirectLaunch {
@@ -150,6 +188,7 @@ impl DirectLaunch {
             .circles
             .iter()
             .map(|spec| WorkerEntry {
+                log_file: log_dir.join(format!("{}.log", spec.name)),
                 child: SupervisedChild::spawn(
                     circles_deploy::worker_child_spec(
                         &circles_deploy::WorkerService {
@@ -194,7 +233,7 @@ impl DirectLaunch {
                 })
             })
             .collect();
-        let progress = progress_bar(settings.circles.len());
+        let progress = crate::progress::starting_bar(settings.circles.len());
         // Ready or given up: either way the launch goes on, and the table
         // shows which.
         let ready = table.entries.iter().map(|e| {
@@ -207,7 +246,8 @@ impl DirectLaunch {
         futures_util::future::join_all(ready).await;
         progress.finish_and_clear();
 
-        let launch = Self {
+        let mut launch = Self {
+            init_failures: Vec::new(),
             server_task: started.server.take(),
             local_redis: started.local_redis.take(),
             settings,
@@ -223,7 +263,7 @@ impl DirectLaunch {
 
     /// Sends each ready circle's init script and records the outcome for
     /// the table.
-    async fn run_init_scripts(&self) {
+    async fn run_init_scripts(&mut self) {
         let mut ready = Vec::new();
         for entry in &self.table.entries {
             if entry.spec.init_script.is_none() {
@@ -238,7 +278,48 @@ impl DirectLaunch {
         for (key, outcome) in
             crate::init::run_init_scripts(&self.dispatcher, ready, self.settings.init_timeout).await
         {
+            if let crate::init::InitOutcome::Failed(message) = &outcome
+                && let Some(entry) = self.table.entries.iter().find(|e| e.spec.key == key)
+            {
+                self.init_failures
+                    .push((entry.spec.name.clone(), message.clone()));
+            }
             self.set_init(&key, outcome.summary());
+        }
+    }
+
+    /// How the start went: which circles serve, which do not and why,
+    /// whether an init script failed. The caller decides what follows (the
+    /// binary: fail the run when none serves or an init script failed).
+    pub fn outcome(&self) -> StartOutcome {
+        if !self.init_failures.is_empty() {
+            return StartOutcome::InitFailed {
+                failures: self.init_failures.clone(),
+            };
+        }
+        let total = self.table.entries.len();
+        let failed: Vec<(String, String)> = self
+            .table
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let status = e.child.current();
+                (status.state != circles_supervise::ChildState::Running).then(|| {
+                    let why = status.reason.unwrap_or_else(|| {
+                        format!("{} (see {})", status.state, e.log_file.display())
+                    });
+                    (e.spec.name.clone(), why)
+                })
+            })
+            .collect();
+        match failed.len() {
+            0 => StartOutcome::AllUp { total },
+            n if n == total => StartOutcome::NoneUp { failed },
+            n => StartOutcome::SomeUp {
+                up: total - n,
+                total,
+                failed,
+            },
         }
     }
 
@@ -273,38 +354,42 @@ impl DirectLaunch {
             .collect()
     }
 
-    /// Current rows for the status table (queue depths read from Redis).
+    /// Current rows for the status table (queue depths and heartbeats read
+    /// from Redis), decided as `launcher status` decides them.
     pub async fn status_rows(&self) -> Vec<StatusRow> {
         let mut conn = self.dispatcher.connection();
         let mut rows = Vec::new();
         for entry in &self.table.entries {
-            let status = entry.child.current();
-            let (queue, heartbeat) =
-                crate::status::queue_and_heartbeat(&mut conn, &entry.spec.key).await;
-            rows.push(StatusRow {
-                name: entry.spec.name.clone(),
-                public_key: entry.spec.key.to_hex(),
-                state: status.state.to_string(),
-                pid: status.pid,
-                restarts: Some(status.restarts),
-                last_exit: status.last_exit,
-                queue,
-                heartbeat,
-                init: entry.init.lock().expect("init outcome").clone(),
-                url: self.ws_url(&entry.spec.key),
-            });
+            let process = entry.child.current();
+            let redis = crate::status::redis_view(&mut conn, &entry.spec.key).await;
+            rows.push(StatusRow::circle(
+                entry.spec.name.clone(),
+                &entry.spec.key,
+                &process,
+                &redis,
+                entry.init.lock().expect("init outcome").clone(),
+                self.ws_url(&entry.spec.key),
+            ));
         }
         rows
     }
 
     /// Runs until `shutdown` resolves, printing the status table now and
-    /// again whenever a worker changes state.
+    /// again whenever what it shows changes (a state, a restart, a reason;
+    /// not a heartbeat's time): never the same table twice.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>, print_tables: bool) {
         tokio::pin!(shutdown);
         let mut changes = self.table.version.subscribe();
-        if print_tables {
-            println!("{}", crate::status::render_table(&self.status_rows().await));
-        }
+        let mut shown: Vec<StatusRow> = Vec::new();
+        let show = |shown: &mut Vec<StatusRow>, rows: Vec<StatusRow>| {
+            let same = shown.len() == rows.len()
+                && shown.iter().zip(&rows).all(|(a, b)| a.same_picture(b));
+            if print_tables && !same {
+                println!("{}", crate::status::render_report(&rows));
+            }
+            *shown = rows;
+        };
+        show(&mut shown, self.status_rows().await);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -312,9 +397,7 @@ impl DirectLaunch {
                     changes.mark_unchanged();
                     // Let a burst of changes settle into one table.
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    if print_tables {
-                        println!("{}", crate::status::render_table(&self.status_rows().await));
-                    }
+                    show(&mut shown, self.status_rows().await);
                 }
             }
         }
@@ -363,16 +446,4 @@ impl StartedSoFar {
             r.stop().await;
         }
     }
-}
-
-fn progress_bar(n: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(n as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} starting circles {pos}/{len} {wide_bar} {elapsed}",
-        )
-        .expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar
 }

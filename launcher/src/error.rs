@@ -64,6 +64,16 @@ pub enum LaunchError {
         /// What we wanted it for.
         purpose: String,
     },
+    /// A Redis URL the client cannot use.
+    #[error(
+        "invalid Redis URL `{url}`: {reason} (expected redis://[:password@]host[:port][/db], rediss://… or unix:///path/to/redis.sock)"
+    )]
+    InvalidRedisUrl {
+        /// The URL (shown redacted).
+        url: circles_dispatcher::RedisUrl,
+        /// What the parser said.
+        reason: String,
+    },
     /// Nothing answers at the Redis URL (and we will not start one).
     #[error("Redis unreachable at {url}: {reason}")]
     RedisUnreachable {
@@ -119,6 +129,32 @@ pub enum LaunchError {
         /// Why (exit status, timeout, last log lines).
         reason: String,
     },
+    /// Direct mode: not one circle could be served; everything the run
+    /// started was stopped again.
+    #[error(
+        "no circle could be served; stopped everything this run started:{}",
+        lines(failures)
+    )]
+    NothingServed {
+        /// (circle name, why).
+        failures: Vec<(String, String)>,
+    },
+    /// Init scripts failed. Direct mode stops what it started; service mode
+    /// leaves the services installed and running.
+    #[error("{}{}", init_failures(failures), if *services_kept {
+        "\nthe services stay installed and running: fix the script and run again (only circles whose script changed are restarted)"
+    } else {
+        "\nstopped everything this run started"
+    })]
+    InitFailed {
+        /// (circle name, the script's error).
+        failures: Vec<(String, String)>,
+        /// Whether the circles keep running (service mode).
+        services_kept: bool,
+    },
+    /// A circle name, key or prefix that names no circle, or several.
+    #[error(transparent)]
+    Address(#[from] circles_deploy::address::AddressError),
     /// A private redis-server could not be started.
     #[error("could not start a private redis-server: {0}")]
     LocalRedis(String),
@@ -145,6 +181,23 @@ pub enum LaunchError {
 }
 
 const DEFAULT_HINT: &str = "no ./circles.json found either";
+
+/// `\n  name: reason` per entry.
+fn lines(items: &[(String, String)]) -> String {
+    items
+        .iter()
+        .map(|(name, why)| format!("\n  {name}: {why}"))
+        .collect()
+}
+
+/// `init script of circle X failed: …`, one line per circle.
+fn init_failures(items: &[(String, String)]) -> String {
+    items
+        .iter()
+        .map(|(name, why)| format!("init script of circle {name} failed: {why}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 impl LaunchError {
     /// An I/O error while doing `what`.

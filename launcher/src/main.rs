@@ -4,26 +4,27 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use circles_dispatcher::CircleKeypair;
-use circles_launcher::cli::{Cli, Command};
-use circles_launcher::direct::DirectLaunch;
+use circles_launcher::LaunchError;
+use circles_launcher::cli::{Cli, Command, CommonArgs};
+use circles_launcher::direct::{DirectLaunch, StartOutcome};
 use circles_launcher::settings::{LaunchSettings, resolve_worker_program};
 use circles_launcher::{service_mode, status};
-use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     // The built-in worker sets up its own logging and runtime.
     match cli.command {
         Some(Command::RunWorker(args)) => return circles_worker::cli::main_with(args),
         Some(Command::Serve(args)) => return circles_server::cli::main_with(args),
         _ => {}
     }
-    init_logging(cli.common.log_level());
+    let common = cli.common();
+    circles_launcher::progress::init_logging(common.log_level());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, common)) {
         Ok(code) => code,
         Err(err) => {
             if is_broken_pipe(&err) {
@@ -38,8 +39,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let common = cli.common;
+async fn run(cli: Cli, common: CommonArgs) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Keygen { json }) => {
             let pair = CircleKeypair::generate();
@@ -57,12 +57,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Cleanup { json }) => {
+        Some(Command::Cleanup { json, .. }) => {
             let removed = service_mode::cleanup(&common).await?;
             service_mode::print_removed(&removed, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Status { json }) => {
+        Some(Command::Status { json, .. }) => {
             let rows = service_mode::status_rows(&common).await?;
             let mut out = std::io::stdout().lock();
             if json {
@@ -70,27 +70,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if rows.is_empty() {
                 writeln!(out, "no circle services installed")?;
             } else {
-                writeln!(out, "{}", status::render_table(&rows))?;
+                writeln!(out, "{}", status::render_report(&rows))?;
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Logs { circle, follow }) => {
-            service_mode::logs(&common, &circle, follow).await
-        }
+        Some(Command::Logs(args)) => service_mode::logs(&common, &args.circle, args.follow).await,
         Some(Command::RunWorker(_) | Command::Serve(_)) => {
             unreachable!("handled before the runtime starts")
         }
         None if cli.launch.use_service_manager => {
             let report = service_mode::launch(&cli.launch, &common).await?;
             // The services stay installed and running; a failed init script
-            // still makes the run fail, so scripts notice.
+            // still makes the run fail, as in direct mode, so scripts notice.
             if report.init_failures.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                for (circle, message) in &report.init_failures {
-                    eprintln!("error: init script of circle {circle} failed: {message}");
+                Err(LaunchError::InitFailed {
+                    failures: report.init_failures,
+                    services_kept: true,
                 }
-                Ok(ExitCode::FAILURE)
+                .into())
             }
         }
         None => {
@@ -107,7 +106,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(130));
                 }
             };
-            tracing::info!("circles are up; Ctrl+C stops them");
+            let failure = match launch.outcome() {
+                StartOutcome::AllUp { total } => {
+                    tracing::info!(
+                        "{} up; Ctrl+C stops {}",
+                        plural(total, "circle"),
+                        if total == 1 { "it" } else { "them" }
+                    );
+                    None
+                }
+                StartOutcome::SomeUp { up, total, failed } => {
+                    let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+                    tracing::warn!(
+                        "{up} of {total} circles up; not serving: {} (see the Reason column); Ctrl+C stops the rest",
+                        names.join(", ")
+                    );
+                    None
+                }
+                StartOutcome::NoneUp { failed } => {
+                    Some(LaunchError::NothingServed { failures: failed })
+                }
+                StartOutcome::InitFailed { failures } => Some(LaunchError::InitFailed {
+                    failures,
+                    services_kept: false,
+                }),
+            };
+            if let Some(failure) = failure {
+                // The table first, so the failure is seen in context (the
+                // error below gives the reasons whole).
+                println!("{}", status::render_table(&launch.status_rows().await));
+                launch.shutdown().await;
+                return Err(failure.into());
+            }
             launch.run_until(shutdown, true).await;
             launch.shutdown().await;
             Ok(ExitCode::SUCCESS)
@@ -115,15 +145,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+/// `1 circle`, `3 circles`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 /// `launcher status | head` must stay quiet when head closes the pipe.

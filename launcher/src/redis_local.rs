@@ -38,6 +38,7 @@ pub async fn check(url: &str, autostart: bool) -> Result<RedisCheck, LaunchError
         url: url.into(),
         reason,
     };
+    crate::settings::check_redis_url(url)?;
     let info = redis::IntoConnectionInfo::into_connection_info(url)
         .map_err(|e| unreachable(format!("invalid URL: {e}")))?;
     let err = match ping(url).await {

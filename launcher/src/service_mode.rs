@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use circles_dispatcher::protocol::{ENV_RUST_LOG, worker_heartbeat_key};
 use circles_dispatcher::{CirclePublicKey, Dispatcher};
 use circles_services::{
-    BackendKind, Plan, PlannedAction, RestartPolicy, SERVICE_PREFIX, ServiceBackend, ServiceName,
-    ServiceScope, ServiceSpec, ServiceTemplate, Templates,
+    BackendKind, Plan, PlannedAction, RestartPolicy, ServiceBackend, ServiceName, ServiceScope,
+    ServiceSpec, ServiceTemplate, Templates,
 };
 
 use crate::cli::{CommonArgs, LaunchArgs};
@@ -406,7 +406,9 @@ async fn wait_for_heartbeat(
 }
 
 /// Status rows for every installed circle service, enriched from Redis when
-/// it answers.
+/// it answers; states, last exits and reasons from
+/// `circles_deploy::status`, the same model direct mode and the supervisor
+/// show.
 async fn gather_rows(
     backend: &ServiceBackend,
     dispatcher: Option<&Dispatcher>,
@@ -416,37 +418,30 @@ async fn gather_rows(
     let mut conn = dispatcher.map(Dispatcher::connection);
     let mut rows = Vec::new();
     for name in names {
-        let status = backend.status(&name).await?;
-        let state = if status.sub_state.is_empty() {
-            status.active_state.clone()
-        } else {
-            format!("{} ({})", status.active_state, status.sub_state)
-        };
-        let mut row = StatusRow {
-            name: name.as_str().trim_start_matches(SERVICE_PREFIX).to_string(),
-            public_key: String::new(),
-            state,
-            pid: status.main_pid,
-            restarts: status.n_restarts,
-            last_exit: crate::status::service_last_exit(&status),
-            queue: None,
-            heartbeat: None,
-            init: "-".into(),
-            url: record.ws_url_root(),
-        };
-        if let Some(key) = circle_of(&name) {
-            let known = record.circles.get(&key.to_hex());
-            row.name = known.map_or_else(|| crate::settings::short_name(&key), |c| c.name.clone());
-            row.init = known.map_or_else(|| "-".to_string(), |c| c.init.clone());
-            row.public_key = key.to_hex();
-            row.url = record.ws_url(&key);
-            if let Some(conn) = conn.as_mut() {
-                (row.queue, row.heartbeat) = crate::status::queue_and_heartbeat(conn, &key).await;
+        let process = circles_deploy::status::service_status(backend, &name).await?;
+        let row = match circle_of(&name) {
+            Some(key) => {
+                let known = record.circles.get(&key.to_hex());
+                let redis = match conn.as_mut() {
+                    Some(conn) => crate::status::redis_view(conn, &key).await,
+                    None => crate::status::RedisView::default(),
+                };
+                StatusRow::circle(
+                    known.map_or_else(|| crate::settings::short_name(&key), |c| c.name.clone()),
+                    &key,
+                    &process,
+                    &redis,
+                    known.map_or_else(|| "-".to_string(), |c| c.init.clone()),
+                    record.ws_url(&key),
+                )
             }
-        } else {
             // The server, the supervisor, or a kind a newer version installed.
-            row.name = circles_deploy::ServiceKind::of(&name).label(&name);
-        }
+            None => StatusRow::service(
+                circles_deploy::ServiceKind::of(&name).label(&name),
+                &process,
+                record.ws_url_root(),
+            ),
+        };
         rows.push(row);
     }
     Ok(rows)
@@ -471,15 +466,55 @@ fn absolute_data_dir(common: &CommonArgs) -> Result<std::path::PathBuf, LaunchEr
     })
 }
 
-/// `launcher logs <pk|server> [-f]`: runs the journal or tail command.
-pub async fn logs(common: &CommonArgs, circle: &str, follow: bool) -> anyhow::Result<ExitCode> {
-    let name = if matches!(circle, "server" | "ws-server") {
-        server_service_name()
-    } else {
-        worker_service_name(&CirclePublicKey::parse(circle)?)
+/// `launcher logs <circle|server> [-f]`: the circle named by name, key, key
+/// prefix or table cell (`circles_deploy::address`), among the circles of
+/// the data directory's record, the installed services and direct-mode
+/// runs; shows the journal (or launchd's log files) of its service, else
+/// the log file of its last direct-mode run.
+pub async fn logs(common: &CommonArgs, query: &str, follow: bool) -> anyhow::Result<ExitCode> {
+    let data_dir = absolute_data_dir(common)?;
+    // A host without a service manager can still show direct-mode logs.
+    let backend = match backend(common).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::debug!("no service manager ({e}); looking for direct-mode logs only");
+            None
+        }
     };
-    let backend = backend(common).await?;
-    let mut cmd = backend.logs_command(&name, follow);
+    let installed = match &backend {
+        Some(b) => b.list_installed().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut cmd = if matches!(query, "server" | "ws-server") {
+        let backend = backend.ok_or_else(|| {
+            anyhow::anyhow!("no service manager here, so no installed WebSocket server (a direct run's server logs to the launcher's own output)")
+        })?;
+        backend.logs_command(&server_service_name(), follow)
+    } else {
+        let known = known_circles(&data_dir, &installed);
+        let circle = circles_deploy::address::resolve(query, &known).map_err(LaunchError::from)?;
+        let service = circle.key.map(|k| worker_service_name(&k));
+        let direct_log = data_dir.join("logs").join(format!("{}.log", circle.name));
+        match (backend, service) {
+            (Some(backend), Some(service)) if installed.contains(&service) => {
+                backend.logs_command(&service, follow)
+            }
+            _ if direct_log.is_file() => {
+                let mut tail = std::process::Command::new("tail");
+                tail.args(["-n", "100"]);
+                if follow {
+                    tail.arg("-F");
+                }
+                tail.arg(&direct_log);
+                tail
+            }
+            _ => anyhow::bail!(
+                "circle {} has no installed service and no log file at {} (launched with another --data-dir?)",
+                circle.name,
+                direct_log.display()
+            ),
+        }
+    };
     let status = tokio::process::Command::from(std::mem::replace(
         &mut cmd,
         std::process::Command::new("true"),
@@ -492,6 +527,62 @@ pub async fn logs(common: &CommonArgs, circle: &str, follow: bool) -> anyhow::Re
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Every circle a name can refer to here: those the record names, those
+/// installed as services, and those direct-mode runs made keys or logs for.
+pub fn known_circles(
+    data_dir: &Path,
+    installed: &[ServiceName],
+) -> Vec<circles_deploy::address::KnownCircle> {
+    use circles_deploy::address::KnownCircle;
+    let record = ServiceRecord::load(data_dir);
+    let mut known: Vec<KnownCircle> = Vec::new();
+    let mut add = |circle: KnownCircle| {
+        let same = known
+            .iter_mut()
+            .find(|k| k.name == circle.name || (circle.key.is_some() && k.key == circle.key));
+        match same {
+            Some(k) => {
+                if k.key.is_none() {
+                    k.key = circle.key;
+                }
+            }
+            None => known.push(circle),
+        }
+    };
+    for (hex, c) in &record.circles {
+        if let Ok(key) = CirclePublicKey::parse(hex) {
+            add(KnownCircle::new(c.name.clone(), key));
+        }
+    }
+    for key in installed.iter().filter_map(circle_of) {
+        add(KnownCircle::new(crate::settings::short_name(&key), key));
+    }
+    let files = |dir: &str, ext: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(data_dir.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                // launchd's `<service>.out.log` and the like are not circles.
+                name.strip_suffix(ext)
+                    .filter(|n| !n.contains('.'))
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    for name in files("keys", ".json") {
+        let key = crate::settings::read_key_file(&crate::settings::key_file(data_dir, &name)).ok();
+        add(KnownCircle { name, key });
+    }
+    for name in files("logs", ".log") {
+        add(KnownCircle { name, key: None });
+    }
+    known
 }
 
 /// Removes every service named under `tf.ourworld.circles.`, with the scope

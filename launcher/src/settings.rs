@@ -121,6 +121,8 @@ impl LaunchSettings {
         common: &CommonArgs,
     ) -> Result<(Self, ResolvedCircles), LaunchError> {
         let data_dir = absolute(&common.data_dir)?;
+        let redis_url = common.redis_url_or_default();
+        check_redis_url(&redis_url)?;
         let resolved = resolve_circles(args, &data_dir)?;
         let port = args.port.unwrap_or(circles_server::DEFAULT_PORT);
         check_duplicate_ports(port, &resolved.circles)?;
@@ -131,7 +133,7 @@ impl LaunchSettings {
                 .clone()
                 .unwrap_or_else(|| circles_server::DEFAULT_HOST.to_string()),
             port,
-            redis_url: common.redis_url_or_default(),
+            redis_url,
             enable_auth: args.enable_auth,
             data_dir,
             init_timeout: Duration::from_secs(args.init_timeout.max(1)),
@@ -201,6 +203,18 @@ fn resolve_circles(args: &LaunchArgs, data_dir: &Path) -> Result<ResolvedCircles
     Ok(resolved)
 }
 
+/// Fails with [`LaunchError::InvalidRedisUrl`] unless `url` is one the
+/// Redis client can dial (`redis://`, `rediss://`, `unix://`): a URL of
+/// another kind is a mistake to name, not a Redis to call unreachable.
+pub fn check_redis_url(url: &str) -> Result<(), LaunchError> {
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(drop)
+        .map_err(|e| LaunchError::InvalidRedisUrl {
+            url: url.into(),
+            reason: e.to_string(),
+        })
+}
+
 /// `PK` or `PK:path/to/init.rhai`.
 pub fn parse_circle_arg(arg: &str) -> Result<CircleSpec, LaunchError> {
     let (key, script) = match arg.split_once(':') {
@@ -219,10 +233,7 @@ pub fn parse_circle_arg(arg: &str) -> Result<CircleSpec, LaunchError> {
     })
 }
 
-/// `02abcdef…` → `circle-02abcdef`.
-pub fn short_name(key: &CirclePublicKey) -> String {
-    format!("circle-{}", &key.to_hex()[..8])
-}
+pub use circles_deploy::short_name;
 
 fn read_script(circle: &str, path: &Path) -> Result<InitScript, LaunchError> {
     let source = std::fs::read_to_string(path).map_err(|source| LaunchError::InitScript {
@@ -310,7 +321,8 @@ pub fn key_file(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("keys").join(format!("{name}.json"))
 }
 
-fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
+/// The public key in a circle key file, checked against its secret key.
+pub fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
     let err = |message: String| LaunchError::KeyFile {
         path: path.to_path_buf(),
         message,

@@ -1,11 +1,21 @@
 //! The status table people read, and its JSON twin for scripts.
 //!
-//! Rendering is a pure function of [`StatusRow`]s so the table can be
-//! snapshot-tested; gathering the rows is the caller's business, with
-//! [`queue_and_heartbeat`] for the part Redis knows.
+//! A row is decided in one place ([`StatusRow::circle`]) from the one state
+//! model of `circles-supervise` — a direct-mode child's [`ChildStatus`], or
+//! a service's mapped onto it by `circles_deploy::status` — and what Redis
+//! says, so the direct-mode table and `launcher status [--json]` show the
+//! same words for the same situation (and `supervisor ctl status` too).
+//! Rendering is a pure function of rows, snapshot-tested; gathering what
+//! Redis knows is [`redis_view`].
 
+use circles_dispatcher::WorkerHeartbeat;
+use circles_supervise::{ChildStatus, ExitStatus};
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
+
+/// The longest reason a table cell shows; longer ones are cut there and
+/// printed whole under the table ([`render_reasons`]).
+pub const REASON_CELL: usize = 70;
 
 /// One circle (or the WebSocket server) in the status table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -14,17 +24,21 @@ pub struct StatusRow {
     pub name: String,
     /// Circle key (canonical hex); empty for the server.
     pub public_key: String,
-    /// Worker or service state, e.g. `ready`, `restarting`, `failed`, `active (running)`.
+    /// `starting`, `running`, `backoff`, `stopping`, `stopped`, `exited`,
+    /// `failed`, `unknown` — or `offline`: running, but Redis has no live
+    /// heartbeat of it.
     pub state: String,
     /// Process id, when running.
     pub pid: Option<u32>,
-    /// How many times it was restarted.
+    /// How many times it was restarted after an exit.
     pub restarts: Option<u32>,
-    /// How the last run ended (exit code or signal), when known.
-    pub last_exit: Option<circles_supervise::ExitStatus>,
+    /// How the last run ended: `{"code": n}` or `{"signal": n}`.
+    pub last_exit: Option<ExitStatus>,
+    /// Why it is not running (the worker's own last error where known).
+    pub reason: Option<String>,
     /// Task ids waiting in the circle's queue.
     pub queue: Option<u64>,
-    /// When the worker's heartbeat was last refreshed (RFC 3339), if alive.
+    /// When this circle's worker last refreshed its heartbeat (RFC 3339).
     pub heartbeat: Option<String>,
     /// Outcome of the init script: `ok: …`, `error: …`, or `-`.
     pub init: String,
@@ -32,49 +46,146 @@ pub struct StatusRow {
     pub url: String,
 }
 
-/// How a service's last main process ended, in the one state model.
-pub fn service_last_exit(
-    status: &circles_services::ServiceStatus,
-) -> Option<circles_supervise::ExitStatus> {
-    status.last_exit().map(|(signal, n)| {
-        if signal {
-            circles_supervise::ExitStatus::Signal(n)
-        } else {
-            circles_supervise::ExitStatus::Code(n)
-        }
-    })
+/// What Redis says about a circle; `None` fields when it did not answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisView {
+    /// Redis answered.
+    pub answered: bool,
+    /// Task ids waiting in its queue.
+    pub queue: Option<u64>,
+    /// The live heartbeat of whichever worker serves it, if any.
+    pub heartbeat: Option<WorkerHeartbeat>,
 }
 
-/// The Redis side of a circle's row: queue depth and last heartbeat (RFC
-/// 3339), each `None` when Redis does not say.
-pub async fn queue_and_heartbeat(
+impl StatusRow {
+    /// The row of a circle whose process is in `process`: its state word
+    /// (`offline` for a running process without a live heartbeat), the
+    /// heartbeat only if it is this process's own — another worker's
+    /// (another host's, or one that holds the circle while this one
+    /// cannot start) is never shown as this circle's, but named in the
+    /// reason when nothing else explains it.
+    pub fn circle(
+        name: String,
+        key: &circles_dispatcher::CirclePublicKey,
+        process: &ChildStatus,
+        redis: &RedisView,
+        init: String,
+        url: String,
+    ) -> Self {
+        let here = circles_worker::lease::host_name();
+        let (own, foreign) = match &redis.heartbeat {
+            Some(b) if process.pid == Some(b.pid) && b.host == here => (Some(b), None),
+            Some(b) => (None, Some(b)),
+            None => (None, None),
+        };
+        let live = redis.answered.then_some(own.is_some());
+        let state = circles_deploy::status::state_word(&process.state, live).to_string();
+        let mut reason = process.reason.clone();
+        if reason.is_none() && state == "offline" {
+            reason = Some(
+                "no live heartbeat in Redis: the worker is frozen or cannot reach Redis".into(),
+            );
+        }
+        if reason.is_none()
+            && process.state != circles_supervise::ChildState::Running
+            && let Some(b) = foreign
+        {
+            reason = Some(format!(
+                "circle served by pid {} on host {} (since {})",
+                b.pid, b.host, b.started_at
+            ));
+        }
+        Self {
+            name,
+            public_key: key.to_hex(),
+            state,
+            pid: process.pid,
+            restarts: Some(process.restarts),
+            last_exit: process.last_exit,
+            reason,
+            queue: redis.queue,
+            heartbeat: own.map(|b| b.beat_at.clone()),
+            init,
+            url,
+        }
+    }
+
+    /// The row of a service that is not a circle (the WebSocket server, the
+    /// supervisor): no Redis side.
+    pub fn service(name: String, process: &ChildStatus, url: String) -> Self {
+        Self {
+            name,
+            public_key: String::new(),
+            state: process.state.as_str().to_string(),
+            pid: process.pid,
+            restarts: Some(process.restarts),
+            last_exit: process.last_exit,
+            reason: process.reason.clone(),
+            queue: None,
+            heartbeat: None,
+            init: "-".into(),
+            url,
+        }
+    }
+
+    /// Whether this is a circle that is serving.
+    pub fn is_up(&self) -> bool {
+        self.state == "running"
+    }
+
+    /// What a person would call a change: everything but the heartbeat's
+    /// time and the queue depth, which move all the time.
+    pub fn same_picture(&self, other: &Self) -> bool {
+        (
+            &self.name,
+            &self.state,
+            self.pid,
+            self.restarts,
+            self.last_exit,
+        ) == (
+            &other.name,
+            &other.state,
+            other.pid,
+            other.restarts,
+            other.last_exit,
+        ) && (&self.reason, &self.init, self.heartbeat.is_some())
+            == (&other.reason, &other.init, other.heartbeat.is_some())
+    }
+}
+
+/// Queue depth and heartbeat of a circle from Redis.
+pub async fn redis_view(
     conn: &mut redis::aio::ConnectionManager,
     key: &circles_dispatcher::CirclePublicKey,
-) -> (Option<u64>, Option<String>) {
+) -> RedisView {
     use circles_dispatcher::protocol::{task_queue_key, worker_heartbeat_key};
-    let queue = redis::cmd("LLEN")
+    let queue: Option<u64> = redis::cmd("LLEN")
         .arg(task_queue_key(key))
         .query_async(conn)
         .await
         .ok();
-    let beat: Option<String> = redis::cmd("GET")
+    let beat: Option<Option<String>> = redis::cmd("GET")
         .arg(worker_heartbeat_key(key))
         .query_async(conn)
         .await
-        .ok()
-        .flatten();
-    let heartbeat = beat
-        .and_then(|b| serde_json::from_str::<circles_dispatcher::WorkerHeartbeat>(&b).ok())
-        .map(|b| b.beat_at);
-    (queue, heartbeat)
+        .ok();
+    RedisView {
+        answered: queue.is_some() && beat.is_some(),
+        queue,
+        heartbeat: beat
+            .flatten()
+            .and_then(|b| serde_json::from_str::<WorkerHeartbeat>(&b).ok()),
+    }
 }
 
-/// Renders rows as a table (UTF-8 borders on a terminal, ASCII otherwise).
+/// Renders rows as a table (UTF-8 borders). A Reason column appears when
+/// any row has a reason.
 pub fn render_table(rows: &[StatusRow]) -> Table {
+    let with_reason = rows.iter().any(|r| r.reason.is_some());
     let mut table = Table::new();
     table.load_style(presets::UTF8_FULL_CONDENSED);
     table.set_content_arrangement(ContentArrangement::Disabled);
-    table.set_header([
+    let mut header = vec![
         "Circle",
         "Public key",
         "State",
@@ -83,16 +194,22 @@ pub fn render_table(rows: &[StatusRow]) -> Table {
         "Queue",
         "Heartbeat",
         "Init",
-        "WebSocket URL",
-    ]);
+    ];
+    if with_reason {
+        header.push("Reason");
+    }
+    header.push("WebSocket URL");
+    table.set_header(header);
     for r in rows {
-        table.add_row([
+        let mut cells = vec![
             r.name.clone(),
-            abbreviate_key(&r.public_key),
+            circles_deploy::address::abbreviate_key(&r.public_key),
             r.state.clone(),
             opt(r.pid),
             match (r.restarts, r.last_exit) {
-                (Some(n), Some(exit)) if n > 0 => format!("{n} ({})", exit.short()),
+                (Some(n), Some(exit)) if n > 0 || r.state != "running" => {
+                    format!("{n} ({})", exit.short())
+                }
                 (Some(n), _) => n.to_string(),
                 (None, _) => "-".into(),
             },
@@ -101,10 +218,64 @@ pub fn render_table(rows: &[StatusRow]) -> Table {
                 .as_deref()
                 .map_or_else(|| "-".into(), time_of_day),
             truncate(&r.init, 40),
-            r.url.clone(),
-        ]);
+        ];
+        if with_reason {
+            cells.push(r.reason.as_deref().map_or_else(
+                || "-".into(),
+                |s| truncate(&abbreviate_keys_in(s), REASON_CELL),
+            ));
+        }
+        cells.push(r.url.clone());
+        table.add_row(cells);
     }
     table
+}
+
+/// The reasons the table had to cut, whole: `  name: reason` lines (empty
+/// when every reason fit).
+pub fn render_reasons(rows: &[StatusRow]) -> String {
+    rows.iter()
+        .filter_map(|r| {
+            let reason = r.reason.as_deref()?;
+            let cell = truncate(&abbreviate_keys_in(reason), REASON_CELL);
+            (cell.ends_with('…')).then(|| format!("  {}: {reason}\n", r.name))
+        })
+        .collect()
+}
+
+/// Circle keys inside a message shortened as the Public key column shows
+/// them, so a table cell keeps room for the words.
+fn abbreviate_keys_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() == 66 || run.len() == 130 {
+            out.push_str(&circles_deploy::address::abbreviate_key(run));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// The table, and under it the reasons it cut.
+pub fn render_report(rows: &[StatusRow]) -> String {
+    let reasons = render_reasons(rows);
+    if reasons.is_empty() {
+        render_table(rows).to_string()
+    } else {
+        format!("{}\nwhy:\n{}", render_table(rows), reasons.trim_end())
+    }
 }
 
 /// `2026-11-26T11:16:46.049Z` → `11:16:46 UTC`: the date is today's in a
@@ -117,15 +288,6 @@ fn time_of_day(rfc3339: &str) -> String {
 
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
-}
-
-/// `02c6047f…709ee5`: enough to recognise a key; the URL carries it whole.
-fn abbreviate_key(key: &str) -> String {
-    if key.len() > 16 {
-        format!("{}…{}", &key[..8], &key[key.len() - 6..])
-    } else {
-        key.to_string()
-    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -141,35 +303,173 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use circles_supervise::ChildState;
+
+    const ALICE: &str = "02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5";
+    const BOB: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+
+    fn url(key: &str) -> String {
+        format!("ws://127.0.0.1:8080/{key}")
+    }
+
+    fn process(state: ChildState, pid: Option<u32>) -> ChildStatus {
+        ChildStatus {
+            state,
+            pid,
+            ..ChildStatus::starting()
+        }
+    }
+
+    fn beat(pid: u32, host: &str) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            pid,
+            host: host.into(),
+            db_dir: "/data".into(),
+            started_at: "2026-11-26T11:10:00.000Z".into(),
+            beat_at: "2026-11-26T11:16:46.049Z".into(),
+            tasks_done: 0,
+            version: "0.1.0".into(),
+        }
+    }
+
+    fn view(b: Option<WorkerHeartbeat>) -> RedisView {
+        RedisView {
+            answered: true,
+            queue: Some(0),
+            heartbeat: b,
+        }
+    }
 
     #[test]
     fn table_snapshot() {
-        let rows = vec![
-            StatusRow {
-                name: "alice".into(),
-                public_key: "02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5".into(),
-                state: "ready".into(),
-                pid: Some(4242),
-                restarts: Some(0),
-                last_exit: None,
-                queue: Some(0),
-                heartbeat: Some("2026-11-26T11:16:46.049Z".into()),
-                init: "ok: 3 members".into(),
-                url: "ws://127.0.0.1:8080/02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5".into(),
-            },
-            StatusRow {
-                name: "bob".into(),
-                public_key: "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
-                state: "failed".into(),
-                pid: None,
-                restarts: Some(5),
-                last_exit: Some(circles_supervise::ExitStatus::Code(3)),
-                queue: Some(2),
-                heartbeat: None,
-                init: "error: Runtime error: something quite long went wrong (line 1)\nmore".into(),
-                url: "ws://127.0.0.1:8080/0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
-            },
-        ];
-        insta::assert_snapshot!(render_table(&rows).to_string());
+        let here = circles_worker::lease::host_name();
+        let alice = StatusRow::circle(
+            "alice".into(),
+            &ALICE.parse().unwrap(),
+            &process(ChildState::Running, Some(4242)),
+            &view(Some(beat(4242, &here))),
+            "ok: 3 members".into(),
+            url(ALICE),
+        );
+        assert_eq!(alice.heartbeat.as_deref(), Some("2026-11-26T11:16:46.049Z"));
+        insta::assert_snapshot!(render_table(&[alice]).to_string());
+    }
+
+    #[test]
+    fn failure_table_snapshot() {
+        // The table of issue 10 item 1: one circle up, one whose worker
+        // cannot start because another serves it, one killed by a signal
+        // and waiting to restart.
+        let here = circles_worker::lease::host_name();
+        let alice = StatusRow::circle(
+            "alice".into(),
+            &ALICE.parse().unwrap(),
+            &process(ChildState::Running, Some(4242)),
+            &view(Some(beat(4242, &here))),
+            "ok: 3 members".into(),
+            url(ALICE),
+        );
+        let mut failed = process(ChildState::Failed, None);
+        failed.restarts = 4;
+        failed.last_exit = Some(ExitStatus::Code(1));
+        failed.reason = Some(format!(
+            "circle {BOB} is already served by pid 19967 on host other (since 2026-11-26T11:10:00.000Z); stop that worker first (exited before becoming ready, exit status 1); gave up after 4 restarts (5 failures in a row within 10s of starting)"
+        ));
+        let bob = StatusRow::circle(
+            "bob".into(),
+            &BOB.parse().unwrap(),
+            &failed,
+            // The other worker's heartbeat: not bob's to show.
+            &view(Some(beat(19967, "other"))),
+            "skipped: worker not ready".into(),
+            url(BOB),
+        );
+        assert_eq!(bob.heartbeat, None, "another worker's heartbeat");
+        let mut killed = process(ChildState::Backoff, None);
+        killed.restarts = 1;
+        killed.last_exit = Some(ExitStatus::Signal(9));
+        killed.reason = Some("exited, killed by signal 9 (SIGKILL)".into());
+        let carol = StatusRow::service("ws-server".into(), &killed, "ws://127.0.0.1:8080/".into());
+        let rows = [alice, bob, carol];
+        insta::assert_snapshot!(render_report(&rows));
+        let json = serde_json::to_value(&rows[1]).unwrap();
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["last_exit"], serde_json::json!({"code": 1}));
+        assert!(
+            json["reason"]
+                .as_str()
+                .unwrap()
+                .contains("already served by pid 19967")
+        );
+        assert_eq!(
+            serde_json::to_value(&rows[2]).unwrap()["last_exit"],
+            serde_json::json!({"signal": 9})
+        );
+    }
+
+    #[test]
+    fn a_running_worker_without_its_heartbeat_is_offline_and_says_why() {
+        let here = circles_worker::lease::host_name();
+        let key = ALICE.parse().unwrap();
+        let running = process(ChildState::Running, Some(7));
+        let row = |b, answered| {
+            StatusRow::circle(
+                "a".into(),
+                &key,
+                &running,
+                &RedisView {
+                    answered,
+                    queue: None,
+                    heartbeat: b,
+                },
+                "-".into(),
+                url(ALICE),
+            )
+        };
+        assert_eq!(row(Some(beat(7, &here)), true).state, "running");
+        let offline = row(None, true);
+        assert_eq!(offline.state, "offline");
+        assert!(offline.reason.unwrap().contains("no live heartbeat"));
+        // A heartbeat of another process does not make this one live.
+        assert_eq!(row(Some(beat(8, &here)), true).state, "offline");
+        // Redis silent: nothing is claimed either way.
+        assert_eq!(row(None, false).state, "running");
+        // Not running, served elsewhere: said in the reason.
+        let stopped = StatusRow::circle(
+            "a".into(),
+            &key,
+            &process(ChildState::Stopped, None),
+            &view(Some(beat(9, "elsewhere"))),
+            "-".into(),
+            url(ALICE),
+        );
+        assert_eq!(stopped.heartbeat, None);
+        assert!(
+            stopped
+                .reason
+                .unwrap()
+                .contains("served by pid 9 on host elsewhere")
+        );
+    }
+
+    #[test]
+    fn heartbeat_and_queue_changes_are_not_a_new_picture() {
+        let here = circles_worker::lease::host_name();
+        let key = ALICE.parse().unwrap();
+        let running = process(ChildState::Running, Some(7));
+        let a = StatusRow::circle(
+            "a".into(),
+            &key,
+            &running,
+            &view(Some(beat(7, &here))),
+            "-".into(),
+            url(ALICE),
+        );
+        let mut b = a.clone();
+        b.heartbeat = Some("2026-11-26T11:16:48.049Z".into());
+        b.queue = Some(3);
+        assert!(a.same_picture(&b));
+        b.restarts = Some(1);
+        assert!(!a.same_picture(&b));
     }
 }

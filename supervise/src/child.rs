@@ -241,7 +241,13 @@ impl Supervision {
                         }
                     }
                     RestartDecision::Restart { after } => {
-                        tracing::warn!(child = %self.spec.name, "{reason}; restarting in {after:?}");
+                        // A crash loop says its reason once, not at every turn.
+                        let again = self.status.borrow().reason.as_deref() == Some(&reason);
+                        if again {
+                            tracing::warn!(child = %self.spec.name, "exited again, same reason; restarting in {after:?}");
+                        } else {
+                            tracing::warn!(child = %self.spec.name, "{reason}; restarting in {after:?}");
+                        }
                         self.publish(|s| {
                             s.state = ChildState::Backoff;
                             s.pid = None;
