@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use circles_test_support::ws::Client;
-use circles_test_support::{KEY_ONE, KEY_TWO, RedisServer, free_port, repo_root, wait_until};
+use circles_test_support::{
+    KEY_ONE, KEY_TWO, RedisServer, WorkerProcess, free_port, repo_root, wait_until,
+};
 use common::{Launcher, alive, run_to_end, worker_pid};
 
 const UP: Duration = Duration::from_secs(60);
@@ -115,6 +117,24 @@ async fn circles_json_keys_are_generated_once_and_each_circle_has_its_own_port()
         assert_eq!(l.wait_exit(Duration::from_secs(20)), Some(0));
     }
     assert_eq!(keys[0], keys[1], "same identity on the next start");
+
+    // Issue 10 item 4: a circle is addressed as the table shows it — by
+    // name, key prefix or shortened key — here from its direct-mode log.
+    let alpha = &keys[0];
+    let shortened = format!("{}…{}", &alpha[..8], &alpha[alpha.len() - 6..]);
+    for query in ["alpha", &alpha[..6], &shortened, alpha.as_str()] {
+        let (code, out, err) = run_to_end(tmp.path(), &["logs", query]);
+        assert_eq!(code, Some(0), "logs {query}: {err}");
+        assert!(out.contains("worker ready"), "logs {query}:\n{out}");
+        assert!(out.contains(alpha.as_str()), "alpha's own log: {out}");
+    }
+    let (code, _, err) = run_to_end(tmp.path(), &["logs", "gamma"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no circle `gamma` here: known circles are alpha (")
+            && err.contains("beta ("),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,17 +176,75 @@ async fn a_killed_worker_is_restarted_and_serves_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_worker_that_exits_at_once_is_marked_failed_not_restarted_forever() {
+async fn a_circle_served_elsewhere_fails_with_its_reason_and_the_rest_keep_serving() {
+    // Issue 10 item 1: KEY_ONE already has a worker (another data
+    // directory, same Redis), so the launcher's own worker for it refuses.
+    let redis = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = WorkerProcess::start(&redis, KEY_ONE, other_dir.path(), &[], &[]);
+    let port = free_port().to_string();
+    let mut l = Launcher::spawn(
+        tmp.path(),
+        &[
+            "--redis-url",
+            &redis.url(),
+            "-p",
+            &port,
+            "-c",
+            KEY_ONE,
+            "-c",
+            KEY_TWO,
+        ],
+    );
+    l.wait_stderr("1 of 2 circles up; not serving: circle-0279be66", UP);
+    let out = l.stdout();
+    let err = l.stderr();
+    // Never "circles are up" while one is not.
+    assert!(!err.contains("circles are up"), "{err}");
+    let row = out
+        .lines()
+        .find(|line| line.contains("circle-0279be66"))
+        .expect("a row for the failed circle");
+    // The restart count and the message agree; the reason is the worker's
+    // own; the heartbeat shown is not the other worker's.
+    assert!(row.contains("failed"), "{row}");
+    assert!(row.contains("4 (exit 1)"), "{row}");
+    assert!(
+        err.contains("gave up after 4 restarts (5 failures in a row"),
+        "{err}"
+    );
+    let reason = format!("is already served by pid {} on host", other.pid());
+    assert!(row.contains("already served by pid"), "{row}");
+    assert!(out.contains(&reason), "whole reason under the table:\n{out}");
+    let cells: Vec<&str> = row.split('┆').map(str::trim).collect();
+    assert_eq!(cells[6], "-", "heartbeat of another worker shown: {row}");
+    // The same reason is said once per cause in the log: not at every
+    // restart.
+    assert_eq!(err.matches("exited again, same reason").count(), 3, "{err}");
+    // The table is not printed twice for the same picture.
+    let tables = out.matches("┌").count();
+    assert_eq!(tables, 1, "{out}");
+    // The other circle serves.
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/{KEY_TWO}")).await;
+    assert_eq!(c.play("6 * 7").await, "42");
+    l.signal("INT");
+    assert_eq!(l.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn when_no_circle_can_be_served_the_launcher_fails_with_the_reasons() {
     let redis = RedisServer::start();
     let tmp = tempfile::tempdir().unwrap();
     let bad = write(
         tmp.path(),
         "bad-worker",
-        "#!/bin/sh\necho 'cannot start' >&2\nexit 3\n",
+        "#!/bin/sh\necho 'starting' >&2\necho 'error: cannot start: no config' >&2\nexit 3\n",
     );
     std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let port = free_port().to_string();
-    let mut l = Launcher::spawn(
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_to_end(
         tmp.path(),
         &[
             "--redis-url",
@@ -179,27 +257,51 @@ async fn a_worker_that_exits_at_once_is_marked_failed_not_restarted_forever() {
             KEY_ONE,
         ],
     );
-    l.wait_stdout("failed", UP);
-    let out = l.stdout();
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(started.elapsed() < UP);
     assert!(
-        out.contains("4 (exit 3)"),
-        "restarted 4 times, then gave up:\n{out}"
+        err.contains("error: no circle could be served; stopped everything this run started:\n  circle-0279be66: cannot start: no config (exited before becoming ready, exit status 3); gave up after 4 restarts"),
+        "{err}"
     );
-    assert!(l.stderr().contains("not restarting"), "{}", l.stderr());
-    // It stays failed: no further restarts.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        l.child.try_wait().unwrap().is_none(),
-        "launcher keeps running"
-    );
-    assert!(!l.stdout().contains("5 (exit 3)"));
+    assert!(!err.contains("circles are up") && !err.contains("circles up"), "{err}");
+    // The failure table was shown, with the reason column.
+    assert!(out.contains("Reason") && out.contains("4 (exit 3)"), "{out}");
     assert!(
         std::fs::read_to_string(tmp.path().join("launch_data/logs/circle-0279be66.log"))
             .unwrap()
             .contains("cannot start")
     );
-    l.signal("INT");
-    assert_eq!(l.wait_exit(Duration::from_secs(20)), Some(0));
+    // Nothing is left listening.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok());
+}
+
+#[test]
+fn an_init_script_that_fails_fails_the_direct_run_and_stops_what_it_started() {
+    // Issue 10 item 2: as in service mode, the run fails (exit 1); direct
+    // mode leaves nothing running.
+    let redis = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let init = write(tmp.path(), "bad.rhai", "let x = ;");
+    let port = free_port().to_string();
+    let (code, out, err) = run_to_end(
+        tmp.path(),
+        &[
+            "--redis-url",
+            &redis.url(),
+            "-p",
+            &port,
+            "-c",
+            &format!("{KEY_ONE}:{init}"),
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("error: init script of circle circle-0279be66 failed: syntax error: Unexpected ';' (line 1, position 9)\nstopped everything this run started"),
+        "{err}"
+    );
+    assert!(out.contains("error: syntax error"), "the table shows it too: {out}");
+    // The worker is gone: its heartbeat was removed on its way out.
+    assert_eq!(redis.cli(&["EXISTS", &format!("rhai_worker:{KEY_ONE}")]), "0");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,11 +404,18 @@ fn every_launcher_error_is_clear_and_changes_nothing() {
             "worker binary /nonexistent/worker does not exist",
         ),
         (vec![], "no circles given"),
+        (
+            vec!["--redis-url", "http://x", "-c", KEY_ONE],
+            "invalid Redis URL `http://x`",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["--redis-url", &url, "-p", &free];
         if extra.contains(&"-p") {
             args.truncate(2);
+        }
+        if extra.contains(&"--redis-url") {
+            args.drain(..2);
         }
         args.extend(extra.iter().copied());
         let (code, _out, err) = run_to_end(tmp.path(), &args);
@@ -319,7 +428,26 @@ fn every_launcher_error_is_clear_and_changes_nothing() {
             !tmp.path().join("launch_data").exists(),
             "{args:?} created the data directory"
         );
+        // Issue 10 item 6: a cause is said once, never "No such file or
+        // directory (os error 2): No such file or directory (os error 2)".
+        assert!(err.matches("(os error").count() <= 1, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line:\n{err}");
     }
+    // A mistyped subcommand is a mistyped subcommand, not a config file
+    // (issue 10 item 6): clap's usage error and suggestion.
+    for (typo, meant) in [("stauts", "status"), ("clenup", "cleanup"), ("keygn", "keygen")] {
+        let (code, _, err) = run_to_end(tmp.path(), &[typo]);
+        assert_eq!(code, Some(2), "{typo}: {err}");
+        assert!(err.contains(&format!("unrecognized subcommand '{typo}'")), "{err}");
+        assert!(
+            err.contains(&format!("a similar subcommand exists: '{meant}'")),
+            "{err}"
+        );
+    }
+    // A word far from every subcommand is still read as a config path.
+    let (code, _, err) = run_to_end(tmp.path(), &["--redis-url", &url, "mycircles"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("circles config mycircles: cannot read it"), "{err}");
     // Redis unreachable, with autostart off (or not local).
     let (code, _, err) = run_to_end(
         tmp.path(),
