@@ -222,7 +222,12 @@ async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
 
     let row = w.status_row(KEY_ONE);
     assert_eq!(row["restarts"], 1);
-    assert_eq!(row["state"], "active (running)");
+    // One state model with direct mode and the supervisor; the last exit
+    // is the signal, not systemd's "status 0" of the new process (issue 10
+    // item 3).
+    assert_eq!(row["state"], "running", "{row}");
+    assert_eq!(row["last_exit"], serde_json::json!({"signal": 9}), "{row}");
+    assert_eq!(row["reason"], serde_json::Value::Null, "{row}");
     assert_eq!(row["init"], "ok: one ready");
     assert!(row["heartbeat"].is_string(), "{row}");
     assert_eq!(row["url"], w.url(KEY_ONE));
@@ -232,13 +237,19 @@ async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
     let ttl: i64 = w.redis.cli(&["TTL", task_key]).parse().unwrap();
     assert!(ttl > 0, "{task_key} has TTL {ttl}");
 
-    // Logs come from the journal.
-    let (code, logs, err) = w.launcher(&["logs", KEY_ONE]);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(logs.contains("worker ready"), "{logs}");
+    // Logs come from the journal; the circle by key, name or key prefix.
+    for query in [KEY_ONE, "circle-0279be66", "0279be"] {
+        let (code, logs, err) = w.launcher(&["logs", query]);
+        assert_eq!(code, Some(0), "logs {query}: {err}");
+        assert!(logs.contains("worker ready"), "{logs}");
+        assert!(logs.contains(KEY_ONE), "{logs}");
+    }
+    let (code, _, err) = w.launcher(&["logs", "02"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`02` matches 2 circles"), "{err}");
     let (_, table, _) = w.launcher(&["status"]);
     assert!(
-        table.contains("ws-server") && table.contains("active (running)"),
+        table.contains("ws-server") && table.contains("1 (signal 9)"),
         "{table}"
     );
 }
@@ -445,7 +456,7 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
     executable(
         &wrapper,
         &format!(
-            "#!/bin/sh\nif [ -e '{m}' ]; then echo 'broken now' >&2; exit 7; fi\ntouch '{m}'\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\nif [ -e '{m}' ]; then echo 'error: broken now' >&2; exit 7; fi\ntouch '{m}'\nexec '{}' \"$@\"\n",
             worker().display(),
             m = marker.display()
         ),
@@ -461,8 +472,10 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
         (w.prop(&unit, "ActiveState") == "failed").then_some(())
     });
     let row = w.status_row(KEY_ONE);
+    assert_eq!(row["state"], "failed", "{row}");
+    // The reason is the worker's own last error, from the journal.
     assert!(
-        row["state"].as_str().unwrap().starts_with("failed"),
+        row["reason"].as_str().unwrap().starts_with("broken now ("),
         "{row}"
     );
     // An exit code, told apart from a signal.
@@ -764,7 +777,8 @@ async fn a_failing_init_script_fails_the_run_and_leaves_the_circle_running() {
     assert_eq!(code, Some(1), "{out}\n{err}");
     assert!(
         err.contains("init script of circle circle-0279be66 failed")
-            && err.contains("seed data missing"),
+            && err.contains("seed data missing")
+            && err.contains("the services stay installed and running"),
         "{err}"
     );
     assert!(
