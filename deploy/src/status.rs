@@ -116,6 +116,66 @@ pub fn state_word(state: &ChildState, heartbeat_live: Option<bool>) -> &'static 
     }
 }
 
+/// A circle's process status read together with what Redis says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircleHealth {
+    /// The word to show: [`state_word`].
+    pub state: &'static str,
+    /// The heartbeat, if it is this process's own (same pid on this host):
+    /// another worker's (one that holds the circle while this one cannot
+    /// start, or one on another host) is never shown as this circle's.
+    pub heartbeat: Option<circles_dispatcher::WorkerHeartbeat>,
+    /// The process's reason; else, for a running process without its
+    /// heartbeat, why it is offline; else, for one that is not running
+    /// while another worker serves the circle, who serves it.
+    pub reason: Option<String>,
+}
+
+/// [`CircleHealth`] of a circle whose process is in `process`, given the
+/// circle's heartbeat from Redis (`redis_answered` false: Redis said
+/// nothing, so nothing is claimed about liveness) and this host's name.
+pub fn circle_health(
+    process: &ChildStatus,
+    redis_answered: bool,
+    heartbeat: Option<circles_dispatcher::WorkerHeartbeat>,
+    this_host: &str,
+) -> CircleHealth {
+    let (own, foreign) = match heartbeat {
+        Some(b) if process.pid == Some(b.pid) && b.host == this_host => (Some(b), None),
+        Some(b) => (None, Some(b)),
+        None => (None, None),
+    };
+    let live = redis_answered.then_some(own.is_some());
+    let state = state_word(&process.state, live);
+    let mut reason = process.reason.clone();
+    if reason.is_none() && state == "offline" {
+        reason =
+            Some("no live heartbeat in Redis: the worker is frozen or cannot reach Redis".into());
+    }
+    if reason.is_none()
+        && process.state != ChildState::Running
+        && let Some(b) = &foreign
+    {
+        reason = Some(format!(
+            "circle served by pid {} on host {} (since {})",
+            b.pid, b.host, b.started_at
+        ));
+    }
+    CircleHealth {
+        state,
+        heartbeat: own,
+        reason,
+    }
+}
+
+/// This host's name, as workers write it in their heartbeats and leases.
+pub fn this_host() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// systemd's structured "unit process exited" journal message
 /// (`SD_MESSAGE_UNIT_PROCESS_EXIT`), which carries `EXIT_CODE` and
 /// `EXIT_STATUS`.

@@ -72,39 +72,22 @@ impl StatusRow {
         init: String,
         url: String,
     ) -> Self {
-        let here = circles_worker::lease::host_name();
-        let (own, foreign) = match &redis.heartbeat {
-            Some(b) if process.pid == Some(b.pid) && b.host == here => (Some(b), None),
-            Some(b) => (None, Some(b)),
-            None => (None, None),
-        };
-        let live = redis.answered.then_some(own.is_some());
-        let state = circles_deploy::status::state_word(&process.state, live).to_string();
-        let mut reason = process.reason.clone();
-        if reason.is_none() && state == "offline" {
-            reason = Some(
-                "no live heartbeat in Redis: the worker is frozen or cannot reach Redis".into(),
-            );
-        }
-        if reason.is_none()
-            && process.state != circles_supervise::ChildState::Running
-            && let Some(b) = foreign
-        {
-            reason = Some(format!(
-                "circle served by pid {} on host {} (since {})",
-                b.pid, b.host, b.started_at
-            ));
-        }
+        let health = circles_deploy::status::circle_health(
+            process,
+            redis.answered,
+            redis.heartbeat.clone(),
+            &circles_deploy::status::this_host(),
+        );
         Self {
             name,
             public_key: key.to_hex(),
-            state,
+            state: health.state.to_string(),
             pid: process.pid,
             restarts: Some(process.restarts),
             last_exit: process.last_exit,
-            reason,
+            reason: health.reason,
             queue: redis.queue,
-            heartbeat: own.map(|b| b.beat_at.clone()),
+            heartbeat: health.heartbeat.map(|b| b.beat_at),
             init,
             url,
         }
@@ -342,7 +325,7 @@ mod tests {
 
     #[test]
     fn table_snapshot() {
-        let here = circles_worker::lease::host_name();
+        let here = circles_deploy::status::this_host();
         let alice = StatusRow::circle(
             "alice".into(),
             &ALICE.parse().unwrap(),
@@ -360,7 +343,7 @@ mod tests {
         // The table of issue 10 item 1: one circle up, one whose worker
         // cannot start because another serves it, one killed by a signal
         // and waiting to restart.
-        let here = circles_worker::lease::host_name();
+        let here = circles_deploy::status::this_host();
         let alice = StatusRow::circle(
             "alice".into(),
             &ALICE.parse().unwrap(),
@@ -409,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_running_worker_without_its_heartbeat_is_offline_and_says_why() {
-        let here = circles_worker::lease::host_name();
+        let here = circles_deploy::status::this_host();
         let key = ALICE.parse().unwrap();
         let running = process(ChildState::Running, Some(7));
         let row = |b, answered| {
@@ -454,7 +437,7 @@ mod tests {
 
     #[test]
     fn heartbeat_and_queue_changes_are_not_a_new_picture() {
-        let here = circles_worker::lease::host_name();
+        let here = circles_deploy::status::this_host();
         let key = ALICE.parse().unwrap();
         let running = process(ChildState::Running, Some(7));
         let a = StatusRow::circle(

@@ -131,8 +131,7 @@ async fn circles_json_keys_are_generated_once_and_each_circle_has_its_own_port()
     let (code, _, err) = run_to_end(tmp.path(), &["logs", "gamma"]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("no circle `gamma` here: known circles are alpha (")
-            && err.contains("beta ("),
+        err.contains("no circle `gamma` here: known circles are alpha (") && err.contains("beta ("),
         "{err}"
     );
 }
@@ -216,7 +215,10 @@ async fn a_circle_served_elsewhere_fails_with_its_reason_and_the_rest_keep_servi
     );
     let reason = format!("is already served by pid {} on host", other.pid());
     assert!(row.contains("already served by pid"), "{row}");
-    assert!(out.contains(&reason), "whole reason under the table:\n{out}");
+    assert!(
+        out.contains(&reason),
+        "whole reason under the table:\n{out}"
+    );
     let cells: Vec<&str> = row.split('┆').map(str::trim).collect();
     assert_eq!(cells[6], "-", "heartbeat of another worker shown: {row}");
     // The same reason is said once per cause in the log: not at every
@@ -263,9 +265,15 @@ fn when_no_circle_can_be_served_the_launcher_fails_with_the_reasons() {
         err.contains("error: no circle could be served; stopped everything this run started:\n  circle-0279be66: cannot start: no config (exited before becoming ready, exit status 3); gave up after 4 restarts"),
         "{err}"
     );
-    assert!(!err.contains("circles are up") && !err.contains("circles up"), "{err}");
+    assert!(
+        !err.contains("circles are up") && !err.contains("circles up"),
+        "{err}"
+    );
     // The failure table was shown, with the reason column.
-    assert!(out.contains("Reason") && out.contains("4 (exit 3)"), "{out}");
+    assert!(
+        out.contains("Reason") && out.contains("4 (exit 3)"),
+        "{out}"
+    );
     assert!(
         std::fs::read_to_string(tmp.path().join("launch_data/logs/circle-0279be66.log"))
             .unwrap()
@@ -299,9 +307,15 @@ fn an_init_script_that_fails_fails_the_direct_run_and_stops_what_it_started() {
         err.contains("error: init script of circle circle-0279be66 failed: syntax error: Unexpected ';' (line 1, position 9)\nstopped everything this run started"),
         "{err}"
     );
-    assert!(out.contains("error: syntax error"), "the table shows it too: {out}");
+    assert!(
+        out.contains("error: syntax error"),
+        "the table shows it too: {out}"
+    );
     // The worker is gone: its heartbeat was removed on its way out.
-    assert_eq!(redis.cli(&["EXISTS", &format!("rhai_worker:{KEY_ONE}")]), "0");
+    assert_eq!(
+        redis.cli(&["EXISTS", &format!("rhai_worker:{KEY_ONE}")]),
+        "0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -435,10 +449,17 @@ fn every_launcher_error_is_clear_and_changes_nothing() {
     }
     // A mistyped subcommand is a mistyped subcommand, not a config file
     // (issue 10 item 6): clap's usage error and suggestion.
-    for (typo, meant) in [("stauts", "status"), ("clenup", "cleanup"), ("keygn", "keygen")] {
+    for (typo, meant) in [
+        ("stauts", "status"),
+        ("clenup", "cleanup"),
+        ("keygn", "keygen"),
+    ] {
         let (code, _, err) = run_to_end(tmp.path(), &[typo]);
         assert_eq!(code, Some(2), "{typo}: {err}");
-        assert!(err.contains(&format!("unrecognized subcommand '{typo}'")), "{err}");
+        assert!(
+            err.contains(&format!("unrecognized subcommand '{typo}'")),
+            "{err}"
+        );
         assert!(
             err.contains(&format!("a similar subcommand exists: '{meant}'")),
             "{err}"
@@ -447,7 +468,10 @@ fn every_launcher_error_is_clear_and_changes_nothing() {
     // A word far from every subcommand is still read as a config path.
     let (code, _, err) = run_to_end(tmp.path(), &["--redis-url", &url, "mycircles"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("circles config mycircles: cannot read it"), "{err}");
+    assert!(
+        err.contains("circles config mycircles: cannot read it"),
+        "{err}"
+    );
     // Redis unreachable, with autostart off (or not local).
     let (code, _, err) = run_to_end(
         tmp.path(),

@@ -707,6 +707,7 @@ impl Supervisor {
             futures_util::future::join_all(configs.iter().map(|c| self.managed_status(c))),
             self.redis_side(&keys)
         );
+        let here = circles_deploy::status::this_host();
         let mut infos = Vec::with_capacity(configs.len());
         for ((config, status), (queue_depth, beat)) in configs.into_iter().zip(statuses).zip(redis)
         {
@@ -730,8 +731,24 @@ impl Supervisor {
             {
                 status.state = ChildState::Stopped;
             }
-            // The heartbeat counts tasks of the process that wrote it.
-            let beat = beat.filter(|b| status.pid.is_none_or(|p| p == b.pid));
+            // The heartbeat (and its task count) only of this runner's own
+            // process, and the reason as `launcher status` gives it: one
+            // reading for every tool (circles_deploy::status).
+            let health = circles_deploy::status::circle_health(
+                &circles_supervise::ChildStatus {
+                    state: status.state.clone(),
+                    pid: status.pid,
+                    started_at: status.started_at,
+                    restarts: status.restarts,
+                    last_exit: status.last_exit,
+                    reason: status.reason.clone(),
+                },
+                queue_depth.is_some(),
+                beat,
+                &here,
+            );
+            let beat = health.heartbeat;
+            status.reason = health.reason;
             infos.push(RunnerInfo {
                 name: config.name.clone(),
                 circle_public_key: config.circle_public_key.to_hex(),

@@ -111,6 +111,44 @@ fn kill_9_of_a_runner_a_crash_loop_and_kill_9_of_the_supervisor() {
         table.contains("resting") && table.contains("stopped"),
         "{table}"
     );
+    // Why the crash loop failed, in a Reason column (issue 10).
+    assert!(
+        table.contains("Reason")
+            && table.contains("why:\n  crashy: exited before becoming ready, exit status 3; gave up after 4 restarts (5 failures in a row"),
+        "{table}"
+    );
+
+    // A runner is addressed as `launcher` addresses a circle: by name, by
+    // its circle's key prefix or the table's shortened key; an ambiguous
+    // prefix is an error listing the matches.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(circles_test_support::binary("supervisor"))
+            .args(["ctl", "--url", &format!("http://127.0.0.1:{port}")])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let shortened = format!("{}…{}", &KEY_ONE[..8], &KEY_ONE[KEY_ONE.len() - 6..]);
+    for query in ["keeper", &KEY_ONE[..6], &shortened, KEY_ONE] {
+        let (code, out, err) = ctl(&["--json", "status", query]);
+        assert_eq!(code, Some(0), "{query}: {err}");
+        let rows: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(rows[0]["name"], "keeper", "{query}: {out}");
+    }
+    let (code, _, err) = ctl(&["status", "02"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`02` matches 3 circles"), "{err}");
+    let (code, _, err) = ctl(&["status", "nobody"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no circle `nobody` here: known circles are crashy (02f9308a…e036f9), keeper"),
+        "{err}"
+    );
 
     // kill -9 of the supervisor: its child workers die with it.
     let worker = status(&d, "keeper")["pid"].as_u64().unwrap() as u32;

@@ -43,27 +43,27 @@ pub enum CtlCommand {
     List,
     /// The status table: every runner, or one.
     Status {
-        /// A runner.
+        /// A runner: its name, its circle's key, a key prefix or the table's shortened key.
         name: Option<String>,
     },
     /// Start a runner and wait until it runs.
     Start {
-        /// The runner.
+        /// The runner: its name, its circle's key, a key prefix or the table's shortened key.
         name: String,
     },
     /// Stop a runner.
     Stop {
-        /// The runner.
+        /// The runner: its name, its circle's key, a key prefix or the table's shortened key.
         name: String,
     },
     /// Restart a runner and wait until it runs again.
     Restart {
-        /// The runner.
+        /// The runner: its name, its circle's key, a key prefix or the table's shortened key.
         name: String,
     },
     /// A runner's logs.
     Logs {
-        /// The runner.
+        /// The runner: its name, its circle's key, a key prefix or the table's shortened key.
         name: String,
         /// Keep printing new lines (Ctrl+C ends).
         #[arg(short, long)]
@@ -93,12 +93,12 @@ pub enum CtlCommand {
     },
     /// Remove a runner (stop, uninstall, forget).
     Remove {
-        /// The runner.
+        /// The runner: its name, its circle's key, a key prefix or the table's shortened key.
         name: String,
     },
     /// Run a script on a runner's circle and print its output.
     Run {
-        /// The runner.
+        /// The runner: its name, its circle's key, a key prefix or the table's shortened key.
         name: String,
         /// The Rhai script (`-` reads it from stdin).
         script: String,
@@ -220,6 +220,36 @@ impl Client {
     }
 }
 
+/// The runner `query` names: a runner name, or — as `launcher logs` and
+/// the tables take a circle — its circle's full key, a key prefix or the
+/// shortened key of a table cell (`circles_deploy::address`). An exact
+/// name costs one `list_runners`; anything else one status call more.
+async fn resolve_runner(c: &mut Client, query: &str) -> anyhow::Result<String> {
+    let names: Vec<String> = serde_json::from_value(c.call("list_runners", json!({})).await?)?;
+    if names.iter().any(|n| n == query) {
+        return Ok(query.to_string());
+    }
+    let runners: Vec<RunnerInfo> =
+        serde_json::from_value(c.call("get_all_runner_status", json!({})).await?)?;
+    let known: Vec<circles_deploy::address::KnownCircle> = runners
+        .iter()
+        .map(|r| circles_deploy::address::KnownCircle {
+            name: r.name.clone(),
+            key: r.circle_public_key.parse().ok(),
+        })
+        .collect();
+    let found = circles_deploy::address::resolve(query, &known)?;
+    if !names.contains(&found.name) {
+        // A full key that no runner serves.
+        return Err(circles_deploy::address::AddressError::NotFound {
+            query: circles_dispatcher::text::clip(query, 80).into_owned(),
+            known: known.iter().map(|k| k.name.clone()).collect(),
+        }
+        .into());
+    }
+    Ok(found.name)
+}
+
 /// Runs a `ctl` command.
 pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&args.url).await?;
@@ -232,7 +262,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             } else if runners.is_empty() {
                 writeln!(out, "no runners")?;
             } else {
-                writeln!(out, "{}", super::table::render(&runners))?;
+                writeln!(out, "{}", super::table::render_report(&runners))?;
             }
             Ok(())
         };
@@ -256,18 +286,22 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             print_runners(&mut out, runners)?;
         }
         CtlCommand::Status { name: Some(name) } => {
+            let name = resolve_runner(&mut c, &name).await?;
             let r = c.call("get_runner_status", json!({"name": name})).await?;
             print_runners(&mut out, one(r)?)?;
         }
         CtlCommand::Start { name } => {
+            let name = resolve_runner(&mut c, &name).await?;
             let r = c.call("start_runner", json!({"name": name})).await?;
             print_runners(&mut out, one(r)?)?;
         }
         CtlCommand::Stop { name } => {
+            let name = resolve_runner(&mut c, &name).await?;
             let r = c.call("stop_runner", json!({"name": name})).await?;
             print_runners(&mut out, one(r)?)?;
         }
         CtlCommand::Restart { name } => {
+            let name = resolve_runner(&mut c, &name).await?;
             let r = c.call("restart_runner", json!({"name": name})).await?;
             print_runners(&mut out, one(r)?)?;
         }
@@ -276,6 +310,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             follow,
             lines,
         } => {
+            let name = resolve_runner(&mut c, &name).await?;
             let past: Vec<String> = serde_json::from_value(
                 c.call("get_runner_logs", json!({"name": name, "lines": lines}))
                     .await?,
@@ -332,6 +367,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             print_runners(&mut out, one(r)?)?;
         }
         CtlCommand::Remove { name } => {
+            let name = resolve_runner(&mut c, &name).await?;
             c.call("remove_runner", json!({"name": name})).await?;
             if json_out {
                 writeln!(out, "{}", json!({"removed": name}))?;
@@ -344,6 +380,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             script,
             timeout,
         } => {
+            let name = resolve_runner(&mut c, &name).await?;
             let script = if script == "-" {
                 std::io::read_to_string(std::io::stdin())
                     .context("reading the script from stdin")?

@@ -1,15 +1,22 @@
-//! The status table of `supervisor ctl status`, in the launcher's style: a
-//! pure function of [`RunnerInfo`]s, snapshot-tested.
+//! The status table of `supervisor ctl status`, in the launcher's style and
+//! words: a pure function of [`RunnerInfo`]s, snapshot-tested. The state
+//! cell is `circles_deploy::status::state_word` (`offline` for a running
+//! worker without its heartbeat), and a Reason column appears when any
+//! runner has one — as in `launcher status`.
 
 use circles_supervisor::RunnerInfo;
 use comfy_table::{ContentArrangement, Table, presets};
 
+/// The longest reason a cell shows.
+const REASON_CELL: usize = 60;
+
 /// Renders runners as a table.
 pub fn render(runners: &[RunnerInfo]) -> Table {
+    let with_reason = runners.iter().any(|r| r.reason.is_some());
     let mut table = Table::new();
     table.load_style(presets::UTF8_FULL_CONDENSED);
     table.set_content_arrangement(ContentArrangement::Disabled);
-    table.set_header([
+    let mut header = vec![
         "Runner",
         "Public key",
         "Manager",
@@ -22,17 +29,22 @@ pub fn render(runners: &[RunnerInfo]) -> Table {
         "Memory",
         "Heartbeat",
         "Init",
-        "WebSocket URL",
-    ]);
+    ];
+    if with_reason {
+        header.push("Reason");
+    }
+    header.push("WebSocket URL");
+    table.set_header(header);
     for r in runners {
-        let mut state = r.state.to_string();
+        let live = r.queue_depth.is_some().then_some(r.heartbeat_at.is_some());
+        let mut state = circles_deploy::status::state_word(&r.state, live).to_string();
         if r.state.as_str() != r.target_word() {
             // `stopped (target running)`: not where it should be.
             state = format!("{state} (target {})", r.target_word());
         }
-        table.add_row([
+        let mut cells = vec![
             r.name.clone(),
-            abbreviate_key(&r.circle_public_key),
+            circles_deploy::address::abbreviate_key(&r.circle_public_key),
             r.manager.to_string(),
             state,
             opt(r.pid),
@@ -50,10 +62,36 @@ pub fn render(runners: &[RunnerInfo]) -> Table {
                 .as_deref()
                 .map_or_else(|| "-".into(), time_of_day),
             truncate(&r.init, 30),
-            r.url.clone(),
-        ]);
+        ];
+        if with_reason {
+            cells.push(
+                r.reason
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |s| truncate(s, REASON_CELL)),
+            );
+        }
+        cells.push(r.url.clone());
+        table.add_row(cells);
     }
     table
+}
+
+/// The table, and under it the reasons its cells cut, whole.
+pub fn render_report(runners: &[RunnerInfo]) -> String {
+    let cut: String = runners
+        .iter()
+        .filter_map(|r| {
+            let reason = r.reason.as_deref()?;
+            truncate(reason, REASON_CELL)
+                .ends_with('…')
+                .then(|| format!("\n  {}: {reason}", r.name))
+        })
+        .collect();
+    if cut.is_empty() {
+        render(runners).to_string()
+    } else {
+        format!("{}\nwhy:{cut}", render(runners))
+    }
 }
 
 trait TargetWord {
@@ -95,14 +133,6 @@ fn time_of_day(rfc3339: &str) -> String {
     rfc3339
         .get(11..19)
         .map_or_else(|| rfc3339.to_string(), |t| format!("{t} UTC"))
-}
-
-fn abbreviate_key(key: &str) -> String {
-    if key.len() > 16 {
-        format!("{}…{}", &key[..8], &key[key.len() - 6..])
-    } else {
-        key.to_string()
-    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -160,6 +190,7 @@ mod tests {
         beta.restarts = 4;
         beta.last_exit = Some(ExitStatus::Code(3));
         beta.init = "error: Runtime error: a long message that goes on and on".into();
+        beta.reason = Some("circle 02c6047f…709ee5 is already served by pid 7 on host h (exited before becoming ready, exit status 3)".into());
         let mut gamma = info("gamma", ChildState::Stopped);
         gamma.target = TargetState::Stopped;
         gamma.queue_depth = None;
