@@ -44,7 +44,8 @@ Examples:
   launcher examples/circles.json
 
   # A circle by key, with an init script (keys from `launcher keygen`):
-  launcher -c 02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5:scripts/ourworld.rhai
+  PK=02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5
+  launcher -c $PK:scripts/ourworld.rhai
 
   # As systemd/launchd services that stay up after the launcher exits:
   launcher --use-service-manager --worker-binary target/release/worker examples/circles.json
@@ -84,7 +85,7 @@ impl Cli {
     pub fn common(&self) -> CommonArgs {
         match &self.command {
             Some(Command::Cleanup { common, .. } | Command::Status { common, .. }) => {
-                common.clone()
+                common.common()
             }
             Some(Command::Logs(logs)) => logs.common(),
             Some(Command::Keygen { .. } | Command::RunWorker(_) | Command::Serve(_)) | None => {
@@ -138,9 +139,9 @@ fn check_not_a_mistyped_subcommand(word: &std::path::Path) -> Result<(), clap::E
 /// Options shared by launching, `status` and `cleanup`.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// Redis URL [default: redis://127.0.0.1:6379; for status and cleanup,
-    /// the one the services were installed with].
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis URL [default: redis://127.0.0.1:6379; in service mode, the one
+    /// the services were installed with].
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Data directory (databases, keys, service files, logs).
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
@@ -151,13 +152,13 @@ pub struct CommonArgs {
     /// More logging; repeat for more (-vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Use system services (default when root).
+    /// With --use-service-manager: system services (default when root).
     #[arg(long, conflicts_with = "user")]
     pub system: bool,
-    /// Use per-user services (default when not root).
+    /// With --use-service-manager: per-user services (default when not root).
     #[arg(long)]
     pub user: bool,
-    /// Service templates directory overriding the built-in ones.
+    /// With --use-service-manager: templates overriding the built-in ones.
     #[arg(long, value_name = "DIR")]
     pub templates_dir: Option<PathBuf>,
 }
@@ -214,7 +215,7 @@ pub enum Command {
         json: bool,
         /// Where and how.
         #[command(flatten)]
-        common: CommonArgs,
+        common: InstalledArgs,
     },
     /// Show every installed circle service: state, PID, restarts, last exit,
     /// queue, heartbeat, init outcome, and why whatever is not running is not.
@@ -227,7 +228,7 @@ pub enum Command {
         json: bool,
         /// Where and how.
         #[command(flatten)]
-        common: CommonArgs,
+        common: InstalledArgs,
     },
     /// Show a circle's worker log: the journal of its service, or its log
     /// file from a direct run (`server` for the WebSocket server).
@@ -248,6 +249,46 @@ pub enum Command {
     /// Run the WebSocket server (the launcher's built-in server; same options as `server`).
     #[command(hide = true)]
     Serve(circles_server::cli::ServerArgs),
+}
+
+/// What `status` and `cleanup` need: the installed services' scope, their
+/// data directory and Redis (no templates: nothing is rendered).
+#[derive(Args, Debug, Clone)]
+pub struct InstalledArgs {
+    /// Redis URL [default: the one the services were installed with, else
+    /// redis://127.0.0.1:6379].
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Data directory the services were installed from.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// System services (default when root).
+    #[arg(long, conflicts_with = "user")]
+    pub system: bool,
+    /// Per-user services (default when not root).
+    #[arg(long)]
+    pub user: bool,
+    /// Debug logging (same as -v).
+    #[arg(short, long)]
+    pub debug: bool,
+    /// More logging; repeat for more (-vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl InstalledArgs {
+    /// The shared options these flags amount to.
+    pub fn common(&self) -> CommonArgs {
+        CommonArgs {
+            redis_url: self.redis_url.clone(),
+            data_dir: self.data_dir.clone(),
+            debug: self.debug,
+            verbose: self.verbose,
+            system: self.system,
+            user: self.user,
+            templates_dir: None,
+        }
+    }
 }
 
 /// `launcher logs`.
@@ -325,6 +366,52 @@ impl CommonArgs {
             (0, false) => "info",
             (0, true) | (1, _) => "debug",
             _ => "trace",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_snapshot() {
+        // Every `launcher … --help` (issue 10): each subcommand lists only
+        // the options that apply to it, and each teaches with an example.
+        let help = circles_test_support::help_pages(Cli::command());
+        insta::assert_snapshot!(help);
+        let keygen = help.split("$ launcher keygen --help").nth(1).unwrap();
+        let keygen = keygen.split("$ launcher").next().unwrap();
+        assert!(
+            keygen.contains("--json") && keygen.contains("Examples:"),
+            "{keygen}"
+        );
+        for absent in ["--redis-url", "--data-dir", "--system", "--templates-dir"] {
+            assert!(
+                !keygen.contains(absent),
+                "keygen --help lists {absent}:\n{keygen}"
+            );
+        }
+        // A Redis URL may carry a password: its value is never shown.
+        assert!(!help.contains("[env: REDIS_URL="), "{help}");
+    }
+
+    #[test]
+    fn a_mistyped_subcommand_is_not_a_config_file() {
+        let err = Cli::try_parse_args(["launcher", "stauts"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);
+        let text = err.to_string();
+        assert!(
+            text.contains("a similar subcommand exists: 'status'"),
+            "{text}"
+        );
+        // Paths and words far from any subcommand stay config paths.
+        for word in ["circles.json", "mycircles", "./status"] {
+            let cli = Cli::try_parse_args(["launcher", word]).unwrap();
+            assert_eq!(
+                cli.launch.config.as_deref(),
+                Some(std::path::Path::new(word))
+            );
         }
     }
 }

@@ -10,13 +10,27 @@ use circles_dispatcher::CirclePublicKey;
 use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS, ENV_RUST_LOG};
 use tracing_subscriber::EnvFilter;
 
+const SERVER_EXAMPLES: &str = "\
+Examples:
+  # Every circle whose worker registers in Redis, on ws://127.0.0.1:8080/<circle key>:
+  REDIS_URL=redis://127.0.0.1:6379 server
+
+  # Another port, signed-in clients only, and one circle also alone on its own port:
+  PK=02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5
+  server -p 9000 --enable-auth --circle-port $PK=9001
+
+  # A client then sends one JSON-RPC request per text frame:
+  #   {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"play\",\"params\":{\"script\":\"40 + 2\"}}
+  # and gets {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"42\"}, or -32004 at once when no
+  # live worker serves the circle.";
+
 /// Serve circles over WebSocket JSON-RPC at ws://HOST:PORT/<circle_pk>.
 ///
 /// Circles are those given with --circle or --circle-port plus every circle
 /// whose worker has registered in Redis (the set `rhai_circles`), including
 /// circles added while the server runs.
 #[derive(Debug, clap::Parser)]
-#[command(name = "server", version)]
+#[command(name = "server", version, after_help = SERVER_EXAMPLES)]
 pub struct ServerArgs {
     /// Host name or address to listen on.
     #[arg(long, default_value = DEFAULT_HOST)]
@@ -189,4 +203,18 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     })
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    #[test]
+    fn help_snapshot() {
+        // What `server --help` prints (issue 10: it teaches with an example).
+        let help =
+            circles_test_support::help_pages(<ServerArgs as clap::CommandFactory>::command());
+        assert!(help.contains("Examples:"), "{help}");
+        insta::assert_snapshot!(help);
+    }
 }

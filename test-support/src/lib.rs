@@ -353,6 +353,31 @@ impl Drop for TargetScratch {
     }
 }
 
+/// Every `--help` page of a command line, as a user sees them at 100
+/// columns: the command's own, then each visible subcommand's (depth
+/// first), each under a `$ prog sub --help` line; for snapshot tests, so a
+/// change to any help text shows up in review.
+pub fn help_pages(cmd: clap::Command) -> String {
+    fn walk(cmd: &mut clap::Command, path: &str, out: &mut String) {
+        out.push_str(&format!("$ {path} --help\n"));
+        out.push_str(&cmd.render_long_help().to_string());
+        out.push('\n');
+        for sub in cmd.get_subcommands_mut().filter(|s| !s.is_hide_set()) {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let path = format!("{path} {}", sub.get_name());
+            walk(sub, &path, out);
+        }
+    }
+    let mut cmd = cmd.term_width(100);
+    cmd.build();
+    let mut out = String::new();
+    let name = cmd.get_name().to_string();
+    walk(&mut cmd, &name, &mut out);
+    out
+}
+
 /// Resident memory of process `pid` in bytes (`VmRSS` in `/proc/<pid>/status`).
 pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");

@@ -18,11 +18,26 @@ use crate::{Limits, WorkerConfig};
 
 const MIB: usize = 1024 * 1024;
 
+const WORKER_EXAMPLES: &str = "\
+Examples:
+  # Serve a circle (a key from `launcher keygen`); its database goes to ./launch_data:
+  PK=02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5
+  REDIS_URL=redis://127.0.0.1:6379 worker --circle-public-key $PK
+
+  # Then, from another shell, run a script on it:
+  dispatcher run -c $PK '40 + 2'
+
+Usually the launcher starts workers (`launcher -c PK`, or as services). A worker
+exits 0 on SIGTERM/SIGINT once the task in hand is done, 1 when it cannot serve
+(the circle is already served elsewhere: it names the owner's pid and host), 2
+on bad arguments.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "worker",
     version,
-    about = "Run Rhai scripts from one circle's Redis queue against its own database"
+    about = "Run Rhai scripts from one circle's Redis queue against its own database",
+    after_help = WORKER_EXAMPLES
 )]
 pub struct WorkerArgs {
     /// Redis URL. Prefer the environment: a URL with a password in argv is
@@ -200,5 +215,19 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = orphaned => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_snapshot() {
+        // What `worker --help` prints (issue 10: it teaches with an example).
+        let help =
+            circles_test_support::help_pages(<WorkerArgs as clap::CommandFactory>::command());
+        assert!(help.contains("Examples:"), "{help}");
+        insta::assert_snapshot!(help);
     }
 }

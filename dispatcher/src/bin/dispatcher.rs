@@ -13,15 +13,29 @@ use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS}
 use circles_dispatcher::{CirclePublicKey, DispatchError, Dispatcher, TaskId};
 use clap::{Args, Parser, Subcommand};
 
+const DISPATCHER_EXAMPLES: &str = "\
+Examples:
+  # A circle with a live worker (`launcher -c $PK`, or `worker --circle-public-key $PK`):
+  PK=02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5
+  dispatcher run -c $PK '40 + 2'                                  # prints 42
+  dispatcher run -c $PK --file seed.rhai --timeout 10 --json
+  echo 'CONTEXT_ID' | dispatcher run -c $PK                       # the script on stdin
+  id=$(dispatcher submit -c $PK 'db_get(\"x\")') && dispatcher wait $id
+
+Exit status: 0 done, 1 the script failed, 2 bad input, 3 timed out, 4 Redis
+unreachable, 5 the circle is offline (no live worker; nothing was queued:
+--wait-for-worker queues and waits instead).";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dispatcher",
     version,
-    about = "Submit Rhai scripts to circles and wait for their results"
+    about = "Submit Rhai scripts to circles and wait for their results",
+    after_help = DISPATCHER_EXAMPLES
 )]
 struct Cli {
     /// Redis URL.
-    #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     redis_url: String,
     /// Print machine-readable JSON instead of plain text.
     #[arg(long, global = true)]
@@ -208,4 +222,21 @@ fn print_out(json: bool, value: &serde_json::Value, text: &str) {
     } else {
         writeln!(out, "{text}")
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_snapshot() {
+        // What `dispatcher --help` and each subcommand's print (issue 10:
+        // they teach with an example; the exit codes are listed).
+        let help = circles_test_support::help_pages(<Cli as clap::CommandFactory>::command());
+        assert!(
+            help.contains("Examples:") && help.contains("5 the circle is offline"),
+            "{help}"
+        );
+        insta::assert_snapshot!(help);
+    }
 }

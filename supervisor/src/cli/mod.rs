@@ -147,3 +147,16 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_snapshot() {
+        // Every `supervisor … --help`, `ctl` and its subcommands included.
+        let help = circles_test_support::help_pages(<Cli as clap::CommandFactory>::command());
+        assert!(help.contains("Examples:"), "{help}");
+        insta::assert_snapshot!(help);
+    }
+}
