@@ -51,6 +51,18 @@ impl Launcher {
         }
     }
 
+    /// Takes over a launcher started otherwise (through `scripts/run.sh`,
+    /// which `exec`s it), with piped stdout and stderr.
+    pub fn from_child(mut child: Child) -> Self {
+        let stdout = capture(child.stdout.take().unwrap());
+        let stderr = capture(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The one run command for circles: the demo circles up on a fresh machine.
+#
+#   scripts/run.sh [LAUNCHER OPTIONS…]
+#
+# 1. Redis: if nothing answers at the Redis URL (REDIS_URL, default
+#    redis://127.0.0.1:6379) and redis-server is not installed, installs it
+#    with apt-get when run as root (as scripts/test.sh does), else says
+#    exactly what to run and exits 1. (The launcher then starts a private
+#    redis-server for this run, with its data under launch_data/redis.)
+# 2. Builds the binaries (release) with cargo.
+# 3. Runs the launcher in direct mode on examples/circles.json: two circles
+#    with their init scripts, a status table, Ctrl+C stops everything.
+#
+# Environment:
+#   CIRCLES_CONFIG=FILE     circles.json to launch (default examples/circles.json)
+#   CIRCLES_NO_INSTALL=1    never install anything, even as root: print the hint
+#   CIRCLES_PROFILE=debug   a debug build (quicker to build, slower to run)
+#   CIRCLES_LAUNCHER=PATH   run this launcher binary instead of building one
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
+
+# Whether something accepts connections at the URL's host and port (only for
+# plain local redis:// URLs; others are the launcher's to check).
+redis_answers() {
+  local rest=${redis_url#redis://}
+  [[ $rest != "$redis_url" ]] || return 1
+  rest=${rest##*@}
+  rest=${rest%%/*}
+  local host=${rest%:*} port=${rest##*:}
+  [[ $port != "$rest" && -n $port ]] || port=6379
+  case $host in 127.0.0.1 | localhost) ;; *) return 1 ;; esac
+  (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
+}
+
+if ! command -v redis-server >/dev/null && ! redis_answers; then
+  if [[ $EUID -eq 0 && -z ${CIRCLES_NO_INSTALL:-} ]] && command -v apt-get >/dev/null; then
+    say "installing redis-server (nothing answers at $redis_url)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends redis-server >/dev/null ||
+      { apt-get update >/dev/null && apt-get install -y --no-install-recommends redis-server >/dev/null; }
+    command -v redis-server >/dev/null ||
+      { echo "error: apt-get installed redis-server, but it is not on PATH ($PATH)" >&2; exit 1; }
+  else
+    cat >&2 <<HINT
+error: nothing answers at $redis_url and redis-server is not installed.
+Install it, then run scripts/run.sh again:
+  Debian/Ubuntu:  sudo apt-get install -y redis-server
+  macOS:          brew install redis
+(or point REDIS_URL at a Redis that runs elsewhere)
+HINT
+    exit 1
+  fi
+fi
+
+launcher=${CIRCLES_LAUNCHER:-}
+if [[ -z $launcher ]]; then
+  profile=${CIRCLES_PROFILE:-release}
+  say "building ($profile)"
+  if [[ $profile == release ]]; then
+    cargo build --release --locked --bins
+  else
+    cargo build --locked --bins
+  fi
+  launcher=target/$profile/launcher
+fi
+
+config=${CIRCLES_CONFIG:-examples/circles.json}
+say "launching the circles of $config (Ctrl+C stops them)"
+exec "$launcher" "$@" "$config"
