@@ -169,6 +169,10 @@ async fn a_killed_worker_is_restarted_and_serves_again() {
     assert_eq!(c.play("6 * 7").await, "42");
     // The last exit is the signal, not an exit code.
     l.wait_stderr("exited, killed by signal 9 (SIGKILL); restarting in", UP);
+    // Tidy logs (issue 10 item 6): a pid is a number, not `Some(…)`.
+    let log = l.stderr();
+    assert!(log.contains(&format!("pid={first}")), "{log}");
+    assert!(!log.contains("Some("), "{log}");
     l.signal("INT");
     assert_eq!(l.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(!alive(second), "worker stopped with the launcher");
