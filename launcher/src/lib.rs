@@ -17,6 +17,7 @@ pub mod cli;
 pub mod direct;
 mod error;
 pub mod init;
+pub mod migrate;
 mod process;
 pub mod redis_local;
 pub mod service_mode;

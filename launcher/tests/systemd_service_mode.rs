@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,11 +26,15 @@ fn worker_unit(key: &str) -> String {
     format!("tf.ourworld.circles.circle-worker-{key}.service")
 }
 
-/// One test's world: a Redis, a data directory under target/, a port, and a
-/// cleanup of every circle unit when it ends (even on panic).
+/// One test's world: a Redis, a scratch directory under target/ (scripts,
+/// binaries), a data directory under /var/lib (system services keep their
+/// databases in a StateDirectory=; inside the sandbox /var/lib is private), a
+/// port, and a cleanup of every circle unit and of the data when it ends
+/// (even on panic).
 struct World {
     redis: RedisServer,
     dir: TargetScratch,
+    data: PathBuf,
     port: String,
     env: Vec<(String, String)>,
     scope_flag: &'static str,
@@ -37,9 +42,19 @@ struct World {
 
 impl World {
     fn new(name: &str) -> Self {
+        let dir = TargetScratch::new(name);
+        // The services' own users must reach the scripts and binaries here.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let unique = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         Self {
             redis: RedisServer::start(),
-            dir: TargetScratch::new(name),
+            data: PathBuf::from(format!("/var/lib/circles-test-{unique}")),
+            dir,
             port: free_port().to_string(),
             env: Vec::new(),
             scope_flag: "--system",
@@ -47,7 +62,7 @@ impl World {
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     /// `launcher ARGS…` with this world's Redis, data dir and scope.
@@ -135,6 +150,9 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let _ = self.launcher(&["cleanup"]);
+        let _ = std::fs::remove_dir_all(&self.data);
+        let rel = self.data.strip_prefix("/var/lib").unwrap();
+        let _ = std::fs::remove_dir_all(Path::new("/var/lib/private").join(rel));
     }
 }
 
@@ -437,10 +455,9 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
     let _serial = SERIAL.lock().await;
     let w = World::new("svc-limit");
     // Starts fine once (so the install succeeds), then fails on every
-    // restart. The marker goes in the data directory: the only place the
-    // unit may write (ProtectSystem=strict).
-    std::fs::create_dir_all(w.data()).unwrap();
-    let marker = w.data().join("started-once");
+    // restart. The marker goes in the circle's database directory: the only
+    // place the unit may write (its StateDirectory=).
+    let marker = w.data().join("db").join(KEY_ONE).join("started-once");
     let wrapper = w.dir.path().join("flaky-worker");
     executable(
         &wrapper,

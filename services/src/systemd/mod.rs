@@ -22,7 +22,9 @@ use tokio::sync::OnceCell;
 use zbus::message::Type as MessageType;
 use zbus::{Connection, MatchRule, MessageStream, OwnedObjectPath};
 
-use crate::backend::{ApplyReport, Plan, PlannedAction, Rendered, ServiceStatus};
+use crate::backend::{
+    ApplyReport, PUBLIC_FILE_MODE, Plan, PlannedAction, Rendered, SecretFile, ServiceStatus,
+};
 use crate::error::{Rollback, ServiceError};
 use crate::files;
 use crate::host::HostEnv;
@@ -161,13 +163,69 @@ impl SystemdBackend {
         dbus::manager(conn).await.map_err(dbus_error("Manager"))
     }
 
-    /// The unit for `spec`; pure.
+    /// The unit for `spec`, and its secret environment file if it has
+    /// secrets; pure.
     pub fn render(&self, spec: &ServiceSpec) -> Result<Rendered, ServiceError> {
         Ok(Rendered {
             name: spec.name.clone(),
             path: self.unit_path(&spec.name),
             contents: render::render_unit(spec, self.scope, &self.templates)?,
+            mode: PUBLIC_FILE_MODE,
+            secret: (!spec.secret_env.is_empty()).then(|| SecretFile {
+                path: render::secret_env_path(spec),
+                contents: render::render_secret_env(spec),
+            }),
         })
+    }
+
+    /// Our service files in the unit directory.
+    pub async fn list_installed_files(&self) -> Result<Vec<ServiceName>, ServiceError> {
+        files::list_names(&self.unit_dir, UNIT_SUFFIX).await
+    }
+
+    /// The `WorkingDirectory=` of the installed unit of `name`, when it has
+    /// one of ours.
+    pub async fn installed_working_directory(
+        &self,
+        name: &ServiceName,
+    ) -> Result<Option<PathBuf>, ServiceError> {
+        let Some(text) = self.installed_unit(name).await? else {
+            return Ok(None);
+        };
+        Ok(unit_setting(&text, "WorkingDirectory")
+            .last()
+            .map(|v| PathBuf::from(v.replace("%%", "%"))))
+    }
+
+    /// The text of our installed unit file of `name`.
+    async fn installed_unit(&self, name: &ServiceName) -> Result<Option<String>, ServiceError> {
+        let path = self.unit_path(name);
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) if render::is_ours(&text) => Ok(Some(text)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ServiceError::Read {
+                name: name.clone(),
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// The secret environment file our installed unit of `name` reads
+    /// (`<secrets_dir>/<name>.env`), so removing the unit removes it too.
+    async fn installed_secret_file(
+        &self,
+        name: &ServiceName,
+    ) -> Result<Option<PathBuf>, ServiceError> {
+        let Some(text) = self.installed_unit(name).await? else {
+            return Ok(None);
+        };
+        let file_name = format!("{name}.env");
+        Ok(unit_setting(&text, "EnvironmentFile")
+            .into_iter()
+            .map(|v| PathBuf::from(v.trim_start_matches('-').replace("%%", "%")))
+            .find(|p| p.file_name().is_some_and(|f| f == file_name.as_str())))
     }
 
     fn unit_path(&self, name: &ServiceName) -> PathBuf {
@@ -196,7 +254,7 @@ impl SystemdBackend {
     pub async fn apply(&self, plan: &Plan) -> Result<ApplyReport, ServiceError> {
         let mut report = ApplyReport::default();
         let mut created: Vec<&Rendered> = Vec::new();
-        let mut updated: Vec<(&Rendered, &str)> = Vec::new();
+        let mut updated: Vec<(&Rendered, &PlannedAction)> = Vec::new();
         let mut unchanged: Vec<&Rendered> = Vec::new();
 
         // 1. Files.
@@ -207,20 +265,14 @@ impl SystemdBackend {
                     Ok(())
                 }
                 PlannedAction::Create => {
-                    let r =
-                        files::write_file(&rendered.name, &rendered.path, &rendered.contents).await;
-                    if r.is_ok() {
-                        created.push(rendered);
-                    }
-                    r
+                    // Recorded before writing: a half-written pair (secret
+                    // file without unit) is removed by the rollback too.
+                    created.push(rendered);
+                    files::write_rendered(rendered).await
                 }
-                PlannedAction::Update { previous } => {
-                    let r =
-                        files::write_file(&rendered.name, &rendered.path, &rendered.contents).await;
-                    if r.is_ok() {
-                        updated.push((rendered, previous.as_str()));
-                    }
-                    r
+                PlannedAction::Update { .. } => {
+                    updated.push((rendered, action));
+                    files::write_rendered(rendered).await
                 }
             } {
                 let step = format!("writing `{}` to {}", rendered.name, rendered.path.display());
@@ -287,7 +339,7 @@ impl SystemdBackend {
         step: String,
         source: ServiceError,
         created: &[&Rendered],
-        updated: &[(&Rendered, &str)],
+        updated: &[(&Rendered, &PlannedAction)],
         restart_updated: bool,
     ) -> ServiceError {
         tracing::warn!("apply failed while {step}: {source}; rolling back");
@@ -306,7 +358,7 @@ impl SystemdBackend {
     async fn rollback(
         &self,
         created: &[&Rendered],
-        updated: &[(&Rendered, &str)],
+        updated: &[(&Rendered, &PlannedAction)],
         restart_updated: bool,
     ) -> Rollback {
         let mut rollback = Rollback::default();
@@ -336,13 +388,23 @@ impl SystemdBackend {
             }
         }
         for r in created {
-            match files::remove_file(&r.name, &r.path).await {
+            match files::remove_rendered(r).await {
                 Ok(_) => rollback.removed.push(r.name.clone()),
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        for (r, previous) in updated {
-            match files::write_file(&r.name, &r.path, previous).await {
+        for (r, action) in updated {
+            let PlannedAction::Update {
+                previous,
+                previous_mode,
+                previous_secret,
+            } = action
+            else {
+                continue;
+            };
+            match files::restore_previous(r, previous, *previous_mode, previous_secret.as_ref())
+                .await
+            {
                 Ok(()) => rollback.restored.push(r.name.clone()),
                 Err(e) => failures.push(e.to_string()),
             }
@@ -394,14 +456,23 @@ impl SystemdBackend {
 
     /// Restarts (or starts) each service and waits for the jobs.
     pub async fn restart(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
-        let jobs: Vec<(ServiceName, Verb)> =
-            names.iter().map(|n| (n.clone(), Verb::Restart)).collect();
+        self.run_verb(names, Verb::Restart).await
+    }
+
+    /// Stops each service and waits for the jobs; the units stay installed
+    /// and enabled.
+    pub async fn stop(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        self.run_verb(names, Verb::Stop).await
+    }
+
+    async fn run_verb(&self, names: &[ServiceName], verb: Verb) -> Result<(), ServiceError> {
+        let jobs: Vec<(ServiceName, Verb)> = names.iter().map(|n| (n.clone(), verb)).collect();
         let mut failures = self.run_jobs(&jobs).await?.into_iter();
         match failures.next() {
             None => Ok(()),
             Some((_, _, first)) => {
                 for (name, _, other) in failures {
-                    tracing::warn!("restarting `{name}` failed too: {other}");
+                    tracing::warn!("{} `{name}` failed too: {other}", verb.gerund());
                 }
                 Err(first)
             }
@@ -532,6 +603,9 @@ impl SystemdBackend {
             let units: Vec<String> = with_file.iter().map(ServiceName::unit_name).collect();
             self.disable(&units).await?;
             for name in &with_file {
+                if let Some(secret) = self.installed_secret_file(name).await? {
+                    files::remove_file(name, &secret).await?;
+                }
                 files::remove_file(name, &self.unit_path(name)).await?;
             }
             self.reload().await?;
@@ -764,6 +838,14 @@ impl SystemdBackend {
                 .join("\n")
         })
     }
+}
+
+/// The values of `key=` lines in a unit file's text, in order.
+fn unit_setting<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+        .collect()
 }
 
 fn capitalize(word: &str) -> String {
