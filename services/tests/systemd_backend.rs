@@ -255,8 +255,17 @@ async fn a_failing_service_rolls_back_everything_the_apply_did() {
         names: vec![existing.clone(), first.clone(), bad.clone(), last.clone()],
     };
 
-    // A service installed by an earlier run, about to be updated.
+    // A service installed by an earlier run, about to be updated — its
+    // secret environment file too.
+    let secret = |value: &str| {
+        circles_services::SecretEnv(std::collections::BTreeMap::from([(
+            "CIRCLES_TEST_SECRET".to_string(),
+            value.to_string(),
+        )]))
+    };
     let mut existing_spec = notify_spec(existing.clone(), &dir);
+    existing_spec.secret_env = secret("old");
+    let secret_file = |n: &ServiceName| dir.join("secrets").join(format!("{n}.env"));
     backend
         .apply(
             &backend
@@ -275,8 +284,11 @@ async fn a_failing_service_rolls_back_everything_the_apply_did() {
     existing_spec
         .fingerprint
         .insert("worker-sha256".into(), "new-binary".into());
+    existing_spec.secret_env = secret("new");
+    let mut first_spec = notify_spec(first.clone(), &dir);
+    first_spec.secret_env = secret("first");
     let specs = vec![
-        notify_spec(first.clone(), &dir),
+        first_spec,
         existing_spec,
         bad_spec,
         notify_spec(last.clone(), &dir),
@@ -328,6 +340,29 @@ async fn a_failing_service_rolls_back_everything_the_apply_did() {
         vec![existing.clone()],
         "only the service from before the failed apply is installed"
     );
+    // Secret files too: the created one is gone, the changed one is back,
+    // still 0600, and the running service has the old value.
+    assert!(!secret_file(&first).exists());
+    let restored = secret_file(&existing);
+    assert!(
+        std::fs::read_to_string(&restored)
+            .unwrap()
+            .ends_with("CIRCLES_TEST_SECRET=\"old\"\n")
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let pid = status(&backend, &existing).await.main_pid.unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("CIRCLES_TEST_SECRET=old"));
+    // Removing the service removes its secret file.
+    backend
+        .remove(std::slice::from_ref(&existing))
+        .await
+        .unwrap();
+    assert!(!restored.exists());
 }
 
 #[tokio::test]
