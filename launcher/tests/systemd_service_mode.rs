@@ -636,3 +636,61 @@ async fn a_failing_init_script_fails_the_run_and_leaves_the_circle_running() {
     let mut c = Client::connect(&w.url(KEY_ONE)).await;
     assert_eq!(c.play("1 + 1").await, "2");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_cleanup_find_the_default_data_directory_from_anywhere() {
+    if !systemd_or_skip("status_and_cleanup_find_the_default_data_directory") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-default-dir");
+    let default = Path::new("/var/lib/circles");
+    assert!(
+        !default.join("services.json").exists(),
+        "a circles install in this sandbox already"
+    );
+    // Without --data-dir, from one directory…
+    let init = script(w.dir.path(), "init.rhai", r#""from the default""#);
+    let launcher = |cwd: &Path, args: &[&str]| {
+        let out = Command::new(circles_test_support::binary("launcher"))
+            .current_dir(cwd)
+            .args(args)
+            .args(["--redis-url", &w.redis.url(), "--system"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let worker = worker();
+    let (code, out, err) = launcher(
+        w.dir.path(),
+        &[
+            "--use-service-manager",
+            "--worker-binary",
+            worker.to_str().unwrap(),
+            "-p",
+            &w.port,
+            "-c",
+            &format!("{KEY_ONE}:{init}"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(default.join("services.json").is_file());
+    assert!(
+        !w.dir.path().join("launch_data").exists(),
+        "not ./launch_data"
+    );
+    // …status and cleanup from another find what it installed.
+    let (code, out, err) = launcher(Path::new("/"), &["status", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok: from the default"), "{out}");
+    let (code, out, err) = launcher(Path::new("/"), &["cleanup"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 circle service(s) removed"), "{out}");
+    assert!(!default.join("services.json").exists());
+    let _ = std::fs::remove_dir_all(default);
+    let _ = std::fs::remove_dir_all("/var/lib/private/circles");
+}
