@@ -539,3 +539,61 @@ async fn root_owned_data_of_an_earlier_install_is_migrated() {
     assert!(out.contains("0 created, 0 updated, 2 unchanged"), "{out}");
     assert!(!err.contains("now keeps its database"), "{err}");
 }
+
+/// A redis-server listening only on a unix socket, killed when dropped.
+struct SocketRedis(std::process::Child);
+
+impl Drop for SocketRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_reach_a_redis_on_a_unix_socket() {
+    if !systemd_or_skip("services_reach_a_redis_on_a_unix_socket") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("lp-socket");
+    // The socket where the services' own users may connect (mode 0777 on the
+    // socket, a world-searchable directory), as an operator would set
+    // `unixsocketperm` for them.
+    let socket = w.dir.path().join("redis.sock");
+    let _redis = SocketRedis(
+        Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "777"])
+            .arg("--dir")
+            .arg(w.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("redis socket", Duration::from_secs(10), || {
+        socket.exists().then_some(())
+    });
+    let url = format!("redis+unix://{}", socket.display());
+    let worker = worker();
+    let (code, out, err) = w.launcher_with_redis(
+        &url,
+        &[
+            "--use-service-manager",
+            "--worker-binary",
+            worker.to_str().unwrap(),
+            "-p",
+            &w.port,
+            "-c",
+            KEY_ONE,
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_unprivileged(&w, &worker_unit(KEY_ONE));
+    let mut c = Client::connect(&w.url(KEY_ONE)).await;
+    assert_eq!(c.play(r#"db_set("k", 1); db_get("k") + 1"#).await, "2");
+    let (code, _, err) = w.launcher_with_redis(&url, &["cleanup"]);
+    assert_eq!(code, Some(0), "{err}");
+}
