@@ -11,6 +11,15 @@ use std::path::Path;
 #[cfg(unix)]
 pub(crate) fn hand_over(dir: &Path, user: &str, group: &str) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
+    let (uid, gid) = ids(user, group)?;
+    chown_tree(dir, uid, gid)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// The uid of `user` and gid of `group`; an error naming the one that does
+/// not exist.
+#[cfg(unix)]
+fn ids(user: &str, group: &str) -> io::Result<(u32, u32)> {
     let not_found = |what: &str, name: &str| {
         io::Error::new(
             io::ErrorKind::NotFound,
@@ -27,8 +36,28 @@ pub(crate) fn hand_over(dir: &Path, user: &str, group: &str) -> io::Result<()> {
         .ok_or_else(|| not_found("group", group))?
         .gid
         .as_raw();
-    chown_tree(dir, uid, gid)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    Ok((uid, gid))
+}
+
+/// Creates `file` if it is missing (mode 0640) and makes it owned by
+/// `user`:`group`; a symbolic link in its place is refused, not followed.
+#[cfg(unix)]
+pub(crate) fn hand_over_file(file: &Path, user: &str, group: &str) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let (uid, gid) = ids(user, group)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(file)?;
+    std::os::unix::fs::lchown(file, Some(uid), Some(gid))
+}
+
+/// No accounts to hand over to elsewhere.
+#[cfg(not(unix))]
+pub(crate) fn hand_over_file(_file: &Path, _user: &str, _group: &str) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -79,5 +108,13 @@ mod tests {
         assert_eq!(uid(&dir.path().join("sub/db")), nobody.uid.as_raw());
         assert_eq!(uid(&dir.path().join("link")), nobody.uid.as_raw());
         assert_eq!(uid(outside.path()), 0, "the link's target is left alone");
+
+        // A log file is created for the account; a link in its place is
+        // refused rather than followed.
+        let log = dir.path().join("out.log");
+        hand_over_file(&log, "nobody", &group.name).unwrap();
+        assert_eq!(uid(&log), nobody.uid.as_raw());
+        assert!(hand_over_file(&dir.path().join("link"), "nobody", &group.name).is_err());
+        assert_eq!(uid(outside.path()), 0);
     }
 }

@@ -541,6 +541,11 @@ async fn daemons_get_their_account_and_their_state_directory() {
         std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
         0o700
     );
+    // launchd opens the log files as the daemon's user: they are its own.
+    for key in ["StandardOutPath", "StandardErrorPath"] {
+        let log = dict[key].as_string().unwrap();
+        assert_eq!(std::fs::metadata(log).unwrap().uid(), nobody, "{log}");
+    }
     assert_eq!(
         fake.take_calls(),
         [

@@ -519,26 +519,36 @@ fn command_error(args: &[&str], output: &std::process::Output) -> ServiceError {
 }
 
 /// For a daemon with an unprivileged account: creates its state directory
-/// (named in our managed dictionary) and hands it, with everything in it, to
-/// that account — launchd does neither, and a database left root-owned by
-/// an earlier install must become writable. Mode 0700: no other account
-/// reads a circle's data.
+/// and hands it, with everything in it, to that account — launchd does
+/// neither, and a database left root-owned by an earlier install must become
+/// writable (mode 0700: no other account reads a circle's data); and makes
+/// its log files that account's, since launchd opens them as the daemon's
+/// user.
 async fn prepare_state_dir(rendered: &Rendered) -> Result<(), ServiceError> {
-    let Some((dir, user, group)) = render::state_dir_and_account(&rendered.contents) else {
+    let Some(daemon) = render::daemon_files(&rendered.contents) else {
         return Ok(());
     };
-    files::create_dir(&dir).await?;
+    if let Some(dir) = &daemon.state_dir {
+        files::create_dir(dir).await?;
+    }
     let name = rendered.name.clone();
-    let chown_dir = dir.clone();
-    tokio::task::spawn_blocking(move || crate::account::hand_over(&chown_dir, &user, &group))
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map_err(|source| ServiceError::Write {
-            name,
-            path: dir,
-            source,
-        })
+    let path = daemon
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| rendered.path.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = &daemon.state_dir {
+            crate::account::hand_over(dir, &daemon.user, &daemon.group)?;
+        }
+        for log in &daemon.logs {
+            crate::account::hand_over_file(log, &daemon.user, &daemon.group)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r)
+    .map_err(|source| ServiceError::Write { name, path, source })
 }
 
 /// Directories of `StandardOutPath` and `StandardErrorPath` in a rendered plist.

@@ -126,11 +126,13 @@ pub fn render_plist(
         .map(|(k, v)| (k.clone(), text(v)))
         .collect();
     managed.insert("Fingerprint".into(), Value::Dictionary(fingerprint));
-    if let (Some(dir), Some((user, group))) = (&spec.state_dir, account) {
-        // What the backend prepares before loading: the directory, owned by
-        // the daemon's account.
-        managed.insert("StateDirectory".into(), path(dir));
-        managed.insert("StateOwner".into(), text(&format!("{user}:{group}")));
+    if let Some((user, group)) = account {
+        // What the backend prepares before loading: the log files and the
+        // state directory, owned by the daemon's account.
+        managed.insert("Account".into(), text(&format!("{user}:{group}")));
+        if let Some(dir) = &spec.state_dir {
+            managed.insert("StateDirectory".into(), path(dir));
+        }
     }
     dict.insert(MANAGED_KEY.into(), Value::Dictionary(managed));
 
@@ -163,18 +165,41 @@ pub fn render_plist(
     to_xml(&spec.name, dict)
 }
 
-/// The state directory and `user`, `group` recorded in a rendered plist of
-/// a daemon with an unprivileged account.
-pub(crate) fn state_dir_and_account(
-    contents: &str,
-) -> Option<(std::path::PathBuf, String, String)> {
+/// What a daemon with an unprivileged account needs prepared before
+/// launchd loads it, as recorded in its rendered plist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DaemonFiles {
+    /// `UserName`.
+    pub user: String,
+    /// `GroupName`.
+    pub group: String,
+    /// The directory it writes, if any.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// `StandardOutPath` and `StandardErrorPath`: launchd opens them as the
+    /// daemon's user.
+    pub logs: Vec<std::path::PathBuf>,
+}
+
+/// The [`DaemonFiles`] of a rendered plist; `None` for agents and daemons
+/// that run as root.
+pub(crate) fn daemon_files(contents: &str) -> Option<DaemonFiles> {
     let dict = Value::from_reader_xml(contents.as_bytes())
         .ok()?
         .into_dictionary()?;
     let managed = dict.get(MANAGED_KEY)?.as_dictionary()?;
-    let dir = managed.get("StateDirectory")?.as_string()?;
-    let (user, group) = managed.get("StateOwner")?.as_string()?.split_once(':')?;
-    Some((dir.into(), user.to_string(), group.to_string()))
+    let (user, group) = managed.get("Account")?.as_string()?.split_once(':')?;
+    Some(DaemonFiles {
+        user: user.to_string(),
+        group: group.to_string(),
+        state_dir: managed
+            .get("StateDirectory")
+            .and_then(Value::as_string)
+            .map(Into::into),
+        logs: ["StandardOutPath", "StandardErrorPath"]
+            .iter()
+            .filter_map(|k| dict.get(k)?.as_string().map(Into::into))
+            .collect(),
+    })
 }
 
 /// A plist dictionary as XML text with a final newline.
