@@ -11,6 +11,14 @@
 //! The server service does not list the circles: it learns them from the
 //! workers' registration in Redis, so a later run that adds circles leaves it
 //! untouched and it serves old and new alike.
+//!
+//! System services run unprivileged ([`service_account`]): each worker
+//! writes only its circle's database directory ([`db_dir`]) and gets the
+//! Redis URL through its environment — from a 0600 file when the URL holds a
+//! password. The data directory defaults to the platform's place
+//! ([`default_data_dir`]), so `status`, `logs` and `cleanup` work from
+//! anywhere; what an earlier, root-run install left is taken over by
+//! [`crate::migrate`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -180,6 +188,7 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         for c in &touched {
             if let Err(e) = wait_for_heartbeat(&dispatcher, &c.key, HEARTBEAT_WAIT).await {
                 undo_apply(&backend, &plan, &applied).await;
+                crate::migrate::undo(&backend, &migration.databases).await;
                 installed.save(&settings.data_dir)?;
                 return Err(e);
             }

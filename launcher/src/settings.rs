@@ -220,7 +220,7 @@ impl LaunchSettings {
         format!("ws://{}:{}/{key}", url_host(&self.host), self.port)
     }
 
-    /// Where worker logs go in direct mode.
+    /// Where worker logs go in direct mode, and launchd's log files.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
