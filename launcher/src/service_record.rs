@@ -277,3 +277,135 @@ impl ServiceRecord {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Ceiling;
+    use crate::settings::CircleSpec;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    const KEY_X: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+    const KEY_Y: &str = "02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5";
+
+    fn circle(key: &str, ceilings: WorkerCeilings) -> CircleSpec {
+        let key: CirclePublicKey = key.parse().unwrap();
+        CircleSpec {
+            name: crate::settings::short_name(&key),
+            key,
+            init_script: None,
+            port: None,
+            ceilings,
+        }
+    }
+
+    #[test]
+    fn ceilings_come_from_circles_json_then_flags_then_the_install_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = ServiceRecord::default();
+        record.circles.insert(
+            KEY_X.into(),
+            RecordedCircle {
+                name: "x".into(),
+                port: None,
+                init: "-".into(),
+                ceilings: WorkerCeilings {
+                    memory_max: Some(Ceiling::Limit(2 << 30)),
+                    tasks_max: Some(Ceiling::Limit(128)),
+                    limit_nofile: None,
+                },
+            },
+        );
+        let args = LaunchArgs::default();
+        let common = CommonArgs::default();
+        let (mut settings, _) = LaunchSettings::resolve_without_ports(
+            &LaunchArgs {
+                circles: vec![KEY_X.into()],
+                ..LaunchArgs::default()
+            },
+            &common,
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        settings.circles = vec![
+            circle(KEY_X, WorkerCeilings::default()),
+            circle(
+                KEY_Y,
+                WorkerCeilings {
+                    memory_max: Some(Ceiling::Limit(512 << 20)),
+                    ..WorkerCeilings::default()
+                },
+            ),
+        ];
+        settings.worker_ceilings.tasks_max = Some(Ceiling::Infinity);
+        record.merge(&args, &common, &mut settings).unwrap();
+        let x = settings.circles[0].ceilings;
+        assert_eq!(x.memory_max, Some(Ceiling::Limit(2 << 30)), "installed");
+        assert_eq!(
+            x.tasks_max,
+            Some(Ceiling::Infinity),
+            "flag wins over installed"
+        );
+        assert_eq!(x.limit_nofile, Some(1024), "default");
+        let y = settings.circles[1].ceilings;
+        assert_eq!(
+            y.memory_max,
+            Some(Ceiling::Limit(512 << 20)),
+            "circles.json"
+        );
+        assert_eq!(record.circles[KEY_Y].ceilings, y, "recorded for next time");
+        assert_eq!(record.server_limit_nofile, Some(65_536));
+    }
+
+    #[test]
+    fn the_record_holds_the_redis_url_redacted_and_the_secret_file_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "redis://:s3cret@127.0.0.1:6390/1";
+        let record = ServiceRecord {
+            redis_url: Some(RedisUrl::new(url)),
+            ..ServiceRecord::default()
+        };
+        record.save(dir.path()).unwrap();
+        let json = std::fs::read_to_string(ServiceRecord::path(dir.path())).unwrap();
+        assert!(!json.contains("s3cret"), "{json}");
+        assert!(json.contains("redis://:***@127.0.0.1:6390/1"), "{json}");
+        let secret = ServiceRecord::redis_url_path(dir.path());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&secret), 0o600);
+        assert_eq!(mode(secret.parent().unwrap()), 0o700);
+        let loaded = ServiceRecord::load(dir.path());
+        assert_eq!(loaded.redis_url.unwrap().expose_secret(), url);
+
+        // Another URL in the secret file than the record names is ignored:
+        // the record's redacted text is all there is, never another Redis.
+        std::fs::write(&secret, "redis://:other@10.0.0.1:6379").unwrap();
+        let loaded = ServiceRecord::load(dir.path());
+        assert_eq!(
+            loaded.redis_url.unwrap().expose_secret(),
+            "redis://:***@127.0.0.1:6390/1"
+        );
+
+        // A record written before secrets were kept apart (full URL inside)
+        // still loads, and the next save splits it.
+        std::fs::remove_file(&secret).unwrap();
+        std::fs::write(
+            ServiceRecord::path(dir.path()),
+            format!(r#"{{"redis_url": "{url}", "circles": {{}}}}"#),
+        )
+        .unwrap();
+        let old = ServiceRecord::load(dir.path());
+        assert_eq!(old.redis_url.as_ref().unwrap().expose_secret(), url);
+        old.save(dir.path()).unwrap();
+        let json = std::fs::read_to_string(ServiceRecord::path(dir.path())).unwrap();
+        assert!(!json.contains("s3cret"), "{json}");
+        // Without credentials there is no secret file.
+        ServiceRecord {
+            redis_url: Some(RedisUrl::new("redis://127.0.0.1:6379")),
+            ..ServiceRecord::default()
+        }
+        .save(dir.path())
+        .unwrap();
+        assert!(!secret.exists());
+    }
+}

@@ -733,10 +733,56 @@ mod tests {
                 r#"[{"name":"a","port":1,"script_path":"missing.rhai"}]"#,
                 "failed to read init script",
             ),
+            (
+                r#"[{"name":"a","port":1,"memory_max":1024}]"#,
+                "below 16 MiB",
+            ),
+            (r#"[{"name":"a","port":1,"tasks_max":2}]"#, "below 8"),
+            (r#"[{"name":"a","port":1,"limit_nofile":3}]"#, "below 16"),
+            (
+                r#"[{"name":"a","port":1,"memory_max":"lots"}]"#,
+                "expected an array",
+            ),
         ] {
             std::fs::write(&cfg, text).unwrap();
             let err = load_config(&cfg, dir.path(), None).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn config_ceilings_and_keys_of_an_earlier_install_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("circles.json");
+        std::fs::write(
+            &cfg,
+            r#"[{"name":"a","port":9001,"memory_max":"infinity","tasks_max":32},{"name":"b","port":9002}]"#,
+        )
+        .unwrap();
+        let earlier = dir.path().join("old");
+        let first = load_config(&cfg, &earlier, None).unwrap();
+        first.persist_new_keys().unwrap();
+        assert_eq!(
+            first.circles[0].ceilings.memory_max,
+            Some(Ceiling::Infinity)
+        );
+        assert_eq!(
+            first.circles[0].ceilings.tasks_max,
+            Some(Ceiling::Limit(32))
+        );
+        assert_eq!(first.circles[1].ceilings, WorkerCeilings::default());
+
+        // A new data directory: the identities come from the earlier one and
+        // are copied over once validation passed, never regenerated.
+        let data = dir.path().join("new");
+        let taken = load_config(&cfg, &data, Some(&earlier)).unwrap();
+        assert_eq!(taken.circles[0].key, first.circles[0].key);
+        assert_eq!(taken.circles[1].key, first.circles[1].key);
+        assert!(!key_file(&data, "a").exists());
+        taken.persist_new_keys().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(key_file(&data, "a")).unwrap(),
+            std::fs::read_to_string(key_file(&earlier, "a")).unwrap()
+        );
     }
 }

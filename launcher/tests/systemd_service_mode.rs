@@ -501,6 +501,26 @@ async fn refusals_happen_before_anything_is_installed() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is not executable"), "{err}");
     assert!(!installed());
+
+    // A data directory systemd cannot hand to the services' users.
+    let elsewhere = w.dir.path().join("data");
+    let out = Command::new(circles_test_support::binary("launcher"))
+        .args([
+            "--use-service-manager",
+            "--worker-binary",
+            wb,
+            "-c",
+            KEY_ONE,
+        ])
+        .args(["--system", "--redis-url", &w.redis.url(), "--data-dir"])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("must lie under /var/lib"), "{err}");
+    assert!(!installed());
+    assert!(!elsewhere.exists());
     assert!(!w.data().exists(), "no data directory made by refused runs");
 }
 
