@@ -357,7 +357,27 @@ async fn a_failing_service_rolls_back_everything_the_apply_did() {
     let pid = status(&backend, &existing).await.main_pid.unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(String::from_utf8_lossy(&environ).contains("CIRCLES_TEST_SECRET=old"));
+    // Without secrets now (a Redis URL without a password): the stale
+    // secret file goes once the new unit runs.
+    let plain = notify_spec(existing.clone(), &dir);
+    backend
+        .apply(&backend.plan(std::slice::from_ref(&plain)).await.unwrap())
+        .await
+        .unwrap();
+    assert!(!restored.exists());
     // Removing the service removes its secret file.
+    let mut secret_again = plain;
+    secret_again.secret_env = secret("again");
+    backend
+        .apply(
+            &backend
+                .plan(std::slice::from_ref(&secret_again))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(restored.exists());
     backend
         .remove(std::slice::from_ref(&existing))
         .await

@@ -218,14 +218,10 @@ impl SystemdBackend {
         &self,
         name: &ServiceName,
     ) -> Result<Option<PathBuf>, ServiceError> {
-        let Some(text) = self.installed_unit(name).await? else {
-            return Ok(None);
-        };
-        let file_name = format!("{name}.env");
-        Ok(unit_setting(&text, "EnvironmentFile")
-            .into_iter()
-            .map(|v| PathBuf::from(v.trim_start_matches('-').replace("%%", "%")))
-            .find(|p| p.file_name().is_some_and(|f| f == file_name.as_str())))
+        Ok(self
+            .installed_unit(name)
+            .await?
+            .and_then(|text| secret_file_of(&text, name)))
     }
 
     fn unit_path(&self, name: &ServiceName) -> PathBuf {
@@ -325,6 +321,18 @@ impl SystemdBackend {
         };
         if let Some((step, error)) = failure {
             return Err(self.fail(step, error, &created, &updated, true).await);
+        }
+
+        // A service that no longer has secrets (a Redis URL without a
+        // password now) leaves no stale secret file behind. Only now: had
+        // the apply failed, the restored unit would still read it.
+        for (rendered, action) in &updated {
+            if let (None, PlannedAction::Update { previous, .. }) = (&rendered.secret, action)
+                && let Some(stale) = secret_file_of(previous, &rendered.name)
+                && let Err(e) = files::remove_file(&rendered.name, &stale).await
+            {
+                tracing::warn!("{e}");
+            }
         }
 
         report.created = created.iter().map(|r| r.name.clone()).collect();
@@ -838,6 +846,16 @@ impl SystemdBackend {
                 .join("\n")
         })
     }
+}
+
+/// The secret environment file (`<secrets_dir>/<name>.env`) a unit's text
+/// names in `EnvironmentFile=`.
+fn secret_file_of(unit: &str, name: &ServiceName) -> Option<PathBuf> {
+    let file_name = format!("{name}.env");
+    unit_setting(unit, "EnvironmentFile")
+        .into_iter()
+        .map(|v| PathBuf::from(v.trim_start_matches('-').replace("%%", "%")))
+        .find(|p| p.file_name().is_some_and(|f| f == file_name.as_str()))
 }
 
 /// The values of `key=` lines in a unit file's text, in order.
