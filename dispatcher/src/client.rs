@@ -6,6 +6,13 @@
 //! `run` pipelines both on one connection, so a whole task costs the client
 //! a single round trip.
 //!
+//! Submission also checks, in the same atomic step, that the circle has a
+//! live worker (its heartbeat key exists): a `run` for an offline circle is
+//! answered at once with [`DispatchError::CircleOffline`] instead of waiting
+//! out its timeout, and nothing is queued that a worker might run long after
+//! the caller gave up. (`submit` queues regardless unless told otherwise:
+//! queueing for a worker that is still to come is what it is for.)
+//!
 //! A blocking `BLPOP` holds its connection, so concurrent waits each need one.
 //! Those connections are kept in a small idle list and reused; short
 //! non-blocking commands share one multiplexed connection.
@@ -17,7 +24,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, Pipeline};
 
 use crate::error::DispatchError;
-use crate::protocol::{task_details_key, task_queue_key, task_reply_key};
+use crate::protocol::{
+    DEFAULT_MAX_SCRIPT_BYTES, LAST_SEEN_HASH, task_details_key, task_queue_key, task_reply_key,
+    worker_heartbeat_key,
+};
 use crate::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus, field, now_rfc3339};
 use crate::{CirclePublicKey, RedisUrl};
 
@@ -32,6 +42,7 @@ const TRANSPORT_SLACK: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Dispatcher {
     inner: Arc<Inner>,
+    policy: Policy,
 }
 
 struct Inner {
@@ -44,6 +55,78 @@ struct Inner {
     waiters: Mutex<Vec<MultiplexedConnection>>,
     /// Recorded as `caller_id` on every task this dispatcher submits.
     caller_id: String,
+}
+
+/// Settings of a [`Dispatcher`] beyond its Redis and caller.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    /// Scripts over this many bytes are refused before anything is sent.
+    max_script_bytes: usize,
+    /// `run` refuses circles without a live worker (see the module docs).
+    run_needs_live_worker: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_script_bytes: DEFAULT_MAX_SCRIPT_BYTES,
+            run_needs_live_worker: true,
+        }
+    }
+}
+
+/// Queues a task atomically, first checking that its circle has a live
+/// worker when asked to. Answers 1 when queued, 0 when the circle is
+/// offline; in mode `reply` it then also pushes an "offline" entry on the
+/// task's reply list, so that a `BLPOP` pipelined behind this script returns
+/// at once instead of blocking for its whole timeout.
+///
+/// KEYS: task hash, circle queue, heartbeat, reply list, last-seen hash.
+/// ARGV: task id, mode (`queue` | `check` | `reply`), circle, then the hash's
+/// field/value pairs.
+const SUBMIT_SCRIPT: &str = r#"
+if ARGV[2] ~= 'queue' and redis.call('EXISTS', KEYS[3]) == 0 then
+  if ARGV[2] == 'reply' then
+    local reply = {status = 'offline'}
+    local seen = redis.call('HGET', KEYS[5], ARGV[3])
+    if seen then reply['last_seen'] = seen end
+    redis.call('LPUSH', KEYS[4], cjson.encode(reply))
+    redis.call('EXPIRE', KEYS[4], 60)
+  end
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// How [`SUBMIT_SCRIPT`] treats a circle without a live worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OfflineCheck {
+    /// Queue anyway.
+    Queue,
+    /// Refuse (returns 0).
+    Check,
+    /// Refuse and push an offline reply for the pipelined `BLPOP`.
+    Reply,
+}
+
+impl OfflineCheck {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::Check => "check",
+            Self::Reply => "reply",
+        }
+    }
+}
+
+/// The reply entry [`SUBMIT_SCRIPT`] pushes for an offline circle.
+#[derive(serde::Deserialize)]
+struct OfflineReply {
+    status: String,
+    #[serde(default)]
+    last_seen: Option<String>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -80,12 +163,51 @@ impl Dispatcher {
                 waiters: Mutex::new(Vec::new()),
                 caller_id: caller_id.into(),
             }),
+            policy: Policy::default(),
         })
+    }
+
+    /// Refuses scripts over `bytes` (default
+    /// [`DEFAULT_MAX_SCRIPT_BYTES`]) with [`DispatchError::ScriptTooLarge`].
+    pub fn with_max_script_bytes(mut self, bytes: usize) -> Self {
+        self.policy.max_script_bytes = bytes;
+        self
+    }
+
+    /// Whether `run` should queue a task for a circle that has no live
+    /// worker and wait for one to come (`true`), instead of failing at once
+    /// with [`DispatchError::CircleOffline`] (the default).
+    pub fn wait_for_worker(mut self, wait: bool) -> Self {
+        self.policy.run_needs_live_worker = !wait;
+        self
+    }
+
+    /// Runs an idempotent command on the shared connection, once more on a
+    /// fresh connection if the first attempt met a dead one (Redis restarted
+    /// since the last command): callers should not see a restart that is
+    /// already over.
+    pub async fn query_idempotent<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, DispatchError> {
+        let mut conn = self.inner.commands.clone();
+        match cmd.query_async(&mut conn).await {
+            Err(e) if is_transport(&e) => {
+                tracing::debug!(error = %e, "Redis connection lost; retrying once");
+                Ok(cmd.query_async(&mut conn).await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// The caller id recorded on tasks.
     pub fn caller_id(&self) -> &str {
         &self.inner.caller_id
+    }
+
+    /// The largest script this dispatcher submits, in bytes.
+    pub fn max_script_bytes(&self) -> usize {
+        self.policy.max_script_bytes
     }
 
     /// The Redis URL this dispatcher talks to (displays redacted).
@@ -119,10 +241,56 @@ impl Dispatcher {
         timeout: Duration,
         caller_id: &str,
     ) -> Result<TaskId, DispatchError> {
+        self.submit_checked(circle, script, timeout, caller_id, false)
+            .await
+    }
+
+    /// [`Self::submit_as`] that refuses, with [`DispatchError::CircleOffline`],
+    /// to queue for a circle without a live worker.
+    pub async fn submit_to_live(
+        &self,
+        circle: &CirclePublicKey,
+        script: &str,
+        timeout: Duration,
+        caller_id: &str,
+    ) -> Result<TaskId, DispatchError> {
+        self.submit_checked(circle, script, timeout, caller_id, true)
+            .await
+    }
+
+    async fn submit_checked(
+        &self,
+        circle: &CirclePublicKey,
+        script: &str,
+        timeout: Duration,
+        caller_id: &str,
+        needs_live_worker: bool,
+    ) -> Result<TaskId, DispatchError> {
         let task_id = TaskId::new();
-        let pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
-        pipe.query_async::<()>(&mut self.inner.commands.clone())
-            .await?;
+        let check = if needs_live_worker {
+            OfflineCheck::Check
+        } else {
+            OfflineCheck::Queue
+        };
+        let pipe = self.submit_pipeline(circle, &task_id, script, timeout, caller_id, check)?;
+        // Safe to send twice: a second attempt (after a dead connection)
+        // only happens when the first never reached Redis or is seen below.
+        let queued: (i64,) = match pipe.query_async(&mut self.inner.commands.clone()).await {
+            Err(e) if is_transport(&e) => {
+                let exists: bool = self
+                    .query_idempotent(redis::cmd("EXISTS").arg(task_details_key(task_id)))
+                    .await?;
+                if exists {
+                    (1,)
+                } else {
+                    pipe.query_async(&mut self.inner.commands.clone()).await?
+                }
+            }
+            other => other?,
+        };
+        if queued.0 == 0 {
+            return Err(self.offline(circle).await);
+        }
         tracing::debug!(%task_id, %circle, "task submitted");
         Ok(task_id)
     }
@@ -158,7 +326,7 @@ impl Dispatcher {
         pipe.cmd("BLPOP")
             .arg(task_reply_key(task_id))
             .arg(blpop_timeout(timeout));
-        match self.wait_reply(task_id, timeout, pipe.clone()).await {
+        match self.wait_reply(task_id, None, timeout, pipe.clone()).await {
             // A pooled connection that died with a Redis restart: waiting is
             // idempotent, so try once more on a fresh one.
             Err(DispatchError::Redis(e)) if is_transport(&e) => {
@@ -167,9 +335,24 @@ impl Dispatcher {
                     .lock()
                     .expect("waiter pool poisoned")
                     .clear();
-                self.wait_reply(task_id, timeout, pipe).await
+                self.wait_reply(task_id, None, timeout, pipe).await
             }
             other => other,
+        }
+    }
+
+    /// The offline error for `circle`, with when its worker was last seen.
+    async fn offline(&self, circle: &CirclePublicKey) -> DispatchError {
+        let last_seen = self
+            .query_idempotent::<Option<String>>(
+                redis::cmd("HGET").arg(LAST_SEEN_HASH).arg(circle.to_hex()),
+            )
+            .await
+            .ok()
+            .flatten();
+        DispatchError::CircleOffline {
+            circle: circle.to_hex(),
+            last_seen,
         }
     }
 
@@ -206,14 +389,23 @@ impl Dispatcher {
         timeout: Duration,
         caller_id: &str,
     ) -> Result<String, DispatchError> {
+        let check = if self.policy.run_needs_live_worker {
+            OfflineCheck::Reply
+        } else {
+            OfflineCheck::Queue
+        };
         let submit_and_wait = || -> Result<Pipeline, DispatchError> {
-            let mut pipe = submit_pipeline(circle, &task_id, script, timeout, caller_id)?;
+            let mut pipe =
+                self.submit_pipeline(circle, &task_id, script, timeout, caller_id, check)?;
             pipe.cmd("BLPOP")
                 .arg(task_reply_key(task_id))
                 .arg(blpop_timeout(timeout));
             Ok(pipe)
         };
-        match self.wait_reply(&task_id, timeout, submit_and_wait()?).await {
+        match self
+            .wait_reply(&task_id, Some(circle), timeout, submit_and_wait()?)
+            .await
+        {
             // The blocking connection broke (Redis restarted, say). The
             // submission is atomic, so the task hash tells whether it got
             // through: then only the wait is repeated, else the whole call —
@@ -225,14 +417,14 @@ impl Dispatcher {
                     .lock()
                     .expect("waiter pool poisoned")
                     .clear();
-                let submitted: bool = redis::cmd("EXISTS")
-                    .arg(task_details_key(task_id))
-                    .query_async(&mut self.inner.commands.clone())
+                let submitted: bool = self
+                    .query_idempotent(redis::cmd("EXISTS").arg(task_details_key(task_id)))
                     .await?;
                 if submitted {
                     self.await_result(&task_id, timeout).await
                 } else {
-                    self.wait_reply(&task_id, timeout, submit_and_wait()?).await
+                    self.wait_reply(&task_id, Some(circle), timeout, submit_and_wait()?)
+                        .await
                 }
             }
             other => other,
@@ -241,9 +433,8 @@ impl Dispatcher {
 
     /// Reads a task's hash.
     pub async fn status(&self, task_id: &TaskId) -> Result<TaskRecord, DispatchError> {
-        let fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(task_details_key(task_id))
-            .query_async(&mut self.inner.commands.clone())
+        let fields: std::collections::HashMap<String, Vec<u8>> = self
+            .query_idempotent(redis::cmd("HGETALL").arg(task_details_key(task_id)))
             .await?;
         if fields.is_empty() {
             return Err(DispatchError::TaskNotFound(*task_id));
@@ -251,10 +442,13 @@ impl Dispatcher {
         Ok(TaskRecord::from_fields(*task_id, fields))
     }
 
-    /// Runs `pipe`, whose last command is the `BLPOP`, on a blocking connection.
+    /// Runs `pipe`, whose last command is the `BLPOP`, on a blocking
+    /// connection. `circle` is the circle a submission in `pipe` is for, to
+    /// name it when the reply says it is offline.
     async fn wait_reply(
         &self,
         task_id: &TaskId,
+        circle: Option<&CirclePublicKey>,
         timeout: Duration,
         pipe: Pipeline,
     ) -> Result<String, DispatchError> {
@@ -281,6 +475,20 @@ impl Dispatcher {
             ))
         })?;
         let outcome = match entry {
+            Some((_, entry)) if entry.starts_with(r#"{"status":"offline""#) => {
+                let offline: OfflineReply = serde_json::from_str(&entry).map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "unexpected offline reply",
+                        e.to_string(),
+                    ))
+                })?;
+                debug_assert_eq!(offline.status, "offline");
+                return Err(DispatchError::CircleOffline {
+                    circle: circle.map(|c| c.to_hex()).unwrap_or_default(),
+                    last_seen: offline.last_seen,
+                });
+            }
             Some((_, entry)) => TaskOutcome::from_reply(&entry),
             // No reply: the task may still have ended, its one reply taken
             // by an earlier wait (a retried or repeated `wait`). The hash
@@ -346,45 +554,58 @@ impl Dispatcher {
     }
 }
 
-/// `MULTI; HSET details …; LPUSH queue id; EXEC` as a plain pipeline, so that
-/// a `BLPOP` can follow it in the same write.
-fn submit_pipeline(
-    circle: &CirclePublicKey,
-    task_id: &TaskId,
-    script: &str,
-    timeout: Duration,
-    caller_id: &str,
-) -> Result<Pipeline, DispatchError> {
-    if script.trim().is_empty() {
-        return Err(DispatchError::EmptyScript);
+impl Dispatcher {
+    /// [`SUBMIT_SCRIPT`] as a plain pipeline, so that a `BLPOP` can follow
+    /// it in the same write. Refuses empty and oversized scripts first.
+    fn submit_pipeline(
+        &self,
+        circle: &CirclePublicKey,
+        task_id: &TaskId,
+        script: &str,
+        timeout: Duration,
+        caller_id: &str,
+        check: OfflineCheck,
+    ) -> Result<Pipeline, DispatchError> {
+        if script.trim().is_empty() {
+            return Err(DispatchError::EmptyScript);
+        }
+        if script.len() > self.policy.max_script_bytes {
+            return Err(DispatchError::ScriptTooLarge {
+                size: script.len(),
+                max: self.policy.max_script_bytes,
+            });
+        }
+        let now = now_rfc3339();
+        let circle_hex = circle.to_hex();
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(SUBMIT_SCRIPT)
+            .arg(5)
+            .arg(task_details_key(task_id))
+            .arg(task_queue_key(circle))
+            .arg(worker_heartbeat_key(circle))
+            .arg(task_reply_key(task_id))
+            .arg(LAST_SEEN_HASH)
+            .arg(task_id.to_string())
+            .arg(check.as_str())
+            .arg(&circle_hex)
+            .arg(field::SCRIPT)
+            .arg(script)
+            .arg(field::STATUS)
+            .arg(TaskStatus::Pending.as_str())
+            .arg(field::CALLER_ID)
+            .arg(caller_id)
+            .arg(field::CONTEXT_ID)
+            .arg(&circle_hex)
+            .arg(field::CREATED_AT)
+            .arg(&now)
+            .arg(field::UPDATED_AT)
+            .arg(&now)
+            .arg(field::TIMEOUT_SECS)
+            // Rounded up: the worker must not stop a script before its caller gives up.
+            .arg(timeout.as_secs_f64().ceil().max(1.0) as u64);
+        Ok(pipe)
     }
-    let now = now_rfc3339();
-    let mut pipe = redis::pipe();
-    pipe.cmd("MULTI").ignore();
-    pipe.cmd("HSET")
-        .arg(task_details_key(task_id))
-        .arg(field::SCRIPT)
-        .arg(script)
-        .arg(field::STATUS)
-        .arg(TaskStatus::Pending.as_str())
-        .arg(field::CALLER_ID)
-        .arg(caller_id)
-        .arg(field::CONTEXT_ID)
-        .arg(circle.to_hex())
-        .arg(field::CREATED_AT)
-        .arg(&now)
-        .arg(field::UPDATED_AT)
-        .arg(&now)
-        .arg(field::TIMEOUT_SECS)
-        // Rounded up: the worker must not stop a script before its caller gives up.
-        .arg(timeout.as_secs_f64().ceil().max(1.0) as u64)
-        .ignore();
-    pipe.cmd("LPUSH")
-        .arg(task_queue_key(circle))
-        .arg(task_id.to_string())
-        .ignore();
-    pipe.cmd("EXEC").ignore();
-    Ok(pipe)
 }
 
 /// `BLPOP` takes seconds as a float; 0 would mean "forever", which a caller

@@ -52,6 +52,26 @@ pub enum DispatchError {
     /// A script with nothing in it.
     #[error("the script is empty")]
     EmptyScript,
+    /// A script over the size limit; nothing was queued.
+    #[error("the script is {size} bytes, over the limit of {max} bytes")]
+    ScriptTooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No live worker serves the circle (its heartbeat has expired, or it
+    /// never had one); nothing was queued.
+    #[error("circle {circle} is offline: no live worker serves it ({})", match last_seen {
+        Some(at) => format!("last seen {at}"),
+        None => "never seen".to_string(),
+    })]
+    CircleOffline {
+        /// The circle (canonical hex).
+        circle: String,
+        /// When its worker last beat (RFC 3339), if ever.
+        last_seen: Option<String>,
+    },
 }
 
 impl DispatchError {

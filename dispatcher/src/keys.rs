@@ -14,6 +14,9 @@ use secp256k1::{PublicKey, SecretKey};
 /// What a valid key looks like, quoted in every rejection.
 pub const EXPECTED_KEY_FORM: &str = "a secp256k1 public key in hex: 66 chars starting with 02/03 (compressed) or 130 chars starting with 04 (uncompressed)";
 
+/// Longest part of a rejected value quoted in [`InvalidKey`].
+const MAX_QUOTED_KEY: usize = 140;
+
 /// A rejected circle key, naming the value and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid public key `{value}`: {reason}; expected {EXPECTED_KEY_FORM}")]
@@ -32,8 +35,9 @@ impl CirclePublicKey {
     /// Parses and validates a key given as hex (either SEC1 encoding, any case,
     /// surrounding whitespace ignored).
     pub fn parse(value: &str) -> Result<Self, InvalidKey> {
+        // Quoted back in the error: bounded, since keys come from strangers.
         let invalid = |reason: &str| InvalidKey {
-            value: value.to_string(),
+            value: crate::text::clip(value, MAX_QUOTED_KEY).into_owned(),
             reason: reason.to_string(),
         };
         let hex_str = value.trim();
@@ -59,6 +63,20 @@ impl CirclePublicKey {
         PublicKey::from_slice(&bytes)
             .map(Self)
             .map_err(|_| invalid("it is not a point on the secp256k1 curve"))
+    }
+
+    /// Parses a key that must be exactly the hex of either SEC1 encoding
+    /// (any case), with nothing around it: no whitespace, no `0x`. For keys
+    /// in URL paths, where another spelling of the same circle would be a
+    /// second name for it.
+    pub fn parse_exact(value: &str) -> Result<Self, InvalidKey> {
+        if !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(InvalidKey {
+                value: crate::text::clip(value, MAX_QUOTED_KEY).into_owned(),
+                reason: "it must be hex digits only".to_string(),
+            });
+        }
+        Self::parse(value)
     }
 
     /// The key of a secret key's public half.

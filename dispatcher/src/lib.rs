@@ -25,6 +25,7 @@ mod keys;
 pub mod protocol;
 mod redis_url;
 pub mod task;
+pub mod text;
 
 pub use client::Dispatcher;
 pub use error::DispatchError;

@@ -21,6 +21,9 @@ pub const PROCESSING_PREFIX: &str = "rhai_processing:";
 /// String (JSON [`crate::WorkerHeartbeat`]) a live worker refreshes with a TTL.
 /// It disappears within the TTL when the worker dies.
 pub const WORKER_HEARTBEAT_PREFIX: &str = "rhai_worker:";
+/// Hash: circle key → when its worker last beat (RFC 3339). Unlike the
+/// heartbeat it never expires, so "offline since …" can be told.
+pub const LAST_SEEN_HASH: &str = "rhai_last_seen";
 /// Set of every circle key that has had a worker. The WebSocket server routes
 /// paths for these circles, so circles added later need no server restart.
 pub const CIRCLES_SET: &str = "rhai_circles";
@@ -45,6 +48,10 @@ pub const ENV_LAUNCHER_PID: &str = "CIRCLES_LAUNCHER_PID";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// How long the dispatcher waits for a result unless told otherwise.
 pub const DEFAULT_TASK_TIMEOUT_SECS: u64 = 30;
+/// Largest script, in bytes, that the dispatcher submits and a worker runs
+/// unless configured otherwise. The WebSocket server sizes its frame limit
+/// from it. One place, so that the three agree.
+pub const DEFAULT_MAX_SCRIPT_BYTES: usize = 1024 * 1024;
 /// How long finished task hashes and reply lists are kept.
 pub const DEFAULT_TASK_RETENTION_SECS: u64 = 24 * 60 * 60;
 /// How long a worker heartbeat lives without being refreshed.

@@ -97,8 +97,35 @@ fn failures_have_their_own_exit_codes() {
         text(&out.stderr)
     );
 
-    // No worker serves KEY_TWO.
-    let out = dispatcher(&url, &["run", "-c", KEY_TWO, "--timeout", "1", "1"], None);
+    // No worker serves KEY_TWO: told at once, not after the timeout
+    // (regression: issue 10 item 5 waited out 30 s and said "timed out").
+    let started = std::time::Instant::now();
+    let out = dispatcher(&url, &["run", "-c", KEY_TWO, "1"], None);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "circle {KEY_TWO} is offline: no live worker serves it (never seen)"
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // ... and nothing was queued for a worker to run later.
+    assert_eq!(redis.cli(&["LLEN", &format!("rhai_tasks:{KEY_TWO}")]), "0");
+    // Asked to wait for a worker, it queues and waits out its timeout.
+    let out = dispatcher(
+        &url,
+        &[
+            "run",
+            "-c",
+            KEY_TWO,
+            "--wait-for-worker",
+            "--timeout",
+            "1",
+            "1",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("timed out"));
 

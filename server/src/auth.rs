@@ -63,6 +63,10 @@ pub enum AuthError {
     /// The signature was made by another key, or over another text.
     #[error("the signature does not match the public key for any outstanding nonce")]
     SignatureMismatch,
+    /// Too many nonces are outstanding (from everybody): no new one until
+    /// some are redeemed or expire.
+    #[error("too many outstanding nonces; try again in a moment")]
+    TooManyNonces,
 }
 
 /// A recoverable signature as sent by a client.
@@ -117,19 +121,43 @@ pub struct IssuedNonce {
 }
 
 /// Outstanding nonces, keyed by the public key they were issued for.
+///
+/// Bounded: at most `max_nonces` are outstanding at once (all keys
+/// together); [`NonceStore::sweep`] drops expired ones and gives the memory
+/// back, so a flood of `fetch_nonce` with made-up keys costs a bounded
+/// amount of memory, and only for a TTL.
 #[derive(Debug)]
 pub struct NonceStore {
     ttl: Duration,
+    max_nonces: usize,
     state: Mutex<NonceMap>,
 }
 
 #[derive(Debug)]
 struct NonceMap {
     by_key: HashMap<CirclePublicKey, Vec<PendingNonce>>,
+    /// Nonces in `by_key`, all keys together.
+    count: usize,
     /// Key count at which the next sweep of expired nonces happens. Doubling
     /// it after each sweep keeps the sweeps' cost proportional to the
     /// insertions, however many distinct keys clients make up.
     sweep_at: usize,
+}
+
+impl NonceMap {
+    /// Drops expired nonces and keys left without any, then gives the
+    /// memory back (a `HashMap` keeps its capacity otherwise).
+    fn sweep(&mut self, now: Instant) {
+        let mut count = 0;
+        self.by_key.retain(|_, pending| {
+            pending.retain(|p| p.expires > now);
+            count += pending.len();
+            !pending.is_empty()
+        });
+        self.count = count;
+        self.by_key.shrink_to_fit();
+        self.sweep_at = (self.by_key.len() * 2).max(MIN_SWEEP_THRESHOLD);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -139,15 +167,31 @@ struct PendingNonce {
 }
 
 impl NonceStore {
-    /// A store whose nonces expire after `ttl`.
+    /// A store whose nonces expire after `ttl`, holding at most
+    /// [`crate::DEFAULT_MAX_NONCES`].
     pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, crate::DEFAULT_MAX_NONCES)
+    }
+
+    /// A store whose nonces expire after `ttl`, holding at most `max_nonces`.
+    pub fn with_capacity(ttl: Duration, max_nonces: usize) -> Self {
         Self {
             ttl,
+            max_nonces,
             state: Mutex::new(NonceMap {
                 by_key: HashMap::new(),
+                count: 0,
                 sweep_at: MIN_SWEEP_THRESHOLD,
             }),
         }
+    }
+
+    /// Drops expired nonces and shrinks the store; returns how many went.
+    pub fn sweep(&self) -> usize {
+        let mut map = self.state.lock().expect("nonce store poisoned");
+        let before = map.count;
+        map.sweep(Instant::now());
+        before - map.count
     }
 
     /// How long a nonce stays valid.
@@ -155,8 +199,8 @@ impl NonceStore {
         self.ttl
     }
 
-    /// Issues a fresh random nonce for `key`.
-    pub fn issue(&self, key: CirclePublicKey) -> IssuedNonce {
+    /// Issues a fresh random nonce for `key`, unless the store is full.
+    pub fn issue(&self, key: CirclePublicKey) -> Result<IssuedNonce, AuthError> {
         let nonce = hex::encode(secp256k1::rand::random::<[u8; 32]>());
         let now = Instant::now();
         let expires_at = SystemTime::now()
@@ -165,14 +209,15 @@ impl NonceStore {
             .map_or(u64::MAX, |d| d.as_secs());
 
         let mut map = self.state.lock().expect("nonce store poisoned");
-        if map.by_key.len() >= map.sweep_at {
-            map.by_key.retain(|_, pending| {
-                pending.retain(|p| p.expires > now);
-                !pending.is_empty()
-            });
-            map.sweep_at = (map.by_key.len() * 2).max(MIN_SWEEP_THRESHOLD);
+        if map.by_key.len() >= map.sweep_at || map.count >= self.max_nonces {
+            map.sweep(now);
         }
+        if map.count >= self.max_nonces {
+            return Err(AuthError::TooManyNonces);
+        }
+        let map = &mut *map;
         let pending = map.by_key.entry(key).or_default();
+        let before = pending.len();
         pending.retain(|p| p.expires > now);
         if pending.len() >= MAX_NONCES_PER_KEY {
             pending.remove(0);
@@ -181,7 +226,8 @@ impl NonceStore {
             nonce: nonce.clone(),
             expires: now + self.ttl,
         });
-        IssuedNonce { nonce, expires_at }
+        map.count = map.count + pending.len() - before;
+        Ok(IssuedNonce { nonce, expires_at })
     }
 
     /// Checks that `signature` proves `key` over one of its outstanding
@@ -190,9 +236,12 @@ impl NonceStore {
         let now = Instant::now();
         let candidates: Vec<String> = {
             let mut map = self.state.lock().expect("nonce store poisoned");
+            let map = &mut *map;
             match map.by_key.get_mut(key) {
                 Some(pending) => {
+                    let before = pending.len();
                     pending.retain(|p| p.expires > now);
+                    map.count -= before - pending.len();
                     pending.iter().map(|p| p.nonce.clone()).collect()
                 }
                 None => Vec::new(),
@@ -222,6 +271,7 @@ impl NonceStore {
         if pending.is_empty() {
             map.by_key.remove(key);
         }
+        map.count -= 1;
         Ok(())
     }
 
@@ -316,7 +366,7 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         for v_offset in [0, 27] {
-            let issued = store.issue(pair.public);
+            let issued = store.issue(pair.public).unwrap();
             assert_eq!(issued.nonce.len(), 64);
             let sig = EthSignature::parse(&eth_sign(&pair, &issued.nonce, v_offset)).unwrap();
             store.redeem(&pair.public, &sig).unwrap();
@@ -334,7 +384,7 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let issued = store.issue(CircleKeypair::generate().public);
+        let issued = store.issue(CircleKeypair::generate().public).unwrap();
         assert!((now + 299..=now + 301).contains(&issued.expires_at));
     }
 
@@ -343,7 +393,7 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         let other = CircleKeypair::generate();
-        let issued = store.issue(pair.public);
+        let issued = store.issue(pair.public).unwrap();
 
         let by_other = EthSignature::parse(&eth_sign(&other, &issued.nonce, 27)).unwrap();
         assert_eq!(
@@ -366,7 +416,7 @@ mod tests {
         store.redeem(&pair.public, &good).unwrap();
 
         let expired_store = NonceStore::new(Duration::ZERO);
-        let issued = expired_store.issue(pair.public);
+        let issued = expired_store.issue(pair.public).unwrap();
         let sig = EthSignature::parse(&eth_sign(&pair, &issued.nonce, 0)).unwrap();
         assert!(matches!(
             expired_store.redeem(&pair.public, &sig),
@@ -379,7 +429,7 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         let issued: Vec<_> = (0..MAX_NONCES_PER_KEY + 1)
-            .map(|_| store.issue(pair.public))
+            .map(|_| store.issue(pair.public).unwrap())
             .collect();
         let oldest = EthSignature::parse(&eth_sign(&pair, &issued[0].nonce, 0)).unwrap();
         assert_eq!(
@@ -397,7 +447,7 @@ mod tests {
     fn expired_nonces_of_abandoned_keys_are_swept() {
         let store = NonceStore::new(Duration::ZERO);
         for _ in 0..MIN_SWEEP_THRESHOLD * 3 {
-            store.issue(CircleKeypair::generate().public);
+            store.issue(CircleKeypair::generate().public).unwrap();
         }
         // Without sweeping there would be one entry per key.
         assert!(
@@ -405,5 +455,25 @@ mod tests {
             "{}",
             store.key_count()
         );
+    }
+
+    #[test]
+    fn the_store_is_bounded_and_sweeping_frees_it() {
+        let store = NonceStore::with_capacity(Duration::from_millis(50), 100);
+        for _ in 0..100 {
+            store.issue(CircleKeypair::generate().public).unwrap();
+        }
+        assert_eq!(
+            store.issue(CircleKeypair::generate().public),
+            Err(AuthError::TooManyNonces)
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        // Expired ones make room again, swept by `issue` itself...
+        store.issue(CircleKeypair::generate().public).unwrap();
+        assert_eq!(store.key_count(), 1);
+        // ... or by the periodic sweep.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(store.sweep(), 1);
+        assert_eq!(store.key_count(), 0);
     }
 }

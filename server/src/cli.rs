@@ -42,6 +42,23 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// Connections open at once, from everybody; more are answered 503.
+    #[arg(long, value_name = "N", default_value_t = crate::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; more are answered 503.
+    #[arg(long, value_name = "N", default_value_t = crate::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// Seconds a connection may take to complete its WebSocket upgrade.
+    #[arg(long, value_name = "SECS", default_value_t = crate::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout: u64,
+    /// Seconds a WebSocket may stay silent (not even answering pings) before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = crate::DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub idle_timeout: u64,
+    /// Largest script a play may carry, in bytes (keep it equal to the workers' --max-script-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = circles_dispatcher::protocol::DEFAULT_MAX_SCRIPT_BYTES)]
+    pub max_script_bytes: usize,
     /// When Redis does not answer, wait for it (with backoff) instead of
     /// exiting; for services started at boot, possibly before Redis.
     #[arg(long)]
@@ -62,6 +79,13 @@ impl ServerArgs {
             circle_ports: self.circle_ports,
             enable_auth: self.enable_auth,
             play_timeout: Duration::from_secs(self.timeout),
+            connections: crate::ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                max_per_ip: self.max_connections_per_ip.max(1),
+                handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            },
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_script_bytes: self.max_script_bytes,
             ..ServerConfig::default()
         }
     }

@@ -7,8 +7,11 @@
 use std::time::Duration;
 
 use circles_dispatcher::CirclePublicKey;
-use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS};
+use circles_dispatcher::protocol::{
+    DEFAULT_MAX_SCRIPT_BYTES, DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS,
+};
 
+use crate::admission::ConnectionLimits;
 use crate::auth::DEFAULT_NONCE_TTL;
 
 /// Interface the main listener binds unless told otherwise: loopback, so
@@ -22,6 +25,19 @@ pub const ANONYMOUS_CALLER_ID: &str = "anonymous";
 /// How long a shutdown waits for calls in flight before answering them with
 /// an error and closing their connections.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Connections open at once, overall and per client address, unless told
+/// otherwise. Well below the descriptor limit the units set (65536), so
+/// that `accept` never fails for lack of descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// See [`DEFAULT_MAX_CONNECTIONS`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Time from TCP accept to a completed WebSocket upgrade.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A WebSocket that sends nothing (not even a pong to our pings) for this
+/// long is closed; pings go out at half of it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Nonces outstanding at once, all keys together.
+pub const DEFAULT_MAX_NONCES: usize = 100_000;
 
 /// Everything a [`crate::Server`] needs to know before it binds.
 #[derive(Debug, Clone)]
@@ -50,6 +66,27 @@ pub struct ServerConfig {
     pub nonce_ttl: Duration,
     /// How long a shutdown lets calls in flight finish.
     pub shutdown_grace: Duration,
+    /// Caps on open connections and the handshake deadline.
+    pub connections: ConnectionLimits,
+    /// See [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// Largest script a `play` may carry, in bytes; a frame may be a little
+    /// over twice that (JSON escaping), anything larger closes the
+    /// connection with 1009.
+    pub max_script_bytes: usize,
+    /// See [`DEFAULT_MAX_NONCES`].
+    pub max_nonces: usize,
+}
+
+impl ServerConfig {
+    /// Largest WebSocket message accepted: room for a script of
+    /// `max_script_bytes` with every character escaped once, plus the
+    /// envelope.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_script_bytes
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
+    }
 }
 
 impl Default for ServerConfig {
@@ -64,6 +101,14 @@ impl Default for ServerConfig {
             play_timeout: Duration::from_secs(DEFAULT_TASK_TIMEOUT_SECS),
             nonce_ttl: DEFAULT_NONCE_TTL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            connections: ConnectionLimits {
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            },
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_script_bytes: DEFAULT_MAX_SCRIPT_BYTES,
+            max_nonces: DEFAULT_MAX_NONCES,
         }
     }
 }

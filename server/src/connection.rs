@@ -13,10 +13,16 @@
 //! On shutdown the reader stops reading, waits for its `play` tasks (which
 //! give up with an error when the server's grace period ends), then sends
 //! a close frame ("going away").
+//!
+//! A connection must keep talking: the reader pings every half idle
+//! timeout, and a client that has sent nothing at all (not even a pong) for
+//! a whole idle timeout is closed. A frame over the size limit gets a
+//! JSON-RPC error and a close with 1009 ("message too big"); `fetch_nonce`
+//! is rate-limited per connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use circles_dispatcher::{CirclePublicKey, DispatchError, TaskId};
@@ -41,6 +47,11 @@ use crate::server::Shared;
 const MAX_PLAYS_IN_FLIGHT: usize = 256;
 /// Answers waiting for the writer.
 const OUTBOX_CAPACITY: usize = 64;
+/// `fetch_nonce` calls a connection may make in a burst, and how fast the
+/// allowance comes back: a wallet needs one per `authenticate`, a flood of
+/// made-up keys is slowed to a trickle per connection.
+const NONCE_BURST: f64 = 8.0;
+const NONCES_PER_SEC: f64 = 2.0;
 
 /// Serves one upgraded connection until the client leaves or the server
 /// shuts down.
@@ -61,14 +72,26 @@ pub(crate) async fn serve(
             circle,
             authenticated: None,
             outbox: outbox.clone(),
+            nonce_allowance: TokenBucket::new(NONCE_BURST, NONCES_PER_SEC),
         };
         let mut plays = JoinSet::new();
         let mut shutdown = shared.shutdown.clone();
+        let idle_timeout = shared.idle_timeout;
+        let mut ping = tokio::time::interval(idle_timeout / 2);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
 
         let reason = loop {
             tokio::select! {
                 biased;
                 () = shutdown.raised() => break EndReason::ServerShutdown,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= idle_timeout {
+                        break EndReason::Idle;
+                    }
+                    let _ = outbox.send(Message::Ping(Default::default())).await;
+                }
                 Some(finished) = plays.join_next(), if !plays.is_empty() => {
                     if let Err(e) = finished
                         && e.is_panic()
@@ -76,7 +99,9 @@ pub(crate) async fn serve(
                         tracing::error!(error = %e, "a play task panicked");
                     }
                 }
-                frame = frames.next(), if plays.len() < MAX_PLAYS_IN_FLIGHT => match frame {
+                frame = frames.next(), if plays.len() < MAX_PLAYS_IN_FLIGHT => {
+                    last_heard = Instant::now();
+                    match frame {
                     Some(Ok(Message::Text(text))) => session.handle_text(text.as_str(), &mut plays).await,
                     Some(Ok(Message::Binary(_))) => {
                         let error = RpcError::new(
@@ -88,11 +113,25 @@ pub(crate) async fn serve(
                     // Pings are answered by the WebSocket layer itself.
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break EndReason::ClientClosed,
+                    Some(Err(e)) if is_too_big(&e) => {
+                        tracing::debug!(error = %e, "frame over the size limit");
+                        let error = RpcError::new(
+                            code::INVALID_REQUEST,
+                            format!(
+                                "message too big: the limit is {} bytes (scripts up to {} bytes)",
+                                shared.max_message_bytes,
+                                shared.dispatcher.max_script_bytes()
+                            ),
+                        );
+                        session.send(Response::error(RequestId::Null, error)).await;
+                        break EndReason::TooBig;
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "read failed");
                         break EndReason::ClientClosed;
                     }
-                },
+                    }
+                }
             }
         };
 
@@ -100,6 +139,19 @@ pub(crate) async fn serve(
             // Nobody is left to read the answers: stop waiting for them.
             // The tasks stay queued in Redis and the worker still runs them.
             EndReason::ClientClosed => plays.abort_all(),
+            EndReason::Idle | EndReason::TooBig => {
+                plays.abort_all();
+                let (code, reason) = match reason {
+                    EndReason::Idle => (close_code::POLICY, "idle timeout"),
+                    _ => (close_code::SIZE, "message too big"),
+                };
+                let _ = outbox
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await;
+            }
             EndReason::ServerShutdown => {
                 // Each play ends by itself when the grace period is over.
                 while plays.join_next().await.is_some() {}
@@ -123,6 +175,57 @@ pub(crate) async fn serve(
 enum EndReason {
     ClientClosed,
     ServerShutdown,
+    /// Nothing heard for the idle timeout.
+    Idle,
+    /// A frame over the size limit.
+    TooBig,
+}
+
+/// Whether a read error is a message over the size limit.
+fn is_too_big(error: &axum::Error) -> bool {
+    let source: &(dyn std::error::Error + 'static) = error;
+    let mut next = Some(source);
+    while let Some(e) = next {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A token bucket: `burst` calls at once, refilled at `per_sec`.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: f64, per_sec: f64) -> Self {
+        Self {
+            tokens: burst,
+            burst,
+            per_sec,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Writes every queued frame, flushing when the queue runs dry so that a
@@ -154,6 +257,8 @@ struct Session {
     /// The key proven by the last successful `authenticate`, if any.
     authenticated: Option<CirclePublicKey>,
     outbox: mpsc::Sender<Message>,
+    /// `fetch_nonce` calls this connection may still make now.
+    nonce_allowance: TokenBucket,
 }
 
 impl Session {
@@ -173,7 +278,16 @@ impl Session {
         };
         match call {
             Call::FetchNonce(params) => {
-                let outcome = self.fetch_nonce(params);
+                let outcome = if self.nonce_allowance.take() {
+                    self.fetch_nonce(params)
+                } else {
+                    Err(RpcError::new(
+                        code::RATE_LIMITED,
+                        format!(
+                            "too many fetch_nonce calls on this connection; at most {NONCES_PER_SEC} per second"
+                        ),
+                    ))
+                };
                 self.answer(id, outcome).await;
             }
             Call::Authenticate(params) => {
@@ -216,7 +330,11 @@ impl Session {
 
     fn fetch_nonce(&self, params: FetchNonceParams) -> Result<Value, RpcError> {
         let key = parse_pubkey(&params.pubkey)?;
-        let issued = self.shared.nonces.issue(key);
+        let issued = self
+            .shared
+            .nonces
+            .issue(key)
+            .map_err(|e| RpcError::new(code::RATE_LIMITED, e.to_string()))?;
         Ok(json!({ "nonce": issued.nonce, "expires_at": issued.expires_at }))
     }
 
@@ -237,6 +355,7 @@ impl Session {
                     AuthError::InvalidSignature
                     | AuthError::NoValidNonce { .. }
                     | AuthError::SignatureMismatch => code::INVALID_CREDENTIALS,
+                    AuthError::TooManyNonces => code::RATE_LIMITED,
                 };
                 Err(RpcError::new(code, error.to_string()))
             }
@@ -328,8 +447,15 @@ fn play_outcome(
             ),
         )
         .with_data(json!({ "task_id": task_id.to_string() }))),
-        Err(error @ DispatchError::EmptyScript) => {
+        Err(error @ (DispatchError::EmptyScript | DispatchError::ScriptTooLarge { .. })) => {
             Err(RpcError::new(code::INVALID_PARAMS, error.to_string()))
+        }
+        Err(error @ DispatchError::CircleOffline { .. }) => {
+            let DispatchError::CircleOffline { last_seen, .. } = &error else {
+                unreachable!()
+            };
+            let data = json!({ "last_seen": last_seen });
+            Err(RpcError::new(code::CIRCLE_OFFLINE, error.to_string()).with_data(data))
         }
         Err(error) => {
             tracing::warn!(%error, "play failed");

@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 pub mod auth;
 pub mod cli;
 mod config;
@@ -51,6 +52,11 @@ pub mod rpc;
 mod server;
 mod signal;
 
-pub use config::{ANONYMOUS_CALLER_ID, DEFAULT_HOST, DEFAULT_PORT, ServerConfig};
+pub use admission::ConnectionLimits;
+pub use config::{
+    ANONYMOUS_CALLER_ID, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HOST, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_NONCES, DEFAULT_PORT,
+    ServerConfig,
+};
 pub use error::ServerError;
 pub use server::Server;

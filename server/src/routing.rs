@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::admission::ClientInfo;
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
@@ -44,14 +45,18 @@ impl CircleDirectory {
         &self,
         circle: &CirclePublicKey,
         redis: &Dispatcher,
-    ) -> redis::RedisResult<bool> {
+    ) -> Result<bool, circles_dispatcher::DispatchError> {
         if self.configured.contains(circle) {
             return Ok(true);
         }
-        redis::cmd("SISMEMBER")
-            .arg(CIRCLES_SET)
-            .arg(circle.to_hex())
-            .query_async(&mut redis.connection())
+        // Retried once on a fresh connection: the first lookup after a
+        // Redis restart must not turn into a 503.
+        redis
+            .query_idempotent(
+                redis::cmd("SISMEMBER")
+                    .arg(CIRCLES_SET)
+                    .arg(circle.to_hex()),
+            )
             .await
     }
 }
@@ -90,10 +95,12 @@ pub(crate) fn circle_router(shared: Arc<Shared>, circle: CirclePublicKey) -> Rou
 async fn upgrade_by_path(
     State(listener): State<ListenerState>,
     Path(raw_key): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientInfo>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let circle = match CirclePublicKey::parse(&raw_key) {
+    // Exactly the key's hex: `/0x<pk>` or `/%20<pk>` would be other names
+    // for the same circle.
+    let circle = match CirclePublicKey::parse_exact(&raw_key) {
         Ok(circle) => circle,
         Err(invalid) => return not_found(invalid.to_string()),
     };
@@ -127,7 +134,7 @@ async fn upgrade_by_path(
 
 async fn upgrade_bound_circle(
     State(listener): State<ListenerState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientInfo>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match listener.bound_circle {
@@ -139,9 +146,10 @@ async fn upgrade_bound_circle(
 fn upgrade_to(
     shared: Arc<Shared>,
     circle: CirclePublicKey,
-    peer: SocketAddr,
+    client: ClientInfo,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let peer: SocketAddr = client.addr;
     // A request that raced the shutdown signal must not open a connection
     // the drain would then have to wait for.
     if shared.shutdown.is_raised() {
@@ -155,10 +163,23 @@ fn upgrade_to(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let max_message = shared.max_message_bytes;
     upgrade
+        // Small buffers: most connections are idle, and tungstenite's
+        // defaults (128 KiB each way) made every one cost ~130 kB.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .on_failed_upgrade(move |e| tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket: WebSocket| connection::serve(socket, shared, circle, peer))
+        .on_upgrade(move |socket: WebSocket| {
+            client.mark_upgraded();
+            connection::serve(socket, shared, circle, peer)
+        })
 }
+
+/// Initial read buffer of a WebSocket; it grows for bigger messages.
+const WS_READ_BUFFER: usize = 4 * 1024;
 
 fn not_found(reason: String) -> Response {
     (StatusCode::NOT_FOUND, format!("{reason}\n")).into_response()

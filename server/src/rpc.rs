@@ -16,8 +16,12 @@
 //!   use the standard `-32603` internal error, so that `-32000` always means
 //!   the script itself failed.
 
+use std::collections::BTreeMap;
+
+use circles_dispatcher::text::clip;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Error codes: the JSON-RPC 2.0 standard ones and the server's own.
 pub mod code {
@@ -40,6 +44,11 @@ pub mod code {
     pub const INVALID_CREDENTIALS: i64 = -32002;
     /// No result within the server's play timeout.
     pub const TIMEOUT: i64 = -32003;
+    /// The circle has no live worker (its heartbeat expired): answered at
+    /// once, and the task is not queued.
+    pub const CIRCLE_OFFLINE: i64 = -32004;
+    /// The client asks too much too fast (nonces); it may retry later.
+    pub const RATE_LIMITED: i64 = -32005;
 }
 
 /// The only protocol version spoken.
@@ -56,16 +65,28 @@ pub mod method {
 }
 
 /// A request id as JSON-RPC allows it: a string, a number or null.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RequestId {
-    /// A numeric id, echoed exactly as received.
-    Number(serde_json::Number),
+    /// A numeric id as the client wrote it (its JSON text), so that it is
+    /// echoed exactly: `100000000000000000000000000` stays that, not `1e+26`.
+    Number(String),
     /// A string id.
     String(String),
     /// An explicit `null` id, or the id of an answer to a request whose id
     /// could not be read.
     Null,
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Number(text) => RawValue::from_string(text.clone())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s),
+            Self::String(text) => s.serialize_str(text),
+            Self::Null => s.serialize_unit(),
+        }
+    }
 }
 
 /// A request whose envelope is valid; its method and params are not yet
@@ -134,16 +155,24 @@ impl Rejected {
 }
 
 /// Reads one text frame as a request, checking the envelope only.
+///
+/// The frame is read as an object of raw JSON values first, so that the id
+/// keeps the client's exact text and params are parsed only once.
 pub fn parse_request(text: &str) -> Result<Request, Rejected> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
         Rejected::new(
             RequestId::Null,
             RpcError::new(code::PARSE_ERROR, format!("parse error: {e}")),
         )
     })?;
-    let mut object = match value {
-        Value::Object(object) => object,
-        Value::Array(_) => {
+    let mut object: BTreeMap<String, &RawValue> = match raw.get().as_bytes().first() {
+        Some(b'{') => serde_json::from_str(raw.get()).map_err(|e| {
+            Rejected::new(
+                RequestId::Null,
+                RpcError::new(code::PARSE_ERROR, format!("parse error: {e}")),
+            )
+        })?,
+        Some(b'[') => {
             return Err(Rejected::new(
                 RequestId::Null,
                 RpcError::invalid_request(
@@ -151,12 +180,12 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
                 ),
             ));
         }
-        other => {
+        _ => {
             return Err(Rejected::new(
                 RequestId::Null,
                 RpcError::invalid_request(format!(
                     "a request must be a JSON object, got {}",
-                    json_type(&other)
+                    raw_type(raw)
                 )),
             ));
         }
@@ -164,18 +193,25 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
 
     let id = match object.remove("id") {
         None => None,
-        Some(Value::Null) => Some(RequestId::Null),
-        Some(Value::Number(n)) => Some(RequestId::Number(n)),
-        Some(Value::String(s)) => Some(RequestId::String(s)),
-        Some(other) => {
-            return Err(Rejected::new(
-                RequestId::Null,
-                RpcError::invalid_request(format!(
-                    "`id` must be a string, a number or null, got {}",
-                    json_type(&other)
-                )),
-            ));
-        }
+        Some(raw) => Some(match raw.get().as_bytes()[0] {
+            b'n' => RequestId::Null,
+            b'"' => RequestId::String(serde_json::from_str(raw.get()).map_err(|e| {
+                Rejected::new(
+                    RequestId::Null,
+                    RpcError::invalid_request(format!("`id` is not a valid string: {e}")),
+                )
+            })?),
+            b'-' | b'0'..=b'9' => RequestId::Number(raw.get().to_string()),
+            _ => {
+                return Err(Rejected::new(
+                    RequestId::Null,
+                    RpcError::invalid_request(format!(
+                        "`id` must be a string, a number or null, got {}",
+                        raw_type(raw)
+                    )),
+                ));
+            }
+        }),
     };
     let reject = |message: String| {
         Rejected::new(
@@ -183,17 +219,26 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
             RpcError::invalid_request(message),
         )
     };
+    let value = |raw: &RawValue| -> Value {
+        // Already validated as JSON by the first parse.
+        serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+    };
 
-    match object.get("jsonrpc") {
+    match object.remove("jsonrpc").map(value) {
         Some(Value::String(v)) if v == JSONRPC_VERSION => {}
-        Some(other) => return Err(reject(format!("`jsonrpc` must be \"2.0\", got {other}"))),
+        Some(other) => {
+            return Err(reject(format!(
+                "`jsonrpc` must be \"2.0\", got {}",
+                clip(&other.to_string(), 64)
+            )));
+        }
         None => {
             return Err(reject(
                 "`jsonrpc` is missing; it must be \"2.0\"".to_string(),
             ));
         }
     }
-    let method = match object.remove("method") {
+    let method = match object.remove("method").map(value) {
         Some(Value::String(method)) => method,
         Some(other) => {
             return Err(reject(format!(
@@ -203,7 +248,7 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
         }
         None => return Err(reject("`method` is missing".to_string())),
     };
-    let params = match object.remove("params") {
+    let params = match object.remove("params").map(value) {
         None => None,
         Some(params @ (Value::Object(_) | Value::Array(_))) => Some(params),
         Some(other) => {
@@ -214,6 +259,18 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
         }
     };
     Ok(Request { id, method, params })
+}
+
+/// The JSON type of a raw value, named for an error message.
+fn raw_type(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
+    }
 }
 
 /// `play` params.
@@ -269,7 +326,8 @@ impl Call {
             other => Err(RpcError::new(
                 code::METHOD_NOT_FOUND,
                 format!(
-                    "method `{other}` not found; the methods are `{}`, `{}` and `{}`",
+                    "method `{}` not found; the methods are `{}`, `{}` and `{}`",
+                    clip(other, 64),
                     method::PLAY,
                     method::FETCH_NONCE,
                     method::AUTHENTICATE
@@ -369,7 +427,7 @@ mod tests {
         let req =
             parse_request(r#"{"jsonrpc":"2.0","id":7,"method":"play","params":{"script":"1"}}"#)
                 .unwrap();
-        assert_eq!(req.id, Some(RequestId::Number(7.into())));
+        assert_eq!(req.id, Some(RequestId::Number("7".into())));
         assert_eq!(req.method, "play");
         assert_eq!(req.params, Some(json!({"script": "1"})));
 
@@ -420,14 +478,14 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":true,"method":"play"}"#,
                 RequestId::Null,
             ),
-            (r#"{"id":3,"method":"play"}"#, RequestId::Number(3.into())),
+            (r#"{"id":3,"method":"play"}"#, RequestId::Number("3".into())),
             (
                 r#"{"jsonrpc":"1.0","id":3,"method":"play"}"#,
-                RequestId::Number(3.into()),
+                RequestId::Number("3".into()),
             ),
             (
                 r#"{"jsonrpc":2.0,"id":3,"method":"play"}"#,
-                RequestId::Number(3.into()),
+                RequestId::Number("3".into()),
             ),
             (
                 r#"{"jsonrpc":"2.0","id":"x"}"#,
@@ -439,7 +497,7 @@ mod tests {
             ),
             (
                 r#"{"jsonrpc":"2.0","id":4,"method":"play","params":"1"}"#,
-                RequestId::Number(4.into()),
+                RequestId::Number("4".into()),
             ),
         ];
         for (text, id) in cases {
@@ -504,7 +562,7 @@ mod tests {
 
     #[test]
     fn responses_have_the_json_rpc_shape() {
-        let ok = Response::result(RequestId::Number(1.into()), json!("42"));
+        let ok = Response::result(RequestId::Number("1".into()), json!("42"));
         assert_eq!(
             serde_json::from_str::<Value>(&ok.to_json()).unwrap(),
             json!({"jsonrpc": "2.0", "id": 1, "result": "42"})
@@ -535,5 +593,37 @@ mod tests {
         let id = req.id.unwrap();
         let text = Response::result(id, json!(1)).to_json();
         assert!(text.contains("18446744073709551615"), "{text}");
+    }
+
+    #[test]
+    fn numeric_ids_are_echoed_exactly_as_sent() {
+        // Regression (issue 7, item 11): a 26-digit id came back as 1e+26.
+        for id in [
+            "100000000000000000000000000",
+            "-0",
+            "1.50",
+            "7e3",
+            "12345678901234567890123",
+        ] {
+            let req = parse_request(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"play"}}"#))
+                .unwrap();
+            assert_eq!(req.id, Some(RequestId::Number(id.into())));
+            let answer = Response::result(req.id.unwrap(), json!("42")).to_json();
+            assert_eq!(
+                answer,
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"42"}}"#)
+            );
+        }
+        let req = parse_request(r#"{"jsonrpc":"2.0","id":"a\"b","method":"play"}"#).unwrap();
+        assert_eq!(req.id, Some(RequestId::String("a\"b".into())));
+    }
+
+    #[test]
+    fn echoed_values_are_bounded() {
+        let long = "m".repeat(100_000);
+        let err = Call::from_request(&long, None).unwrap_err();
+        assert!(err.message.len() < 300, "{}", err.message.len());
+        let frame = format!(r#"{{"jsonrpc":"{long}","id":1,"method":"play"}}"#);
+        assert!(rejected(&frame).error.message.len() < 300);
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
+use crate::admission::{Admission, ClientInfo, GuardedListener};
 use crate::auth::NonceStore;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
@@ -48,6 +49,12 @@ pub(crate) struct Shared {
     pub(crate) directory: CircleDirectory,
     /// Outstanding `fetch_nonce` nonces.
     pub(crate) nonces: NonceStore,
+    /// Open connections against their caps.
+    pub(crate) admission: Arc<Admission>,
+    /// See [`ServerConfig::idle_timeout`].
+    pub(crate) idle_timeout: Duration,
+    /// See [`ServerConfig::max_message_bytes`].
+    pub(crate) max_message_bytes: usize,
     /// Whether `play` requires authentication.
     pub(crate) enable_auth: bool,
     /// How long a `play` waits for its result.
@@ -86,7 +93,15 @@ impl Server {
                 "the play timeout must be longer than zero".to_string(),
             ));
         }
-        let dispatcher = Dispatcher::connect(&config.redis_url, DISPATCHER_CALLER_ID).await?;
+        if config.idle_timeout < Duration::from_secs(1) {
+            return Err(ServerError::InvalidConfig(
+                "the idle timeout must be at least one second".to_string(),
+            ));
+        }
+        let dispatcher = Dispatcher::connect(&config.redis_url, DISPATCHER_CALLER_ID)
+            .await?
+            .with_max_script_bytes(config.max_script_bytes);
+        raise_descriptor_limit(config.connections.max_connections);
         let main = bind_listener(&config.host, config.port).await?;
         let mut circle_listeners = Vec::with_capacity(config.circle_ports.len());
         for &(circle, port) in &config.circle_ports {
@@ -131,7 +146,10 @@ impl Server {
         let shared = Arc::new(Shared {
             directory: CircleDirectory::new(configured),
             dispatcher: self.dispatcher,
-            nonces: NonceStore::new(self.config.nonce_ttl),
+            nonces: NonceStore::with_capacity(self.config.nonce_ttl, self.config.max_nonces),
+            admission: Admission::new(self.config.connections),
+            idle_timeout: self.config.idle_timeout,
+            max_message_bytes: self.config.max_message_bytes(),
             enable_auth: self.config.enable_auth,
             play_timeout: self.config.play_timeout,
             shutdown: shutdown_signal.clone(),
@@ -156,9 +174,16 @@ impl Server {
         }
         for (bound, router) in routed {
             let addr = bound.addr;
-            let task = spawn_listener(&mut listeners, bound, router, shutdown_signal.clone());
+            let task = spawn_listener(
+                &mut listeners,
+                bound,
+                Arc::clone(&shared.admission),
+                router,
+                shutdown_signal.clone(),
+            );
             listener_addrs.insert(task.id(), addr);
         }
+        let housekeeping = tokio::spawn(housekeeping(Arc::downgrade(&shared)));
         drop(shared);
 
         let failure = tokio::select! {
@@ -210,6 +235,7 @@ impl Server {
                 tracing::warn!("some connections did not close in time; leaving them");
             }
         }
+        housekeeping.abort();
         tracing::info!("server stopped");
         failure.map_or(Ok(()), Err)
     }
@@ -242,18 +268,87 @@ async fn bind_listener(host: &str, port: u16) -> Result<BoundListener, ServerErr
 fn spawn_listener(
     listeners: &mut JoinSet<Result<SocketAddr, ServerError>>,
     bound: BoundListener,
+    admission: Arc<Admission>,
     router: Router,
     mut shutdown: Signal,
 ) -> AbortHandle {
     let BoundListener { listener, addr } = bound;
     listeners.spawn(async move {
         axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            GuardedListener::new(listener, admission),
+            router.into_make_service_with_connect_info::<ClientInfo>(),
         )
         .with_graceful_shutdown(async move { shutdown.raised().await })
         .await
         .map_err(|source| ServerError::Serve { addr, source })?;
         Ok(addr)
     })
+}
+
+/// How often expired nonces are swept and freed memory handed back.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
+
+/// Frees what load left behind: expired nonces (which would otherwise stay
+/// until the next `fetch_nonce`), and heap pages freed by closed
+/// connections (glibc keeps them for reuse; after a burst of 2,000
+/// connections that is hundreds of MiB). Ends with the server.
+async fn housekeeping(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let swept = shared.nonces.sweep();
+        let closed = shared.admission.take_closed_count();
+        drop(shared);
+        if swept > 0 || closed >= TRIM_AFTER_CLOSED {
+            tracing::debug!(swept, closed, "releasing freed memory");
+            release_free_memory();
+        }
+    }
+}
+
+/// Connections that must have closed since the last trim to trim again.
+const TRIM_AFTER_CLOSED: usize = 64;
+
+/// Returns the allocator's free pages to the OS (glibc `malloc_trim`).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only returns unused pages of the allocator's own
+    // heaps to the kernel; it is safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (systemd units set
+/// the hard limit with `LimitNOFILE=`), and warns when the connection cap
+/// does not fit under it.
+fn raise_descriptor_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current != Some(hard)
+    {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current;
+    if let Some(current) = current
+        && (max_connections as u64).saturating_add(256) > current
+    {
+        tracing::warn!(
+            open_files = current,
+            max_connections,
+            "the open-file limit is close to or below the connection cap; raise it (LimitNOFILE=) or lower --max-connections, or accept() may fail once it is reached"
+        );
+    }
 }

@@ -14,6 +14,8 @@ use clap::Parser;
 
 use crate::{Limits, WorkerConfig};
 
+const MIB: usize = 1024 * 1024;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "worker",
@@ -49,6 +51,22 @@ pub struct WorkerArgs {
     /// Wall time per task in seconds (a task's own timeout may lower it).
     #[arg(long, default_value_t = Limits::default().max_wall_time.as_secs_f64())]
     pub max_wall_time_secs: f64,
+    /// Heap a task may use, in MiB (0 = unlimited). A script over it is
+    /// stopped with "script exceeded the memory limit".
+    #[arg(long, default_value_t = Limits::default().max_memory / MIB)]
+    pub max_memory_mb: usize,
+    /// Largest script a task may carry, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_script_size)]
+    pub max_script_bytes: usize,
+    /// Largest output a task may return, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_output_size)]
+    pub max_output_bytes: usize,
+    /// Bytes of print/debug output a task may write to the log; the rest is dropped.
+    #[arg(long, default_value_t = Limits::default().max_log_output)]
+    pub max_log_bytes: usize,
+    /// How deeply arrays and maps may nest in stored or returned values.
+    #[arg(long, default_value_t = Limits::default().max_value_depth)]
+    pub max_value_depth: usize,
     /// How long finished tasks are kept in Redis, in seconds (ignored with PRESERVE_TASKS).
     #[arg(long, default_value_t = DEFAULT_TASK_RETENTION_SECS)]
     pub task_retention_secs: u64,
@@ -91,25 +109,49 @@ pub fn main_with(cli: WorkerArgs) -> ExitCode {
             max_array_size: cli.max_array_size,
             max_map_size: cli.max_map_size,
             max_wall_time: Duration::from_secs_f64(cli.max_wall_time_secs),
+            max_memory: cli.max_memory_mb.saturating_mul(MIB),
+            max_script_size: cli.max_script_bytes,
+            max_output_size: cli.max_output_bytes,
+            max_log_output: cli.max_log_bytes,
+            max_value_depth: cli.max_value_depth.max(1),
         },
         retention: (!preserve_tasks).then(|| Duration::from_secs(cli.task_retention_secs)),
         keep_queued_on_stop: preserve_tasks || cli.keep_queued_on_stop,
         heartbeat_interval: Duration::from_secs_f64(cli.heartbeat_interval_secs),
     };
     // One thread: tasks run one at a time; the heartbeat has its own thread.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(crate::run(config, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // It is not the main thread but one with a large stack: Rhai checks
+    // and drops nested arrays and maps recursively, and a script can nest
+    // them thousands of levels deep within its time limit, which would
+    // overflow the main thread's 8 MiB and abort the worker. The stack is
+    // reserved address space; only what recursion touches becomes memory.
+    let worker = std::thread::Builder::new()
+        .name("worker".into())
+        .stack_size(SCRIPT_THREAD_STACK)
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(crate::run(config, shutdown_signal()))
+        })
+        .expect("spawn the worker thread");
+    match worker.join() {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            // Logged once (stderr is the log), not printed again.
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("error: the worker thread panicked");
             ExitCode::FAILURE
         }
     }
 }
+
+/// Stack of the thread that runs scripts; see `main_with`.
+const SCRIPT_THREAD_STACK: usize = 512 * 1024 * 1024;
 
 fn init_logging(verbose: u8) {
     let default = match verbose {

@@ -20,15 +20,18 @@
 //! the limit that was hit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rhai::{AST, Dynamic, Engine, EvalAltResult, Scope};
+use circles_dispatcher::protocol::DEFAULT_MAX_SCRIPT_BYTES;
+use rhai::{AST, Dynamic, Engine, EvalAltResult, ModuleResolver, Position, Scope};
 
+use crate::memory;
 use crate::store::CircleStore;
 
-/// Script limits. Every one of them ends a task with an error naming it.
+/// Script limits. Every one of them ends a task with an error naming it,
+/// and the worker goes on to the next task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Rhai operations per task.
@@ -43,6 +46,19 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Wall time per task; a task's own `timeout_secs` may lower it.
     pub max_wall_time: Duration,
+    /// Heap a task may add to the worker, in bytes (0: unlimited). See
+    /// [`crate::memory`].
+    pub max_memory: usize,
+    /// Bytes of script source a task may carry.
+    pub max_script_size: usize,
+    /// Bytes of output a task may return.
+    pub max_output_size: usize,
+    /// Bytes a task may write through `print`/`debug`; the rest is dropped
+    /// with one note in the log.
+    pub max_log_output: usize,
+    /// How deeply arrays and maps may nest in a value that is stored or
+    /// returned (the same limit applies when reading it back).
+    pub max_value_depth: usize,
 }
 
 impl Default for Limits {
@@ -54,28 +70,56 @@ impl Default for Limits {
             max_array_size: 100_000,
             max_map_size: 100_000,
             max_wall_time: Duration::from_secs(30),
+            max_memory: 256 * 1024 * 1024,
+            max_script_size: DEFAULT_MAX_SCRIPT_BYTES,
+            max_output_size: 4 * 1024 * 1024,
+            max_log_output: 64 * 1024,
+            max_value_depth: 32,
         }
     }
 }
 
-/// How many compiled scripts to keep; the cache is emptied when full.
-const AST_CACHE_CAPACITY: usize = 256;
+/// Compiled scripts are cached by their text up to this many source bytes
+/// in all; the cache is emptied when a new entry would pass it.
+const AST_CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// Scripts longer than this are compiled every time rather than cached:
+/// big one-off scripts would only push the small repeated ones out.
+const AST_CACHE_MAX_SCRIPT: usize = 64 * 1024;
 /// The wall clock is read every this many operations (reading it every
 /// operation would cost more than the operations themselves).
 const WALL_CLOCK_CHECK_EVERY: u64 = 1024;
-/// The value a terminated script carries, telling wall-time apart from other
-/// terminations.
+/// The values a terminated script carries, telling the limits apart.
 const WALL_TIME_TOKEN: &str = "circles:wall-time";
+const MEMORY_TOKEN: &str = "circles:memory";
+
+/// What the engine's callbacks know about the running task. Tasks run one at
+/// a time, so one set of slots suffices.
+#[derive(Debug)]
+struct TaskMeter {
+    /// Deadline in nanoseconds since `epoch`.
+    deadline_nanos: AtomicU64,
+    epoch: Instant,
+    /// Heap in use when the task started; the budget is counted from here.
+    memory_baseline: AtomicUsize,
+    /// Highest heap use seen during the task, for releasing memory after.
+    memory_peak: AtomicUsize,
+    /// Bytes of print/debug output the task wrote so far.
+    log_bytes: AtomicUsize,
+}
 
 /// The Rhai engine bound to one circle's store.
 pub struct ScriptEngine {
     engine: Engine,
     limits: Limits,
-    /// Deadline of the running task, in nanoseconds since `epoch`; read by the
-    /// progress callback. Tasks run one at a time, so one slot suffices.
-    deadline_nanos: Arc<AtomicU64>,
-    epoch: Instant,
-    cache: Mutex<HashMap<String, Arc<AST>>>,
+    meter: Arc<TaskMeter>,
+    cache: Mutex<AstCache>,
+}
+
+/// Compiled scripts by source text, bounded in source bytes.
+#[derive(Default)]
+struct AstCache {
+    entries: HashMap<String, Arc<AST>>,
+    bytes: usize,
 }
 
 impl std::fmt::Debug for ScriptEngine {
@@ -83,6 +127,31 @@ impl std::fmt::Debug for ScriptEngine {
         f.debug_struct("ScriptEngine")
             .field("limits", &self.limits)
             .finish_non_exhaustive()
+    }
+}
+
+/// Refuses every `import`: scripts reach nothing outside their circle, and
+/// the error is the same whether or not a file of that name exists, so it
+/// reveals nothing about the host either.
+#[derive(Debug, Clone, Copy)]
+struct NoModules;
+
+impl ModuleResolver for NoModules {
+    fn resolve(
+        &self,
+        _engine: &Engine,
+        _source: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> Result<rhai::Shared<rhai::Module>, Box<EvalAltResult>> {
+        Err(Box::new(EvalAltResult::ErrorRuntime(
+            format!(
+                "cannot import `{}`: scripts cannot load modules",
+                circles_dispatcher::text::clip(path, 80)
+            )
+            .into(),
+            pos,
+        )))
     }
 }
 
@@ -96,27 +165,55 @@ impl ScriptEngine {
             .set_max_string_size(limits.max_string_size)
             .set_max_array_size(limits.max_array_size)
             .set_max_map_size(limits.max_map_size);
-        engine.on_print(|s| tracing::info!(target: "script", "{s}"));
-        engine.on_debug(|s, src, pos| tracing::debug!(target: "script", ?src, %pos, "{s}"));
+        // The sandbox: no modules from the host's files, no `eval` (which
+        // would run text the limits above were not told about at compile
+        // time, and could reach `import` by another route).
+        engine.set_module_resolver(NoModules);
+        engine.disable_symbol("eval");
 
-        let epoch = Instant::now();
-        let deadline_nanos = Arc::new(AtomicU64::new(u64::MAX));
-        let deadline = deadline_nanos.clone();
+        let meter = Arc::new(TaskMeter {
+            deadline_nanos: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            memory_baseline: AtomicUsize::new(0),
+            memory_peak: AtomicUsize::new(0),
+            log_bytes: AtomicUsize::new(0),
+        });
+        let max_log = limits.max_log_output;
+        let m = meter.clone();
+        engine.on_print(move |s| {
+            if m.admit_log(s.len(), max_log) {
+                tracing::info!(target: "script", "{s}");
+            }
+        });
+        let m = meter.clone();
+        engine.on_debug(move |s, src, pos| {
+            if m.admit_log(s.len(), max_log) {
+                tracing::debug!(target: "script", ?src, %pos, "{s}");
+            }
+        });
+        let m = meter.clone();
+        let max_memory = limits.max_memory;
         engine.on_progress(move |ops| {
+            if max_memory > 0 {
+                let now = memory::allocated();
+                m.memory_peak.fetch_max(now, Ordering::Relaxed);
+                if now.saturating_sub(m.memory_baseline.load(Ordering::Relaxed)) > max_memory {
+                    return Some(MEMORY_TOKEN.into());
+                }
+            }
             if ops % WALL_CLOCK_CHECK_EVERY == 0
-                && epoch.elapsed().as_nanos() as u64 > deadline.load(Ordering::Relaxed)
+                && m.epoch.elapsed().as_nanos() as u64 > m.deadline_nanos.load(Ordering::Relaxed)
             {
                 return Some(WALL_TIME_TOKEN.into());
             }
             None
         });
-        register_db_api(&mut engine, store);
+        register_db_api(&mut engine, store, limits.max_value_depth);
         Self {
             engine,
             limits,
-            deadline_nanos,
-            epoch,
-            cache: Mutex::new(HashMap::new()),
+            meter,
+            cache: Mutex::new(AstCache::default()),
         }
     }
 
@@ -135,34 +232,63 @@ impl ScriptEngine {
         caller_id: &str,
         wall_time: Option<Duration>,
     ) -> Result<String, String> {
-        let ast = self.compile(script)?;
+        if script.len() > self.limits.max_script_size {
+            return Err(format!(
+                "script is {} bytes, over the script size limit ({} bytes)",
+                script.len(),
+                self.limits.max_script_size
+            ));
+        }
         let wall_time = wall_time.map_or(self.limits.max_wall_time, |w| {
             w.min(self.limits.max_wall_time)
         });
-        let deadline = (self.epoch.elapsed() + wall_time).as_nanos() as u64;
-        self.deadline_nanos.store(deadline, Ordering::Relaxed);
+        let baseline = memory::allocated();
+        self.meter.begin(baseline, wall_time);
+        let result = self.run_metered(script, context_id, caller_id, wall_time);
+        self.meter.end();
+        // Everything the script built is dropped by now: hand what a big
+        // task used back to the OS, so RSS does not stay at its peak.
+        if self.meter.memory_peak.load(Ordering::Relaxed) > baseline + RELEASE_AFTER_PEAK {
+            memory::release_free_memory();
+        }
+        result
+    }
 
+    fn run_metered(
+        &self,
+        script: &str,
+        context_id: &str,
+        caller_id: &str,
+        wall_time: Duration,
+    ) -> Result<String, String> {
+        let ast = self.compile(script)?;
         let mut scope = Scope::new();
         scope.push_constant("CONTEXT_ID", context_id.to_string());
         scope.push_constant("CALLER_ID", caller_id.to_string());
-        // Rhai checks sizes on function calls but not on `map[key] = value`,
-        // so the result is checked once more before it leaves the engine.
-        let result = self
+        let value = self
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
-            .and_then(|value| {
-                self.engine
-                    .ensure_data_size_within_limits(&value)
-                    .map(|()| value)
-            });
-        self.deadline_nanos.store(u64::MAX, Ordering::Relaxed);
-        result
-            .map(render_output)
-            .map_err(|e| self.describe_error(&e, wall_time))
+            .map_err(|e| self.describe_error(&e, wall_time))?;
+        // Rhai checks sizes on function calls but not on `map[key] = value`,
+        // so the result is checked once more before it leaves the engine —
+        // depth first, since the size check itself recurses.
+        check_depth(&value, self.limits.max_value_depth).map_err(|e| e.to_string())?;
+        self.engine
+            .ensure_data_size_within_limits(&value)
+            .map_err(|e| self.describe_error(&e, wall_time))?;
+        let output = render_output(value);
+        if output.len() > self.limits.max_output_size {
+            return Err(format!(
+                "script output is {} bytes, over the output size limit ({} bytes)",
+                output.len(),
+                self.limits.max_output_size
+            ));
+        }
+        Ok(output)
     }
 
     fn compile(&self, script: &str) -> Result<Arc<AST>, String> {
-        if let Some(ast) = self.cache.lock().expect("ast cache").get(script) {
+        if let Some(ast) = self.cache.lock().expect("ast cache").entries.get(script) {
             return Ok(ast.clone());
         }
         let ast = Arc::new(
@@ -170,11 +296,14 @@ impl ScriptEngine {
                 .compile(script)
                 .map_err(|e| format!("syntax error: {e}"))?,
         );
-        let mut cache = self.cache.lock().expect("ast cache");
-        if cache.len() >= AST_CACHE_CAPACITY {
-            cache.clear();
+        if script.len() <= AST_CACHE_MAX_SCRIPT {
+            let mut cache = self.cache.lock().expect("ast cache");
+            if cache.bytes + script.len() > AST_CACHE_BYTES {
+                *cache = AstCache::default();
+            }
+            cache.bytes += script.len();
+            cache.entries.insert(script.to_string(), ast.clone());
         }
-        cache.insert(script.to_string(), ast.clone());
         Ok(ast)
     }
 
@@ -222,9 +351,91 @@ impl ScriptEngine {
                     wall_time.as_secs_f64()
                 )
             }
-            _ => err.to_string(),
+            EvalAltResult::ErrorTerminated(token, ..) if token.to_string() == MEMORY_TOKEN => {
+                format!(
+                    "script exceeded the memory limit ({} MiB)",
+                    l.max_memory.div_ceil(1024 * 1024)
+                )
+            }
+            _ => circles_dispatcher::text::clip(&err.to_string(), MAX_ERROR_TEXT).into_owned(),
         }
     }
+}
+
+/// After a task whose heap peaked this far above its start, freed memory is
+/// handed back to the OS.
+const RELEASE_AFTER_PEAK: usize = 8 * 1024 * 1024;
+/// Script error texts are cut to this many bytes: an error can quote a
+/// value (a 1 MB string, say), and the error travels to Redis and clients.
+const MAX_ERROR_TEXT: usize = 4096;
+
+impl TaskMeter {
+    fn begin(&self, baseline: usize, wall_time: Duration) {
+        let deadline = (self.epoch.elapsed() + wall_time).as_nanos() as u64;
+        self.deadline_nanos.store(deadline, Ordering::Relaxed);
+        self.memory_baseline.store(baseline, Ordering::Relaxed);
+        self.memory_peak.store(baseline, Ordering::Relaxed);
+        self.log_bytes.store(0, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.deadline_nanos.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// Whether `len` more bytes of print/debug output may be logged; logs
+    /// the one truncation note when the budget runs out.
+    fn admit_log(&self, len: usize, max: usize) -> bool {
+        let before = self.log_bytes.fetch_add(len.max(1), Ordering::Relaxed);
+        if before.saturating_add(len) <= max {
+            return true;
+        }
+        if before <= max {
+            tracing::warn!(
+                target: "script",
+                "output truncated: this task printed more than {max} bytes; the rest of its print/debug output is dropped"
+            );
+            // Past the budget for good, so the note is logged once.
+            self.log_bytes.store(usize::MAX / 2, Ordering::Relaxed);
+        }
+        false
+    }
+}
+
+/// Why a value cannot be stored or returned.
+#[derive(Debug, thiserror::Error)]
+#[error("value nests arrays and maps {depth} levels deep or more; the limit is {max}")]
+struct TooDeep {
+    depth: usize,
+    max: usize,
+}
+
+/// Fails when arrays and maps in `value` nest deeper than `max` levels.
+/// Recurses at most `max` levels, so a hostile value cannot exhaust the
+/// stack here (serialising or size-checking it unchecked could).
+fn check_depth(value: &Dynamic, max: usize) -> Result<(), TooDeep> {
+    fn walk(value: &Dynamic, depth: usize, max: usize) -> Result<(), TooDeep> {
+        let nested = value.is_array() || value.is_map();
+        if !nested {
+            return Ok(());
+        }
+        if depth >= max {
+            return Err(TooDeep {
+                depth: depth + 1,
+                max,
+            });
+        }
+        if let Some(array) = value.read_lock::<rhai::Array>() {
+            for item in array.iter() {
+                walk(item, depth + 1, max)?;
+            }
+        } else if let Some(map) = value.read_lock::<rhai::Map>() {
+            for item in map.values() {
+                walk(item, depth + 1, max)?;
+            }
+        }
+        Ok(())
+    }
+    walk(value, 0, max)
 }
 
 /// The script's value as task output.
@@ -240,7 +451,11 @@ fn render_output(value: Dynamic) -> String {
     }
 }
 
-fn to_json(value: &Dynamic) -> Result<String, Box<EvalAltResult>> {
+/// A value as stored: JSON, refused when nested deeper than `max_depth`
+/// (which is also what reading it back allows, so whatever is written can
+/// be read).
+fn to_json(value: &Dynamic, max_depth: usize) -> Result<String, Box<EvalAltResult>> {
+    check_depth(value, max_depth).map_err(|e| format!("value cannot be stored: {e}"))?;
     serde_json::to_string(value).map_err(|e| format!("value cannot be stored: {e}").into())
 }
 
@@ -253,7 +468,7 @@ fn store_err(e: crate::store::StoreError) -> Box<EvalAltResult> {
     e.to_string().into()
 }
 
-fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>) {
+fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, max_depth: usize) {
     let s = store.clone();
     engine.register_fn(
         "db_get",
@@ -268,7 +483,7 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>) {
     engine.register_fn(
         "db_set",
         move |key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-            s.set(key, &to_json(&value)?).map_err(store_err)
+            s.set(key, &to_json(&value, max_depth)?).map_err(store_err)
         },
     );
     let s = store.clone();
@@ -308,7 +523,9 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>) {
                 )
                 .into());
             }
-            let id = s.insert(collection, &to_json(&value)?).map_err(store_err)?;
+            let id = s
+                .insert(collection, &to_json(&value, max_depth)?)
+                .map_err(store_err)?;
             Ok(id as i64)
         },
     );
@@ -382,7 +599,7 @@ mod tests {
             max_string_size: 1000,
             max_array_size: 100,
             max_map_size: 100,
-            max_wall_time: Duration::from_secs(30),
+            ..Limits::default()
         };
         let (_d, e) = engine(limits);
         let run = |s: &str| e.run(s, "c", "c", None).unwrap_err();

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod memory;
 pub mod queue;
 mod run;
 pub mod store;

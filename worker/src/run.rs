@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use circles_dispatcher::protocol::{CIRCLES_SET, HEARTBEAT_TTL_SECS, worker_heartbeat_key};
+use circles_dispatcher::protocol::{
+    CIRCLES_SET, HEARTBEAT_TTL_SECS, LAST_SEEN_HASH, worker_heartbeat_key,
+};
 use circles_dispatcher::task::now_rfc3339;
 use circles_dispatcher::{CirclePublicKey, TaskOutcome, WorkerHeartbeat};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -15,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::WorkerError;
 use crate::engine::{Limits, ScriptEngine};
+use crate::memory;
 use crate::queue::{Taken, TaskQueue};
 use crate::store::{CircleStore, database_file_name};
 
@@ -46,6 +49,10 @@ impl WorkerConfig {
     }
 }
 
+/// Heap allowed beyond twice the task budget before allocations fail: the
+/// worker's own buffers (a script up to the size limit, its reply, Redis
+/// connections) live there.
+const HARD_LIMIT_HEADROOM: usize = 128 * 1024 * 1024;
 /// How long one `BLMOVE` waits before the loop looks around again.
 const TAKE_WAIT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -89,9 +96,6 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let store = Arc::new(CircleStore::open(&config.db_file())?);
-    tracing::info!(db = %store.path().display(), circle = %config.circle, "circle database open");
-    let engine = Arc::new(ScriptEngine::new(store, config.limits.clone()));
     let queue = TaskQueue::new(config.circle, config.retention);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -126,6 +130,20 @@ pub async fn run(
             circle: config.circle.to_hex(),
             pid: other.pid,
         });
+    }
+
+    // Only now, once this worker is known to be the circle's one worker:
+    // a worker that refuses to start must not leave a database behind.
+    let store = Arc::new(CircleStore::open(&config.db_file())?);
+    tracing::info!(db = %store.path().display(), circle = %config.circle, "circle database open");
+    let engine = Arc::new(ScriptEngine::new(store, config.limits.clone()));
+    if config.limits.max_memory > 0 {
+        // The per-task budget stops scripts between operations; this
+        // ceiling only catches a single operation that jumps far past it.
+        let ceiling = memory::allocated()
+            .saturating_add(config.limits.max_memory.saturating_mul(2))
+            .saturating_add(HARD_LIMIT_HEADROOM);
+        memory::set_hard_limit(Some(ceiling));
     }
 
     let recovered = retry(&mut stop_rx, "recovering abandoned tasks", || {
@@ -273,6 +291,13 @@ async fn run_task(
             return TaskOutcome::Error { error: reason };
         }
     };
+    // A task whose caller gave up before any worker took it (the worker was
+    // down, paused or busy) is not run: its side effects would surprise a
+    // client that was told it timed out.
+    if let Some(expired) = expired_before_run(&record) {
+        tracing::info!(task_id = %raw_id, "task expired before it ran");
+        return TaskOutcome::Error { error: expired };
+    }
     let script = record.script.unwrap_or_default();
     let caller = record.caller_id.unwrap_or_default();
     let context = queue_circle_hex(queue);
@@ -290,6 +315,21 @@ async fn run_task(
         Ok(output) => TaskOutcome::Completed { output },
         Err(error) => TaskOutcome::Error { error },
     }
+}
+
+/// The error for a task whose deadline (`created_at` + `timeout_secs`)
+/// has passed, or `None` while it may still run. Tasks without both fields
+/// (written by other tools) never expire.
+fn expired_before_run(record: &circles_dispatcher::TaskRecord) -> Option<String> {
+    let created = chrono::DateTime::parse_from_rfc3339(record.created_at.as_deref()?).ok()?;
+    let timeout = record.timeout_secs?;
+    let deadline = created + chrono::Duration::seconds(i64::try_from(timeout).ok()?);
+    (chrono::Utc::now() > deadline).then(|| {
+        format!(
+            "expired before it ran: no worker took it within its {timeout}s timeout (submitted {}), so its caller stopped waiting",
+            record.created_at.as_deref().unwrap_or_default()
+        )
+    })
 }
 
 fn queue_circle_hex(queue: &TaskQueue) -> String {
@@ -324,6 +364,11 @@ impl Heartbeat {
             .cmd("SADD")
             .arg(CIRCLES_SET)
             .arg(&self.circle)
+            .ignore()
+            .cmd("HSET")
+            .arg(LAST_SEEN_HASH)
+            .arg(&self.circle)
+            .arg(&beat.beat_at)
             .ignore()
             .query_async(conn)
             .await

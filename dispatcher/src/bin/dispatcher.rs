@@ -1,7 +1,7 @@
 //! `dispatcher`: run a Rhai script on a circle from the command line.
 //!
 //! Exit codes: 0 ok, 1 the script failed, 2 bad usage or input, 3 timed out,
-//! 4 Redis trouble.
+//! 4 Redis trouble, 5 the circle is offline (no live worker).
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -67,6 +67,10 @@ struct RunArgs {
     /// Caller id recorded on the task (the script sees it as CALLER_ID).
     #[arg(long, default_value = "dispatcher-cli")]
     caller: String,
+    /// `run`: queue the script even when no worker serves the circle, and
+    /// wait (up to --timeout) for one to start, instead of failing at once.
+    #[arg(long)]
+    wait_for_worker: bool,
 }
 
 impl RunArgs {
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             let (code, kind) = match err.downcast_ref::<DispatchError>() {
                 Some(DispatchError::ScriptError { .. }) => (1, "script_error"),
                 Some(DispatchError::Timeout { .. }) => (3, "timeout"),
+                Some(DispatchError::CircleOffline { .. }) => (5, "offline"),
                 Some(e) if e.is_redis() => (4, "redis"),
                 _ => (2, "invalid_input"),
             };
@@ -137,7 +142,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let circle = CirclePublicKey::parse(&args.circle)?;
             let script = args.script()?;
             let timeout = Duration::from_secs(args.timeout.max(1));
-            let dispatcher = Dispatcher::connect(&cli.redis_url, &args.caller).await?;
+            let dispatcher = Dispatcher::connect(&cli.redis_url, &args.caller)
+                .await?
+                .wait_for_worker(args.wait_for_worker);
             if matches!(cli.command, Command::Submit(_)) {
                 let task_id = dispatcher.submit(&circle, &script, timeout).await?;
                 print_out(
