@@ -250,6 +250,16 @@ pub fn service_account() -> ServiceAccount {
     }
 }
 
+/// The worker's own per-task memory budget (`--max-memory-mb`) under a
+/// service memory ceiling of `memory_max` bytes: a quarter of it, so a
+/// script that grows step by step is stopped by the worker (which serves
+/// the next task) long before the kernel's ceiling; the ceiling only
+/// catches one operation that leaps past the budget. The default ceiling,
+/// 1 GiB, gives the worker's own default, 256 MiB.
+pub fn task_memory_budget_mb(memory_max: u64) -> u64 {
+    (memory_max / 4 / (1 << 20)).max(1)
+}
+
 /// Renders the worker and server services for these settings.
 /// `circle_ports` are every installed circle's own port (from the record),
 /// so the one server keeps serving them all.
@@ -330,6 +340,10 @@ pub fn build_specs(
             tasks_max: ceilings.tasks_max.and_then(Ceiling::get),
             nofile: ceilings.limit_nofile,
         };
+        if let Some(mb) = spec.limits.memory_max.map(task_memory_budget_mb) {
+            spec.args
+                .extend(["--max-memory-mb".to_string(), mb.to_string()]);
+        }
         specs.push(spec);
     }
     let mut server_args = server.leading_args.clone();
@@ -806,5 +820,22 @@ pub fn print_removed(removed: &[ServiceName], json: bool) -> std::io::Result<()>
             writeln!(out, "removed {name}")?;
         }
         writeln!(out, "{} circle service(s) removed", removed.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_budget_is_a_quarter_of_the_ceiling() {
+        assert_eq!(task_memory_budget_mb(1 << 30), 256, "the worker's default");
+        assert_eq!(task_memory_budget_mb(96 << 20), 24);
+        assert_eq!(task_memory_budget_mb(16 << 20), 4);
+        assert_eq!(
+            task_memory_budget_mb(1),
+            1,
+            "never 0, which means unlimited"
+        );
     }
 }

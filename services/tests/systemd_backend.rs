@@ -758,3 +758,72 @@ async fn the_fallback_backend_installs_and_removes_through_service_manager() {
     assert!(backend.list_installed().await.unwrap().is_empty());
     assert!(backend.cleanup().await.unwrap().is_empty());
 }
+
+/// The kernel enforces the rendered ceilings: a service that outgrows
+/// `MemoryMax=` is killed (and restarted, `Restart=always`) while a
+/// sibling with room keeps running; `TasksMax=`/`LimitNOFILE=` reach the
+/// unit as given.
+#[tokio::test]
+async fn a_service_over_its_memory_ceiling_is_killed_and_restarted() {
+    if !systemd_booted("a_service_over_its_memory_ceiling_is_killed_and_restarted") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = ScratchDir::new("ceiling");
+    let backend = system_backend().await;
+    let (hog, calm) = (name("test-ceiling-hog"), name("test-ceiling-calm"));
+    let _guard = Uninstall {
+        scope: ServiceScope::System,
+        names: vec![hog.clone(), calm.clone()],
+    };
+    let limits = circles_services::ResourceLimits {
+        memory_max: Some(48 << 20),
+        tasks_max: Some(16),
+        nofile: Some(256),
+    };
+    // 200 MB held by the shell, then a long sleep: only the ceiling stops it.
+    let mut hog_spec = spec(
+        hog.clone(),
+        "/bin/bash",
+        &[
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); sleep 1000",
+        ],
+        dir.path(),
+    );
+    hog_spec.limits = limits;
+    let mut calm_spec = spec(calm.clone(), "/bin/sleep", &["1000"], dir.path());
+    calm_spec.limits = limits;
+    backend
+        .apply(&backend.plan(&[hog_spec, calm_spec]).await.unwrap())
+        .await
+        .unwrap();
+    let unit = hog.unit_name();
+    assert_eq!(
+        run("systemctl", &["show", "-p", "MemoryMax", "--value", &unit]),
+        (48u64 << 20).to_string()
+    );
+    assert_eq!(
+        run("systemctl", &["show", "-p", "TasksMax", "--value", &unit]),
+        "16"
+    );
+    assert_eq!(
+        run(
+            "systemctl",
+            &["show", "-p", "LimitNOFILE", "--value", &unit]
+        ),
+        "256"
+    );
+    util::eventually(
+        "the hog killed by the kernel and restarted",
+        Duration::from_secs(30),
+        || async {
+            let restarts = status(&backend, &hog).await.n_restarts.unwrap_or(0);
+            (restarts >= 1).then_some(())
+        },
+    )
+    .await;
+    let calm_status = status(&backend, &calm).await;
+    assert_eq!(calm_status.active_state, "active");
+    assert_eq!(calm_status.n_restarts, Some(0));
+}
