@@ -313,7 +313,14 @@ fn read_script(circle: &str, path: &Path) -> Result<InitScript, LaunchError> {
     Ok(InitScript { path, source })
 }
 
-fn load_config(
+/// Longest circle name: names become file names (`keys/<name>.json`) and
+/// table cells.
+const MAX_CIRCLE_NAME: usize = 64;
+
+/// Reads and validates a circles.json; generates (but does not write) keys
+/// for circles seen for the first time under `data_dir` — or takes them from
+/// `earlier_data_dir`, an earlier install's (see [`crate::migrate`]).
+pub fn load_config(
     path: &Path,
     data_dir: &Path,
     earlier_data_dir: Option<&Path>,
@@ -338,14 +345,15 @@ fn load_config(
     let mut new_keys = Vec::new();
     for entry in entries {
         if entry.name.is_empty()
+            || entry.name.len() > MAX_CIRCLE_NAME
             || !entry
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(err(format!(
-                "circle name `{}` must be letters, digits, - or _",
-                entry.name
+                "circle name `{}` must be 1 to {MAX_CIRCLE_NAME} letters, digits, - or _",
+                circles_dispatcher::text::clip(&entry.name, 64)
             )));
         }
         if names.insert(entry.name.clone(), ()).is_some() {

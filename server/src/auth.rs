@@ -459,20 +459,20 @@ mod tests {
 
     #[test]
     fn the_store_is_bounded_and_sweeping_frees_it() {
-        let store = NonceStore::with_capacity(Duration::from_millis(50), 100);
-        for _ in 0..100 {
-            store.issue(CircleKeypair::generate().public).unwrap();
+        // Keys made up front: making them in debug builds takes long enough
+        // to let nonces expire mid-test.
+        let keys: Vec<_> = (0..12).map(|_| CircleKeypair::generate().public).collect();
+        let store = NonceStore::with_capacity(Duration::from_millis(400), 10);
+        for key in &keys[..10] {
+            store.issue(*key).unwrap();
         }
-        assert_eq!(
-            store.issue(CircleKeypair::generate().public),
-            Err(AuthError::TooManyNonces)
-        );
-        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(store.issue(keys[10]), Err(AuthError::TooManyNonces));
+        std::thread::sleep(Duration::from_millis(450));
         // Expired ones make room again, swept by `issue` itself...
-        store.issue(CircleKeypair::generate().public).unwrap();
+        store.issue(keys[11]).unwrap();
         assert_eq!(store.key_count(), 1);
         // ... or by the periodic sweep.
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(450));
         assert_eq!(store.sweep(), 1);
         assert_eq!(store.key_count(), 0);
     }

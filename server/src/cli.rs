@@ -59,6 +59,10 @@ pub struct ServerArgs {
     /// Largest script a play may carry, in bytes (keep it equal to the workers' --max-script-bytes).
     #[arg(long, value_name = "BYTES", default_value_t = circles_dispatcher::protocol::DEFAULT_MAX_SCRIPT_BYTES)]
     pub max_script_bytes: usize,
+    /// Seconds between sweeps of expired nonces and returns of freed memory.
+    #[arg(long, value_name = "SECS", default_value_t = 30, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub housekeeping_secs: u64,
     /// When Redis does not answer, wait for it (with backoff) instead of
     /// exiting; for services started at boot, possibly before Redis.
     #[arg(long)]
@@ -86,6 +90,7 @@ impl ServerArgs {
             },
             idle_timeout: Duration::from_secs(self.idle_timeout),
             max_script_bytes: self.max_script_bytes,
+            housekeeping_interval: Duration::from_secs(self.housekeeping_secs),
             ..ServerConfig::default()
         }
     }

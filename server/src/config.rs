@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub max_script_bytes: usize,
     /// See [`DEFAULT_MAX_NONCES`].
     pub max_nonces: usize,
+    /// How often expired nonces are swept and memory freed by closed
+    /// connections is handed back to the OS.
+    pub housekeeping_interval: Duration,
 }
 
 impl ServerConfig {
@@ -109,6 +112,7 @@ impl Default for ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_script_bytes: DEFAULT_MAX_SCRIPT_BYTES,
             max_nonces: DEFAULT_MAX_NONCES,
+            housekeeping_interval: Duration::from_secs(30),
         }
     }
 }

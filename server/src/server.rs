@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) idle_timeout: Duration,
     /// See [`ServerConfig::max_message_bytes`].
     pub(crate) max_message_bytes: usize,
+    /// See [`ServerConfig::housekeeping_interval`].
+    housekeeping_interval: Duration,
     /// Whether `play` requires authentication.
     pub(crate) enable_auth: bool,
     /// How long a `play` waits for its result.
@@ -150,6 +152,10 @@ impl Server {
             admission: Admission::new(self.config.connections),
             idle_timeout: self.config.idle_timeout,
             max_message_bytes: self.config.max_message_bytes(),
+            housekeeping_interval: self
+                .config
+                .housekeeping_interval
+                .max(Duration::from_millis(100)),
             enable_auth: self.config.enable_auth,
             play_timeout: self.config.play_timeout,
             shutdown: shutdown_signal.clone(),
@@ -285,15 +291,15 @@ fn spawn_listener(
     })
 }
 
-/// How often expired nonces are swept and freed memory handed back.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
-
 /// Frees what load left behind: expired nonces (which would otherwise stay
 /// until the next `fetch_nonce`), and heap pages freed by closed
 /// connections (glibc keeps them for reuse; after a burst of 2,000
 /// connections that is hundreds of MiB). Ends with the server.
 async fn housekeeping(shared: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    let Some(every) = shared.upgrade().map(|s| s.housekeeping_interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;

@@ -190,6 +190,21 @@ impl WorkerProcess {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        let mut cmd = Self::command(redis, circle, db_dir, extra_args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn_ready(redis, circle, cmd)
+    }
+
+    /// The command [`WorkerProcess::start`] runs, for tests that need to
+    /// change it (a program in front, where its output goes).
+    pub fn command(
+        redis: &RedisServer,
+        circle: &str,
+        db_dir: &Path,
+        extra_args: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(binary("worker"));
         cmd.args([
             "--redis-url",
@@ -202,9 +217,32 @@ impl WorkerProcess {
         .args(extra_args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        cmd
+    }
+
+    /// Runs `worker` under a cap on its address space (`prlimit --as`), so
+    /// that a test attacking its memory cannot take the test machine down
+    /// even if the worker's own limits failed.
+    pub fn start_capped(
+        redis: &RedisServer,
+        circle: &str,
+        db_dir: &Path,
+        extra_args: &[&str],
+        address_space_bytes: u64,
+    ) -> Self {
+        let inner = Self::command(redis, circle, db_dir, extra_args);
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--as={address_space_bytes}"))
+            .arg("--")
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        Self::spawn_ready(redis, circle, cmd)
+    }
+
+    /// Spawns `cmd` (a worker for `circle`) and waits until it is ready.
+    pub fn spawn_ready(redis: &RedisServer, circle: &str, mut cmd: Command) -> Self {
         let child = cmd.spawn().expect("spawn worker");
         let worker = Self {
             child,
@@ -212,6 +250,11 @@ impl WorkerProcess {
         };
         worker.wait_ready(redis);
         worker
+    }
+
+    /// Resident memory of the process, from `/proc/<pid>/status`.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
     }
 
     /// Waits until the heartbeat key carries this process's PID.
@@ -308,4 +351,15 @@ impl Drop for TargetScratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Resident memory of process `pid` in bytes (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS line")
+        * 1024
 }

@@ -103,11 +103,17 @@ impl Client {
         }
     }
 
-    /// Whether a frame arrives within `wait`.
+    /// Whether no frame but pings and pongs arrives within `wait` (pings
+    /// are answered meanwhile, as reading does).
     pub async fn nothing_within(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.socket.next())
-            .await
-            .is_err()
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return true,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(_) => return false,
+            }
+        }
     }
 }
 
