@@ -36,6 +36,8 @@ struct Cli {
 enum Section {
     /// Task round trip through a worker vs the raw Redis floor.
     Tasks,
+    /// The worker's hardening caps on vs off.
+    Caps,
     /// Launcher start-up (direct mode) vs bare workers and the old fixed sleeps.
     Launcher,
     /// WebSocket `play` round trip vs the dispatcher round trip.
@@ -45,8 +47,9 @@ enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 4] = [
+    const ALL: [Section; 5] = [
         Section::Tasks,
+        Section::Caps,
         Section::Launcher,
         Section::Websocket,
         Section::Systemd,
@@ -81,6 +84,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "Floor: the worker's Redis commands driven by an in-process loop with no Rhai engine (answers \"42\"), same Redis, same run. `workers` = circles, one worker each; clients alternate between them.\n"
                 );
                 println!("{}", tasks::run(per_run).await?);
+            }
+            Section::Caps => {
+                println!(
+                    "\n## Hardening caps: `40 + 2` round trip with the worker's caps on (defaults) and off\n"
+                );
+                println!(
+                    "Same worker binary, same Redis, same run; `off` = memory budget, operations, script/output/log size, value depth and string limits all disabled by flags (the counting allocator cannot be switched off and is in both). Alternating slices, three each.\n"
+                );
+                println!("{}", tasks::run_caps(per_run).await?);
             }
             Section::Launcher => {
                 println!(

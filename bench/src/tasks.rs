@@ -173,19 +173,42 @@ async fn floor_worker(
         redis::aio::ConnectionManager::new_with_config(client.clone(), cfg.clone()).await?;
     let mut blocking = redis::aio::ConnectionManager::new_with_config(client, cfg).await?;
     let queue = TaskQueue::new(circle, Some(Duration::from_secs(3600)));
+    // A live heartbeat, as a worker keeps: submissions check it.
+    let heartbeat = circles_dispatcher::protocol::worker_heartbeat_key(&circle);
+    redis::cmd("SET")
+        .arg(&heartbeat)
+        .arg("{}")
+        .arg("EX")
+        .arg(3600)
+        .query_async::<()>(&mut conn)
+        .await?;
+    let result = floor_loop(&queue, &mut conn, &mut blocking, &mut stop).await;
+    redis::cmd("DEL")
+        .arg(&heartbeat)
+        .query_async::<()>(&mut conn)
+        .await?;
+    result
+}
+
+async fn floor_loop(
+    queue: &TaskQueue,
+    conn: &mut redis::aio::ConnectionManager,
+    blocking: &mut redis::aio::ConnectionManager,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     loop {
         let id = tokio::select! {
             _ = stop.changed() => return Ok(()),
-            id = queue.take(&mut blocking, Duration::from_secs(1)) => id?,
+            id = queue.take(blocking, Duration::from_secs(1)) => id?,
         };
         let Some(id) = id else { continue };
-        let outcome = match queue.load(&mut conn, &id).await? {
+        let outcome = match queue.load(conn, &id).await? {
             Taken::Task(_) => TaskOutcome::Completed {
                 output: "42".into(),
             },
             Taken::Broken(error) => TaskOutcome::Error { error },
         };
-        queue.finish(&mut conn, &id, &outcome).await?;
+        queue.finish(conn, &id, &outcome).await?;
     }
 }
 
@@ -199,4 +222,73 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Worker flags that turn every per-task cap off (the counting allocator
+/// stays: it is always there).
+const CAPS_OFF: [&str; 14] = [
+    "--max-memory-mb",
+    "0",
+    "--max-operations",
+    "0",
+    "--max-script-bytes",
+    "1073741824",
+    "--max-output-bytes",
+    "1073741824",
+    "--max-log-bytes",
+    "1073741824",
+    "--max-value-depth",
+    "1000000",
+    "--max-string-size",
+    "1073741824",
+];
+
+/// The cost of the hardening caps: the same worker binary with its default
+/// caps and with them turned off, measured in alternating slices (three
+/// each) so that drift on a busy machine weighs on both.
+pub async fn run_caps(per_run: Duration) -> anyhow::Result<Table> {
+    let redis = RedisServer::start();
+    let circle: CirclePublicKey = KEY_ONE.parse()?;
+    let data = tempfile::tempdir()?;
+    let slice = per_run / 3;
+    let mut table = Table::new();
+    table.load_style(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header([
+        "clients",
+        "caps on: p50",
+        "caps on: p99",
+        "caps on: tasks/s",
+        "caps off: p50",
+        "caps off: p99",
+        "caps off: tasks/s",
+        "p50 on ÷ off",
+        "tasks/s on ÷ off",
+    ]);
+    for clients in [1usize, 8] {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            for (caps, into) in [(true, &mut on), (false, &mut off)] {
+                let args: &[&str] = if caps { &[] } else { &CAPS_OFF };
+                let worker = WorkerProcess::start(&redis, KEY_ONE, data.path(), args, &[]);
+                into.push(drive(&redis, &[circle], clients, slice).await?);
+                drop(worker);
+            }
+        }
+        let (on, off) = (Samples::combine(on), Samples::combine(off));
+        table.add_row([
+            clients.to_string(),
+            fmt_duration(on.percentile(50.0)),
+            fmt_duration(on.percentile(99.0)),
+            format!("{:.0}", on.throughput()),
+            fmt_duration(off.percentile(50.0)),
+            fmt_duration(off.percentile(99.0)),
+            format!("{:.0}", off.throughput()),
+            ratio(
+                on.percentile(50.0).as_secs_f64(),
+                off.percentile(50.0).as_secs_f64(),
+            ),
+            ratio(on.throughput(), off.throughput()),
+        ]);
+    }
+    Ok(table)
 }
