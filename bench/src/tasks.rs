@@ -182,7 +182,12 @@ async fn floor_worker(
         .arg(3600)
         .query_async::<()>(&mut conn)
         .await?;
-    let result = floor_loop(&queue, &mut conn, &mut blocking, &mut stop).await;
+    // And the lease every finish is fenced by, as a worker holds it.
+    let lease = circles_worker::lease::Lease::acquire(&mut conn, &circle)
+        .await?
+        .map_err(|held| anyhow::anyhow!("circle owned by {:?}", held.0))?;
+    let result = floor_loop(&queue, &lease.value(), &mut conn, &mut blocking, &mut stop).await;
+    lease.release(&mut conn).await?;
     redis::cmd("DEL")
         .arg(&heartbeat)
         .query_async::<()>(&mut conn)
@@ -192,6 +197,7 @@ async fn floor_worker(
 
 async fn floor_loop(
     queue: &TaskQueue,
+    lease: &str,
     conn: &mut redis::aio::ConnectionManager,
     blocking: &mut redis::aio::ConnectionManager,
     stop: &mut watch::Receiver<bool>,
@@ -208,7 +214,7 @@ async fn floor_loop(
             },
             Taken::Broken(error) => TaskOutcome::Error { error },
         };
-        queue.finish(conn, &id, &outcome).await?;
+        queue.finish(conn, lease, &id, &outcome).await?;
     }
 }
 

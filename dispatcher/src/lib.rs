@@ -31,4 +31,4 @@ pub use client::Dispatcher;
 pub use error::DispatchError;
 pub use keys::{CircleKeypair, CirclePublicKey, EXPECTED_KEY_FORM, InvalidKey};
 pub use redis_url::{RedisUrl, redact as redact_redis_url};
-pub use task::{TaskId, TaskOutcome, TaskRecord, TaskStatus, WorkerHeartbeat};
+pub use task::{CircleOwner, TaskId, TaskOutcome, TaskRecord, TaskStatus, WorkerHeartbeat};

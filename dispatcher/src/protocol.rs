@@ -21,6 +21,14 @@ pub const PROCESSING_PREFIX: &str = "rhai_processing:";
 /// String (JSON [`crate::WorkerHeartbeat`]) a live worker refreshes with a TTL.
 /// It disappears within the TTL when the worker dies.
 pub const WORKER_HEARTBEAT_PREFIX: &str = "rhai_worker:";
+/// String (JSON [`crate::CircleOwner`]): the lease of the one worker that
+/// owns a circle, across every host sharing this Redis. Taken with
+/// `SET NX PX`, renewed with the heartbeat, released on a clean stop;
+/// finishing a task checks it, so a worker that lost it (paused,
+/// partitioned) cannot write over its successor's results.
+pub const OWNER_PREFIX: &str = "rhai_owner:";
+/// Counter: the fencing token of the next lease of a circle (`INCR`).
+pub const OWNER_TOKEN_PREFIX: &str = "rhai_owner_token:";
 /// Hash: circle key → when its worker last beat (RFC 3339). Unlike the
 /// heartbeat it never expires, so "offline since …" can be told.
 pub const LAST_SEEN_HASH: &str = "rhai_last_seen";
@@ -56,6 +64,10 @@ pub const DEFAULT_MAX_SCRIPT_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_TASK_RETENTION_SECS: u64 = 24 * 60 * 60;
 /// How long a worker heartbeat lives without being refreshed.
 pub const HEARTBEAT_TTL_SECS: u64 = 10;
+/// How long a circle's ownership lease lives without being renewed; a
+/// successor on another host can take the circle over this long after its
+/// owner froze or lost its network.
+pub const OWNER_LEASE_MS: u64 = 10_000;
 
 /// `rhai_tasks:<pk>`
 pub fn task_queue_key(circle: &CirclePublicKey) -> String {
@@ -81,6 +93,16 @@ pub fn processing_key(circle: &CirclePublicKey) -> String {
 /// `rhai_worker:<pk>`
 pub fn worker_heartbeat_key(circle: &CirclePublicKey) -> String {
     format!("{WORKER_HEARTBEAT_PREFIX}{circle}")
+}
+
+/// `rhai_owner:<pk>`
+pub fn owner_key(circle: &CirclePublicKey) -> String {
+    format!("{OWNER_PREFIX}{circle}")
+}
+
+/// `rhai_owner_token:<pk>`
+pub fn owner_token_key(circle: &CirclePublicKey) -> String {
+    format!("{OWNER_TOKEN_PREFIX}{circle}")
 }
 
 /// Whether an environment flag such as `PRESERVE_TASKS` is on.

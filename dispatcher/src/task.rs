@@ -215,6 +215,12 @@ impl TaskOutcome {
 pub struct WorkerHeartbeat {
     /// The worker's process id.
     pub pid: u32,
+    /// The host it runs on (its host name).
+    #[serde(default)]
+    pub host: String,
+    /// The directory of its circle database on that host.
+    #[serde(default)]
+    pub db_dir: String,
     /// When this worker process started (RFC 3339).
     pub started_at: String,
     /// When the heartbeat was last refreshed (RFC 3339).
@@ -223,6 +229,26 @@ pub struct WorkerHeartbeat {
     pub tasks_done: u64,
     /// The worker's version.
     pub version: String,
+}
+
+/// The lease under `rhai_owner:<pk>`: who owns a circle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CircleOwner {
+    /// Host name of the owner.
+    pub host: String,
+    /// Its process id, in `pid_namespace`.
+    pub pid: u32,
+    /// The PID namespace the pid means something in (`pid:[4026531836]`):
+    /// two containers on one host share a host name but not this.
+    #[serde(default)]
+    pub pid_namespace: String,
+    /// Unique per worker process.
+    pub instance: String,
+    /// Fencing token: grows with every new lease of the circle.
+    #[serde(default)]
+    pub token: u64,
+    /// When the lease was first taken (RFC 3339).
+    pub since: String,
 }
 
 #[cfg(test)]

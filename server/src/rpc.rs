@@ -201,7 +201,20 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
                     RpcError::invalid_request(format!("`id` is not a valid string: {e}")),
                 )
             })?),
-            b'-' | b'0'..=b'9' => RequestId::Number(raw.get().to_string()),
+            // Echoed as sent, but only if clients can read it back: a
+            // number no JSON parser can hold (`1e400`) is refused.
+            b'-' | b'0'..=b'9' if serde_json::from_str::<serde_json::Number>(raw.get()).is_ok() => {
+                RequestId::Number(raw.get().to_string())
+            }
+            b'-' | b'0'..=b'9' => {
+                return Err(Rejected::new(
+                    RequestId::Null,
+                    RpcError::invalid_request(format!(
+                        "`id` {} is a number out of range",
+                        clip(raw.get(), 40)
+                    )),
+                ));
+            }
             _ => {
                 return Err(Rejected::new(
                     RequestId::Null,
@@ -219,12 +232,18 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
             RpcError::invalid_request(message),
         )
     };
-    let value = |raw: &RawValue| -> Value {
-        // Already validated as JSON by the first parse.
-        serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+    let value = |raw: &RawValue| -> Result<Value, Rejected> {
+        // The first parse checked the syntax; numbers out of range are only
+        // found here.
+        serde_json::from_str(raw.get()).map_err(|e| {
+            Rejected::new(
+                id.clone().unwrap_or(RequestId::Null),
+                RpcError::new(code::PARSE_ERROR, format!("parse error: {e}")),
+            )
+        })
     };
 
-    match object.remove("jsonrpc").map(value) {
+    match object.remove("jsonrpc").map(value).transpose()? {
         Some(Value::String(v)) if v == JSONRPC_VERSION => {}
         Some(other) => {
             return Err(reject(format!(
@@ -238,7 +257,7 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
             ));
         }
     }
-    let method = match object.remove("method").map(value) {
+    let method = match object.remove("method").map(value).transpose()? {
         Some(Value::String(method)) => method,
         Some(other) => {
             return Err(reject(format!(
@@ -248,7 +267,7 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
         }
         None => return Err(reject("`method` is missing".to_string())),
     };
-    let params = match object.remove("params").map(value) {
+    let params = match object.remove("params").map(value).transpose()? {
         None => None,
         Some(params @ (Value::Object(_) | Value::Array(_))) => Some(params),
         Some(other) => {
@@ -616,6 +635,18 @@ mod tests {
         }
         let req = parse_request(r#"{"jsonrpc":"2.0","id":"a\"b","method":"play"}"#).unwrap();
         assert_eq!(req.id, Some(RequestId::String("a\"b".into())));
+    }
+
+    #[test]
+    fn numbers_no_parser_can_hold_are_refused_not_echoed() {
+        // Found by circles-fuzz: `0.1e310` was echoed, and the answer was
+        // not valid JSON to serde_json (JavaScript would read Infinity).
+        let r = rejected(r#"{"jsonrpc":"2.0","id":0.1e310,"method":"play"}"#);
+        assert_eq!(r.id, RequestId::Null);
+        assert_eq!(r.error.code, code::INVALID_REQUEST);
+        let r = rejected(r#"{"jsonrpc":"2.0","id":1,"method":"play","params":[1e999]}"#);
+        assert_eq!(r.id, RequestId::Number("1".into()));
+        assert_eq!(r.error.code, code::PARSE_ERROR);
     }
 
     #[test]

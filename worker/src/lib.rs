@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod lease;
 pub mod memory;
 pub mod queue;
 mod run;
@@ -37,13 +38,30 @@ pub enum WorkerError {
         /// The parse error.
         source: redis::RedisError,
     },
-    /// Another live worker on this host serves the same circle.
-    #[error("another worker (pid {pid}) is already serving circle {circle}; stop it first")]
+    /// Another live worker, on this host or another, owns the circle.
+    #[error(
+        "circle {circle} is already served by pid {pid} on host {host} (since {since}); stop that worker first — a circle has one worker across all hosts"
+    )]
     AlreadyServed {
         /// The circle.
         circle: String,
-        /// The other worker's process id.
+        /// The owner's host name.
+        host: String,
+        /// The owner's process id.
         pid: u32,
+        /// When the owner took the circle.
+        since: String,
+    },
+    /// Another worker took the circle over while this one was paused or
+    /// cut off; this one stops.
+    #[error(
+        "lost circle {circle} to {owner} (this worker was paused or cut off longer than its lease); stopping"
+    )]
+    LostOwnership {
+        /// The circle.
+        circle: String,
+        /// Who owns it now.
+        owner: String,
     },
     /// Redis failed in a way retrying cannot fix.
     #[error("Redis: {0}")]

@@ -2,15 +2,16 @@
 //!
 //! A task is taken with `BLMOVE rhai_tasks:<pk> → rhai_processing:<pk>`, so
 //! at every instant a task id is either queued, in the processing list, or
-//! finished — never only in a worker's memory. Finishing is one `MULTI`
-//! that writes the outcome, pushes the reply, sets expiry and removes the id
-//! from the processing list.
+//! finished — never only in a worker's memory. Finishing is one script that,
+//! only if this worker still owns the circle (its lease, see
+//! [`crate::lease`]) and the id is still in the processing list, removes it
+//! from there, writes the outcome, pushes the reply and sets expiry.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use circles_dispatcher::protocol::{
-    processing_key, task_details_key, task_queue_key, task_reply_key,
+    owner_key, processing_key, task_details_key, task_queue_key, task_reply_key,
 };
 use circles_dispatcher::task::{field, now_rfc3339};
 use circles_dispatcher::{CirclePublicKey, TaskId, TaskOutcome, TaskRecord, TaskStatus};
@@ -23,6 +24,7 @@ pub struct TaskQueue {
     circle: CirclePublicKey,
     queue_key: String,
     processing_key: String,
+    owner_key: String,
     /// `None`: finished tasks are kept forever (`PRESERVE_TASKS`).
     retention: Option<Duration>,
 }
@@ -33,6 +35,37 @@ impl std::fmt::Debug for TaskQueue {
             .field("circle", &self.circle)
             .finish_non_exhaustive()
     }
+}
+
+/// Finishes a task if this worker may: `0` when the lease is not exactly
+/// ours, `2` when the id is no longer in the processing list (a successor
+/// ended it), else `1` after removing it, writing the outcome, replying and
+/// setting expiry.
+/// KEYS: lease, processing list, task hash, reply list.
+/// ARGV: lease value, task id, retention secs (0: keep), reply, then the
+/// hash's field/value pairs.
+const FINISH_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return 2 end
+redis.call('HSET', KEYS[3], unpack(ARGV, 5))
+redis.call('LPUSH', KEYS[4], ARGV[4])
+local keep = tonumber(ARGV[3])
+if keep > 0 then
+  redis.call('EXPIRE', KEYS[3], keep)
+  redis.call('EXPIRE', KEYS[4], keep)
+end
+return 1
+"#;
+
+/// What [`TaskQueue::finish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Outcome written, reply pushed.
+    Done,
+    /// Another worker owns the circle now: nothing written.
+    NotOwner,
+    /// The task was no longer ours to finish (ended by a successor).
+    NotInHand,
 }
 
 /// What was found under a task id taken from the queue.
@@ -51,6 +84,7 @@ impl TaskQueue {
         Self {
             queue_key: task_queue_key(&circle),
             processing_key: processing_key(&circle),
+            owner_key: owner_key(&circle),
             circle,
             retention,
         }
@@ -109,52 +143,55 @@ impl TaskQueue {
         }
     }
 
-    /// Ends the task: stores the outcome, replies, sets expiry and removes
-    /// it from the processing list, atomically.
+    /// Ends the task, fenced by `lease` (the exact lease value this worker
+    /// holds): removes it from the processing list, stores the outcome,
+    /// replies and sets expiry, in one script — or does nothing and says why.
     pub async fn finish(
         &self,
         conn: &mut ConnectionManager,
+        lease: &str,
         raw_id: &str,
         outcome: &TaskOutcome,
-    ) -> RedisResult<()> {
+    ) -> RedisResult<Finished> {
         // Keyed by the raw id, so even ids that are not UUIDs get their
         // reply and a hand-written client waiting on it is not left hanging.
-        let (details, reply) = (task_details_key(raw_id), task_reply_key(raw_id));
-        let mut pipe = redis::pipe();
-        pipe.atomic();
         let (value_field, value) = match outcome {
             TaskOutcome::Completed { output } => (field::OUTPUT, output),
             TaskOutcome::Error { error } => (field::ERROR, error),
         };
-        pipe.cmd("HSET")
-            .arg(&details)
+        let done: i64 = redis::cmd("EVAL")
+            .arg(FINISH_SCRIPT)
+            .arg(4)
+            .arg(&self.owner_key)
+            .arg(&self.processing_key)
+            .arg(task_details_key(raw_id))
+            .arg(task_reply_key(raw_id))
+            .arg(lease)
+            .arg(raw_id)
+            .arg(self.retention.map_or(0, |r| r.as_secs().max(1)))
+            .arg(outcome.to_reply())
             .arg(field::STATUS)
             .arg(outcome.status().as_str())
             .arg(value_field)
             .arg(value)
             .arg(field::UPDATED_AT)
             .arg(now_rfc3339())
-            .ignore();
-        pipe.cmd("LPUSH")
-            .arg(&reply)
-            .arg(outcome.to_reply())
-            .ignore();
-        if let Some(retention) = self.retention {
-            let secs = retention.as_secs().max(1);
-            pipe.cmd("EXPIRE").arg(&details).arg(secs).ignore();
-            pipe.cmd("EXPIRE").arg(&reply).arg(secs).ignore();
-        }
-        pipe.cmd("LREM")
-            .arg(&self.processing_key)
-            .arg(1)
-            .arg(raw_id)
-            .ignore();
-        pipe.query_async::<()>(conn).await
+            .query_async(conn)
+            .await?;
+        Ok(match done {
+            1 => Finished::Done,
+            0 => Finished::NotOwner,
+            _ => Finished::NotInHand,
+        })
     }
 
     /// Ends every task a dead predecessor had taken, as `error` with a reason.
     /// Returns how many there were.
-    pub async fn recover_abandoned(&self, conn: &mut ConnectionManager) -> RedisResult<usize> {
+    pub async fn recover_abandoned(
+        &self,
+        conn: &mut ConnectionManager,
+        lease: &str,
+    ) -> RedisResult<usize> {
         let ids: Vec<String> = redis::cmd("LRANGE")
             .arg(&self.processing_key)
             .arg(0)
@@ -166,7 +203,7 @@ impl TaskQueue {
             let outcome = TaskOutcome::Error {
                 error: "worker stopped unexpectedly while running this task (it was killed or crashed); the task was not completed".into(),
             };
-            self.finish(conn, id, &outcome).await?;
+            self.finish(conn, lease, id, &outcome).await?;
         }
         Ok(ids.len())
     }
@@ -176,6 +213,7 @@ impl TaskQueue {
     pub async fn fail_pending(
         &self,
         conn: &mut ConnectionManager,
+        lease: &str,
         reason: &str,
     ) -> RedisResult<usize> {
         let mut n = 0;
@@ -194,6 +232,7 @@ impl TaskQueue {
             };
             self.finish(
                 conn,
+                lease,
                 &id,
                 &TaskOutcome::Error {
                     error: reason.to_string(),

@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 use crate::WorkerError;
 use crate::engine::{Limits, ScriptEngine};
+use crate::lease::{HeldBy, Lease, host_name};
 use crate::memory;
-use crate::queue::{Taken, TaskQueue};
+use crate::queue::{Finished, Taken, TaskQueue};
 use crate::store::{CircleStore, database_file_name};
 
 /// Everything a worker needs to know, resolved from its command line.
@@ -110,27 +111,28 @@ pub async fn run(
     // Connection for the blocking BLMOVE; short commands go on `conn`.
     let mut blocking = BlockingLink::new(&config.redis_url)?;
 
-    let holder = retry(&mut stop_rx, "reading the heartbeat", || {
+    // Ownership first: a second worker for this circle, on any host,
+    // refuses here — before it opens (or creates) a database.
+    let Some(acquired) = retry(&mut stop_rx, "taking the circle's lease", || {
         let mut c = conn.clone();
-        let key = worker_heartbeat_key(&config.circle);
-        async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<String>>(&mut c)
-                .await
-        }
+        let circle = config.circle;
+        async move { Lease::acquire(&mut c, &circle).await }
     })
     .await
-    .flatten()
-    .and_then(|beat| serde_json::from_str::<WorkerHeartbeat>(&beat).ok());
-    if let Some(other) =
-        holder.filter(|b| b.pid != std::process::id() && process_serves(b.pid, &config.circle))
-    {
-        return Err(WorkerError::AlreadyServed {
-            circle: config.circle.to_hex(),
-            pid: other.pid,
-        });
-    }
+    else {
+        return Ok(());
+    };
+    let lease = match acquired {
+        Ok(lease) => lease,
+        Err(HeldBy(owner)) => {
+            return Err(WorkerError::AlreadyServed {
+                circle: config.circle.to_hex(),
+                host: owner.host,
+                pid: owner.pid,
+                since: owner.since,
+            });
+        }
+    };
 
     // Only now, once this worker is known to be the circle's one worker:
     // a worker that refuses to start must not leave a database behind.
@@ -146,9 +148,12 @@ pub async fn run(
         memory::set_hard_limit(Some(ceiling));
     }
 
+    // Tasks left in the processing list were taken by a worker whose lease
+    // has ended (we hold it now): it is gone, frozen past its lease, or cut
+    // off — none of them will finish these.
     let recovered = retry(&mut stop_rx, "recovering abandoned tasks", || {
-        let (queue, mut c) = (queue.clone(), conn.clone());
-        async move { queue.recover_abandoned(&mut c).await }
+        let (queue, mut c, fence) = (queue.clone(), conn.clone(), lease.value());
+        async move { queue.recover_abandoned(&mut c, &fence).await }
     })
     .await;
     if let Some(n) = recovered.filter(|n| *n > 0) {
@@ -164,12 +169,18 @@ pub async fn run(
         circle: config.circle.to_hex(),
         beat: WorkerHeartbeat {
             pid: std::process::id(),
+            host: host_name(),
+            db_dir: std::path::absolute(&config.db_dir)
+                .unwrap_or_else(|_| config.db_dir.clone())
+                .display()
+                .to_string(),
             started_at: now_rfc3339(),
             beat_at: String::new(),
             tasks_done: 0,
             version: env!("CARGO_PKG_VERSION").to_string(),
         },
         tasks_done: tasks_done.clone(),
+        lease: lease.clone(),
     };
     // Registration and first heartbeat before READY, so whoever waits on
     // readiness can already route to this circle.
@@ -188,8 +199,27 @@ pub async fn run(
     tracing::info!(circle = %config.circle, queue = %circles_dispatcher::protocol::task_queue_key(&config.circle), "worker ready");
 
     let mut backoff = Backoff::new();
+    let mut lost: Option<WorkerError> = None;
     loop {
         if *stop_rx.borrow() {
+            break;
+        }
+        // After a pause (SIGSTOP, a stalled machine) the heartbeat thread
+        // may not have noticed yet that a successor took over: confirm the
+        // lease before taking one more task.
+        if lease.needs_confirming() && !lease.is_lost() {
+            match lease.renew(&mut conn).await {
+                Ok(_) => {}
+                Err(e) => {
+                    if !backoff.wait("confirming the lease", &e, &mut stop_rx).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        if lease.is_lost() {
+            lost = Some(lost_ownership(&mut conn, &config.circle).await);
             break;
         }
         // Never cancelled: a BLMOVE dropped half-way could still move a task
@@ -230,17 +260,39 @@ pub async fn run(
         // From here on the task is ours: finish it even if asked to stop.
         let outcome = run_task(&queue, &mut conn, &engine, &raw_id).await;
         let id = raw_id.clone();
-        retry_forever("finishing a task", || {
-            let (queue, mut c, id, outcome) =
-                (queue.clone(), conn.clone(), id.clone(), outcome.clone());
-            async move { queue.finish(&mut c, &id, &outcome).await }
+        let finished = retry_forever("finishing a task", || {
+            let (queue, mut c, id, outcome, fence) = (
+                queue.clone(),
+                conn.clone(),
+                id.clone(),
+                outcome.clone(),
+                lease.value(),
+            );
+            async move { queue.finish(&mut c, &fence, &id, &outcome).await }
         })
         .await;
-        tasks_done.fetch_add(1, Ordering::Relaxed);
+        match finished {
+            Finished::Done => {
+                tasks_done.fetch_add(1, Ordering::Relaxed);
+            }
+            Finished::NotInHand => tracing::warn!(
+                task_id = %raw_id,
+                "a successor already ended this task; its result here is discarded"
+            ),
+            Finished::NotOwner => {
+                tracing::error!(task_id = %raw_id, "this worker lost its circle to another worker; the task's result here is discarded");
+                lease.mark_lost();
+            }
+        }
     }
 
     notify_stopping();
     heartbeat_thread.stop();
+    if let Some(lost) = lost {
+        // The circle is somebody else's now: its queue, heartbeat and lease
+        // are not ours to touch.
+        return Err(lost);
+    }
     tracing::info!("shutting down");
     let cleanup = async {
         if config.keep_queued_on_stop {
@@ -248,7 +300,11 @@ pub async fn run(
             tracing::info!(count = left, "queued tasks stay queued for the next worker");
         } else {
             let failed = queue
-                .fail_pending(&mut conn, "worker shut down before running this task")
+                .fail_pending(
+                    &mut conn,
+                    &lease.value(),
+                    "worker shut down before running this task",
+                )
                 .await?;
             if failed > 0 {
                 tracing::warn!(
@@ -260,7 +316,8 @@ pub async fn run(
         redis::cmd("DEL")
             .arg(worker_heartbeat_key(&config.circle))
             .query_async::<()>(&mut conn)
-            .await
+            .await?;
+        lease.release(&mut conn).await
     };
     if let Err(e) = tokio::time::timeout(Duration::from_secs(10), cleanup)
         .await
@@ -269,6 +326,24 @@ pub async fn run(
         tracing::warn!(error = %e, "could not tidy the queue on shutdown; the next worker will");
     }
     Ok(())
+}
+
+/// The error for a worker whose circle was taken over, naming the new owner.
+async fn lost_ownership(conn: &mut ConnectionManager, circle: &CirclePublicKey) -> WorkerError {
+    let owner: Option<circles_dispatcher::CircleOwner> = redis::cmd("GET")
+        .arg(circles_dispatcher::protocol::owner_key(circle))
+        .query_async::<Option<String>>(conn)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_str(&v).ok());
+    WorkerError::LostOwnership {
+        circle: circle.to_hex(),
+        owner: owner.map_or_else(
+            || "another worker".to_string(),
+            |o| format!("pid {} on host {}", o.pid, o.host),
+        ),
+    }
 }
 
 /// Loads and runs one task, turning every failure into an error outcome.
@@ -344,12 +419,19 @@ struct Heartbeat {
     circle: String,
     beat: WorkerHeartbeat,
     tasks_done: Arc<AtomicU64>,
+    /// Renewed with every beat.
+    lease: Arc<Lease>,
 }
 
 impl Heartbeat {
-    /// Refreshes the heartbeat and the registration: a Redis that restarted
-    /// empty learns about this circle again within one interval.
+    /// Renews the lease, then refreshes the heartbeat and the registration
+    /// (a Redis that restarted empty learns about this circle again within
+    /// one interval). A lost lease stops the beating: the heartbeat is the
+    /// new owner's to write.
     async fn beat(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        if self.lease.is_lost() || !self.lease.renew(conn).await? {
+            return Ok(());
+        }
         let mut beat = self.beat.clone();
         beat.beat_at = now_rfc3339();
         beat.tasks_done = self.tasks_done.load(Ordering::Relaxed);
@@ -409,18 +491,6 @@ impl Heartbeat {
             thread,
         }
     }
-}
-
-/// Whether process `pid` on this host is a worker for `circle` (its command
-/// line names the circle). Two workers on one queue would end each other's
-/// tasks as abandoned. Only checked on Linux; workers on other hosts are not
-/// detected.
-fn process_serves(pid: u32, circle: &CirclePublicKey) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let cmdline = String::from_utf8_lossy(&cmdline).to_lowercase();
-    cmdline.contains(&circle.to_hex()) || cmdline.contains(&circle.to_uncompressed_hex())
 }
 
 /// The running heartbeat thread.

@@ -339,7 +339,7 @@ async fn a_refusing_worker_leaves_no_database_behind() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("already serving"), "{stderr}");
+    assert!(stderr.contains("is already served by pid"), "{stderr}");
     assert_eq!(
         std::fs::read_dir(other_db.path()).unwrap().count(),
         0,

@@ -415,8 +415,9 @@ async fn a_second_worker_for_a_live_circle_refuses_without_touching_its_tasks() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "another worker (pid {}) is already serving circle {KEY_ONE}",
-            first.pid()
+            "circle {KEY_ONE} is already served by pid {} on host {}",
+            first.pid(),
+            circles_worker::lease::host_name()
         )),
         "{err}"
     );
