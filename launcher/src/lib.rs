@@ -18,7 +18,6 @@ pub mod direct;
 mod error;
 pub mod init;
 pub mod migrate;
-mod process;
 pub mod redis_local;
 pub mod service_mode;
 pub mod service_record;

@@ -26,14 +26,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use circles_dispatcher::protocol::{ENV_REDIS_URL, ENV_RUST_LOG, worker_heartbeat_key};
+use circles_dispatcher::protocol::{ENV_RUST_LOG, worker_heartbeat_key};
 use circles_dispatcher::{CirclePublicKey, Dispatcher, RedisUrl};
 use circles_services::{
     BackendKind, Plan, PlannedAction, ResourceLimits, RestartPolicy, SERVICE_PREFIX, SecretEnv,
-    ServiceAccount, ServiceBackend, ServiceName, ServiceScope, ServiceSpec, ServiceTemplate,
-    Templates,
+    ServiceBackend, ServiceName, ServiceScope, ServiceSpec, ServiceTemplate, Templates,
 };
-use sha2::{Digest, Sha256};
 
 use crate::cli::{Ceiling, CommonArgs, LaunchArgs};
 use crate::error::LaunchError;
@@ -43,32 +41,15 @@ use crate::settings::{
 };
 use crate::status::{StatusRow, render_table};
 
-/// Name prefix of worker services; the circle key follows.
-pub const WORKER_SERVICE_PREFIX: &str = "tf.ourworld.circles.circle-worker-";
-/// Name of the one WebSocket server service.
-pub const SERVER_SERVICE_NAME: &str = "tf.ourworld.circles.circle-ws-server";
+pub use circles_deploy::kinds::{SERVER_SERVICE_NAME, WORKER_SERVICE_PREFIX};
+pub use circles_deploy::{
+    circle_of, db_dir, server_service_name, service_account, task_memory_budget_mb,
+    worker_service_name,
+};
+
 /// How long to wait for a worker's heartbeat where the service manager
 /// cannot tell readiness (launchd, fallback).
 const HEARTBEAT_WAIT: Duration = Duration::from_secs(30);
-
-/// `tf.ourworld.circles.circle-worker-<pk>`
-pub fn worker_service_name(key: &CirclePublicKey) -> ServiceName {
-    ServiceName::new(format!("{WORKER_SERVICE_PREFIX}{key}"))
-        .expect("a canonical key makes a valid name")
-}
-
-/// `tf.ourworld.circles.circle-ws-server`
-pub fn server_service_name() -> ServiceName {
-    ServiceName::new(SERVER_SERVICE_NAME).expect("valid name")
-}
-
-/// The circle key of a worker service name, if it is one.
-pub fn circle_of(name: &ServiceName) -> Option<CirclePublicKey> {
-    name.as_str()
-        .strip_prefix(WORKER_SERVICE_PREFIX)?
-        .parse()
-        .ok()
-}
 
 /// The service backend for these flags (`--system`/`--user`, `--templates-dir`).
 pub async fn backend(common: &CommonArgs) -> Result<ServiceBackend, LaunchError> {
@@ -228,38 +209,6 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
     })
 }
 
-/// `<data>/db/<pk>`: the directory of a circle's database in service mode,
-/// the one place its worker service may write.
-pub fn db_dir(data_dir: &Path, key: &CirclePublicKey) -> PathBuf {
-    data_dir.join("db").join(key.to_hex())
-}
-
-/// The account circle services run as when they are system services:
-/// systemd gives each a dynamic user of its own, so the names only matter
-/// to launchd daemons (`UserName`/`GroupName`), which run as macOS's
-/// `nobody`. (launchd reached on Linux, by tests, uses Debian's `nogroup`.)
-pub fn service_account() -> ServiceAccount {
-    ServiceAccount::Unprivileged {
-        user: "nobody".into(),
-        group: if cfg!(target_os = "macos") {
-            "nobody"
-        } else {
-            "nogroup"
-        }
-        .into(),
-    }
-}
-
-/// The worker's own per-task memory budget (`--max-memory-mb`) under a
-/// service memory ceiling of `memory_max` bytes: a quarter of it, so a
-/// script that grows step by step is stopped by the worker (which serves
-/// the next task) long before the kernel's ceiling; the ceiling only
-/// catches one operation that leaps past the budget. The default ceiling,
-/// 1 GiB, gives the worker's own default, 256 MiB.
-pub fn task_memory_budget_mb(memory_max: u64) -> u64 {
-    (memory_max / 4 / (1 << 20)).max(1)
-}
-
 /// Renders the worker and server services for these settings.
 /// `circle_ports` are every installed circle's own port (from the record),
 /// so the one server keeps serving them all.
@@ -274,16 +223,9 @@ pub fn build_specs(
     // The Redis URL reaches the programs through their environment
     // (REDIS_URL), never their command line; with credentials, only through
     // a file of mode 0600.
-    let redis_url = RedisUrl::new(settings.redis_url.clone());
     let mut env = BTreeMap::from([(ENV_RUST_LOG.to_string(), settings.log_level.to_string())]);
     let mut secret_env = SecretEnv::default();
-    if redis_url.has_credentials() {
-        secret_env
-            .0
-            .insert(ENV_REDIS_URL.to_string(), redis_url.expose_secret().into());
-    } else {
-        env.insert(ENV_REDIS_URL.to_string(), redis_url.expose_secret().into());
-    }
+    circles_deploy::redis_url_env(&settings.redis_url, &mut env, &mut secret_env);
     // What every circle service shares: logging, Redis, an unprivileged
     // account, readiness by sd_notify, the restart policy.
     let service =
@@ -308,43 +250,27 @@ pub fn build_specs(
         };
     let mut specs = Vec::new();
     for c in &settings.circles {
-        let init_hash = c.init_script.as_ref().map_or_else(
-            || "none".to_string(),
-            |s| hex::encode(Sha256::digest(s.source.as_bytes())),
-        );
-        let db = db_dir(&settings.data_dir, &c.key);
         let ceilings = c.ceilings.or(WorkerCeilings::DEFAULT);
-        let mut spec = service(
-            worker_service_name(&c.key),
-            ServiceTemplate::Worker,
-            format!("circles worker for {} ({})", c.name, c.key),
-            worker_binary,
-            vec![
-                "--circle-public-key".into(),
-                c.key.to_hex(),
-                "--db-path".into(),
-                db.to_string_lossy().into_owned(),
-                // A restart must not fail the tasks queued meanwhile; finished
-                // tasks still expire (unlike with PRESERVE_TASKS).
-                "--keep-queued-on-stop".into(),
-            ],
-            BTreeMap::from([
-                ("worker-sha256".to_string(), worker_hash.clone()),
-                ("init-script-sha256".to_string(), init_hash),
-            ]),
-        );
-        spec.working_directory = db.clone();
-        spec.state_dir = Some(db);
-        spec.limits = ResourceLimits {
-            memory_max: ceilings.memory_max.and_then(Ceiling::get),
-            tasks_max: ceilings.tasks_max.and_then(Ceiling::get),
-            nofile: ceilings.limit_nofile,
-        };
-        if let Some(mb) = spec.limits.memory_max.map(task_memory_budget_mb) {
-            spec.args
-                .extend(["--max-memory-mb".to_string(), mb.to_string()]);
-        }
-        specs.push(spec);
+        specs.push(circles_deploy::worker_service_spec(
+            &circles_deploy::WorkerService {
+                key: c.key,
+                name: c.name.clone(),
+                program: worker_binary.to_path_buf(),
+                leading_args: Vec::new(),
+                program_sha256: worker_hash.clone(),
+                redis_url: settings.redis_url.clone(),
+                data_dir: settings.data_dir.clone(),
+                log_dir: settings.log_dir(),
+                log_level: settings.log_level.to_string(),
+                init_script: c.init_script.as_ref().map(|s| s.source.clone()),
+                extra_env: BTreeMap::new(),
+                limits: ResourceLimits {
+                    memory_max: ceilings.memory_max.and_then(Ceiling::get),
+                    tasks_max: ceilings.tasks_max.and_then(Ceiling::get),
+                    nofile: ceilings.limit_nofile,
+                },
+            },
+        ));
     }
     let mut server_args = server.leading_args.clone();
     server_args.extend([
@@ -627,18 +553,8 @@ fn prepare_data_dir(
 }
 
 fn file_sha256(path: &Path) -> Result<String, LaunchError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf)
-            .map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
+    circles_deploy::file_sha256(path)
+        .map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))
 }
 
 /// Waits until the circle's worker heartbeat is in Redis.
@@ -692,7 +608,7 @@ async fn gather_rows(
             state,
             pid: status.main_pid,
             restarts: status.n_restarts,
-            last_exit: status.exec_main_status,
+            last_exit: crate::status::service_last_exit(&status),
             queue: None,
             heartbeat: None,
             init: "-".into(),
@@ -708,7 +624,8 @@ async fn gather_rows(
                 (row.queue, row.heartbeat) = crate::status::queue_and_heartbeat(conn, &key).await;
             }
         } else {
-            row.name = "ws-server".into();
+            // The server, the supervisor, or a kind a newer version installed.
+            row.name = circles_deploy::ServiceKind::of(&name).label(&name);
         }
         rows.push(row);
     }

@@ -21,7 +21,7 @@ pub const RECORD_FILE: &str = "services.json";
 
 /// Directory (mode 0700) of the data directory holding secrets: the Redis
 /// URL with its password, and the services' environment files.
-pub const SECRETS_DIR: &str = "secrets";
+pub use circles_deploy::SECRETS_DIR;
 
 /// File in [`SECRETS_DIR`] (mode 0600) with the full Redis URL, when it
 /// carries credentials: [`RECORD_FILE`] holds only its redacted form.

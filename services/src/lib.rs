@@ -40,8 +40,8 @@ pub mod systemd;
 mod templates;
 
 pub use backend::{
-    ApplyReport, PUBLIC_FILE_MODE, Plan, PlannedAction, Rendered, SECRET_FILE_MODE, SecretFile,
-    ServiceBackend, ServiceStatus,
+    ApplyReport, CLD_DUMPED, CLD_EXITED, CLD_KILLED, PUBLIC_FILE_MODE, Plan, PlannedAction,
+    Rendered, SECRET_FILE_MODE, SecretFile, ServiceBackend, ServiceStatus,
 };
 pub use error::{Rollback, ServiceError};
 pub use fallback::FallbackBackend;
