@@ -394,7 +394,7 @@ impl Dispatcher {
         } else {
             OfflineCheck::Queue
         };
-        let submit_and_wait = || -> Result<Pipeline, DispatchError> {
+        let submit_and_wait = |check| -> Result<Pipeline, DispatchError> {
             let mut pipe =
                 self.submit_pipeline(circle, &task_id, script, timeout, caller_id, check)?;
             pipe.cmd("BLPOP")
@@ -403,13 +403,18 @@ impl Dispatcher {
             Ok(pipe)
         };
         match self
-            .wait_reply(&task_id, Some(circle), timeout, submit_and_wait()?)
+            .wait_reply(&task_id, Some(circle), timeout, submit_and_wait(check)?)
             .await
         {
             // The blocking connection broke (Redis restarted, say). The
             // submission is atomic, so the task hash tells whether it got
-            // through: then only the wait is repeated, else the whole call —
-            // never a task queued twice.
+            // through: then only the wait is repeated. If there is no hash,
+            // either the submission never arrived or a Redis that restarted
+            // empty lost it — possibly after a worker took it. It is sent
+            // again under the same id and without the liveness check (this
+            // call already passed it): a worker that did run it recognises
+            // the id and answers with the outcome it has instead of running
+            // the script twice.
             Err(DispatchError::Redis(e)) if is_transport(&e) => {
                 tracing::debug!(%task_id, error = %e, "blocking connection lost; retrying on a fresh one");
                 self.inner
@@ -423,8 +428,13 @@ impl Dispatcher {
                 if submitted {
                     self.await_result(&task_id, timeout).await
                 } else {
-                    self.wait_reply(&task_id, Some(circle), timeout, submit_and_wait()?)
-                        .await
+                    self.wait_reply(
+                        &task_id,
+                        Some(circle),
+                        timeout,
+                        submit_and_wait(OfflineCheck::Queue)?,
+                    )
+                    .await
                 }
             }
             other => other,

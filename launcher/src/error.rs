@@ -74,7 +74,7 @@ pub enum LaunchError {
     },
     /// This run names another Redis than the installed services use.
     #[error(
-        "the installed circle services use Redis at {installed}, not {given}: pass --redis-url {installed}, or `launcher cleanup` first to move them"
+        "the installed circle services use Redis at {installed}, not {given}: pass the --redis-url (or REDIS_URL) they were installed with, or leave it out to use it, or `launcher cleanup` first to move them"
     )]
     RedisMismatch {
         /// The URL given now (shown redacted).

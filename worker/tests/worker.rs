@@ -425,3 +425,73 @@ async fn a_second_worker_for_a_live_circle_refuses_without_touching_its_tasks() 
     assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
     assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
 }
+
+/// A worker whose lease another worker took (it was paused or cut off past
+/// the lease's life) must not finish what it holds: it gives the tasks back
+/// to the queue for the owner, leaves the owner's heartbeat alone, and stops
+/// naming the owner. Nothing is ended as an error, nothing is stuck in the
+/// processing list, and the owner runs everything once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_lost_its_circle_gives_its_tasks_back_and_stops() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let args = ["--max-operations", "0"];
+    let mut a = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    let slow = d.submit(&c, &slow_script(1.5), T).await.unwrap();
+    let queued = submit_numbers(&d, &c, 2).await;
+    wait_taken(&redis, &slow);
+
+    // Another host takes the circle over while A runs the slow task.
+    let owner_key = format!("rhai_owner:{KEY_ONE}");
+    let other = r#"{"host":"elsewhere","pid":4242,"pid_namespace":"pid:[1]","instance":"other","token":99,"since":"2026-12-01T00:00:00.000Z"}"#;
+    redis.cli(&["SET", &owner_key, other, "PX", "60000"]);
+
+    let code = tokio::task::block_in_place(|| a.wait_exit(T));
+    assert_eq!(
+        code,
+        Some(1),
+        "the worker that lost its circle stops with an error"
+    );
+    let processing = redis.cli(&["LLEN", &format!("rhai_processing:{KEY_ONE}")]);
+    assert_eq!(
+        processing,
+        "0",
+        "left in the processing list: {}",
+        redis.cli(&["LRANGE", &format!("rhai_processing:{KEY_ONE}"), "0", "-1"])
+    );
+    assert_eq!(redis.cli(&["LLEN", &format!("rhai_tasks:{KEY_ONE}")]), "3");
+    for id in std::iter::once(&slow).chain(&queued) {
+        let status = redis.cli(&["HGET", &format!("rhai_task_details:{id}"), "status"]);
+        assert_ne!(status, "error", "task {id} was ended as an error");
+        assert_ne!(
+            status, "completed",
+            "task {id} was finished by a worker without the lease"
+        );
+    }
+    // The owner's lease is untouched.
+    assert_eq!(redis.cli(&["GET", &owner_key]), other);
+
+    // The owner (here: the lease freed, a new worker) runs them all.
+    redis.cli(&["DEL", &owner_key]);
+    let _b = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let all: Vec<_> = std::iter::once(slow)
+        .chain(queued.iter().copied())
+        .collect();
+    wait_until("all tasks completed", T, || {
+        all.iter()
+            .all(|id| {
+                redis.cli(&["HGET", &format!("rhai_task_details:{id}"), "status"]) == "completed"
+            })
+            .then_some(())
+    });
+    // Exactly one reply each: the worker that lost the circle pushed none.
+    for id in &all {
+        assert_eq!(redis.cli(&["LLEN", &format!("rhai_reply:{id}")]), "1");
+    }
+    assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
+    for (i, id) in queued.iter().enumerate() {
+        assert_eq!(d.await_result(id, T).await.unwrap(), i.to_string());
+    }
+}
