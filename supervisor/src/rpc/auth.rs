@@ -96,7 +96,8 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if let Err(refusal) = check_origin(req.headers(), !self.secrets.is_empty()) {
-            tracing::warn!("refused a request: {refusal}");
+            // Debug, not warn: any page a browser opens can send these.
+            tracing::debug!("refused a request: {refusal}");
             return Box::pin(async move { Ok(forbidden(refusal)) });
         }
         let headers = req.headers();

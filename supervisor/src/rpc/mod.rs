@@ -4,11 +4,14 @@
 //! kept in the repository (`supervisor/openrpc.json`), and log
 //! subscriptions over WebSocket.
 //!
-//! Authorization: an HTTP layer ([`AuthLayer`]) turns the request's
-//! `Authorization` header into a [`Caller`] in the request's extensions —
-//! for a WebSocket, the upgrade request's, which every call on the
-//! connection inherits — and each method checks it against its scope
-//! before anything else, answering -32014 when it falls short.
+//! Authorization: an HTTP layer ([`AuthLayer`], in [`auth`]) turns the
+//! request's `Authorization` header — or, on a WebSocket upgrade from a
+//! browser, its bearer subprotocol — into a [`Caller`] in the request's
+//! extensions (for a WebSocket, the upgrade request's, which every call on
+//! the connection inherits), and refuses cross-origin and rebound browser
+//! requests; each method checks the caller against its scope before
+//! anything else, answering -32014 when it falls short. In front of the
+//! API, [`crate::console`] serves the web console's files on `GET`.
 
 pub mod auth;
 pub mod methods;
