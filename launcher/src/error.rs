@@ -111,6 +111,14 @@ pub enum LaunchError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A data directory systemd cannot give to unprivileged services.
+    #[error(
+        "data directory {path}: system services keep their databases in a systemd StateDirectory=, owned by each service's own unprivileged user, which must lie under /var/lib (the default is /var/lib/circles); choose a --data-dir there"
+    )]
+    DataDirNotState {
+        /// The directory given.
+        path: PathBuf,
+    },
     /// A worker never became ready.
     #[error("worker for circle {circle} did not become ready: {reason}")]
     WorkerNotReady {
