@@ -349,6 +349,44 @@ async fn the_console_shows_and_drives_runners_in_a_real_browser() {
         "running"
     );
 
+    // By keyboard: Enter on beta's Restart opens the question, Escape
+    // answers no, and nothing happens to beta.
+    let beta_pid = browser
+        .text(r#"tr[data-runner="beta"] td[data-field="pid"]"#)
+        .await;
+    browser
+        .keys(
+            r#"tr[data-runner="beta"] button[data-action="restart"]"#,
+            "\u{E007}",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the question, by keyboard",
+            "return document.getElementById('confirm').open \
+               && document.activeElement.id === 'confirm-ok'",
+        )
+        .await;
+    browser.keys("#confirm-ok", "\u{E00C}").await;
+    browser
+        .wait_until(
+            "the question closed by Escape",
+            "return !document.getElementById('confirm').open",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        browser
+            .text(r#"tr[data-runner="beta"] td[data-field="pid"]"#)
+            .await,
+        beta_pid,
+        "Escape restarted nothing"
+    );
+    assert_eq!(
+        http.ok("get_runner_status", json!({"name": "beta"}))["pid"].to_string(),
+        beta_pid
+    );
+
     // A script on beta.
     browser.select("#script-runner", "beta").await;
     browser.fill("#script-text", "40 + 2").await;

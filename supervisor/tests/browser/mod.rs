@@ -229,6 +229,14 @@ impl Browser {
             .await
     }
 
+    /// Sends keys (WebDriver key codes such as `\u{E007}` for Enter) to
+    /// the element at `css`, which gets the focus first.
+    pub async fn keys(&self, css: &str, keys: &str) {
+        let e = self.find(css).await;
+        self.bounded(&format!("typing keys into `{css}`"), e.send_keys(keys))
+            .await
+    }
+
     /// Picks the option `value` of the select at `css`.
     pub async fn select(&self, css: &str, value: &str) {
         let e = self.find(css).await;
