@@ -444,8 +444,11 @@ async fn the_console_shows_and_drives_runners_in_a_real_browser() {
         )
         .await;
 
-    // Add a runner with a generated key.
+    // Add a runner with a generated key and an init script.
     browser.fill("#add-name", "gamma").await;
+    browser
+        .fill("#add-init", "db_set(\"greeting\", \"hi\"); \"seeded\"")
+        .await;
     browser.click("#add-generate").await;
     let key = browser
         .wait_until(
@@ -463,6 +466,7 @@ async fn the_console_shows_and_drives_runners_in_a_real_browser() {
         .await;
     let gamma = http.ok("get_runner_status", json!({"name": "gamma"}));
     assert_eq!(gamma["circle_public_key"], key.as_str());
+    assert_eq!(gamma["init"], "ok: seeded", "{gamma}");
     assert!(tmp.path().join("keys").join(format!("{key}.json")).exists());
 
     // The chart draws a line per runner, and tasks per second from the
