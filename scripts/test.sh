@@ -4,7 +4,8 @@
 #   scripts/test.sh            fmt check, clippy -D warnings, build, all tests
 #
 # It makes sure the real components the tests use are installed (redis-server,
-# plistutil, systemd), installing them with apt-get when missing and root.
+# plistutil, systemd, and Chromium with its chromedriver for the web console's
+# browser tests), installing them with apt-get when missing and root.
 # Tests that need a booted systemd live in test targets named `systemd_*`; on
 # the host they skip loudly, then this script boots a private systemd
 # (scripts/systemd-sandbox) and runs them inside it for real. With
@@ -23,6 +24,10 @@ command -v unshare >/dev/null || need_pkgs+=(util-linux)
 command -v pgrep >/dev/null || need_pkgs+=(procps)
 # User-scope units are reached over the user's session bus.
 [[ -e /usr/lib/systemd/user/dbus.socket ]] || need_pkgs+=(dbus-user-session)
+# The web console's tests drive a real headless browser (supervisor/tests/console.rs);
+# with CIRCLES_CI=1 they fail rather than skip without it.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
 if ((${#need_pkgs[@]})); then
   if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
     say "installing ${need_pkgs[*]}"
