@@ -138,6 +138,11 @@ pub async fn run(
     // a worker that refuses to start must not leave a database behind.
     let store = Arc::new(CircleStore::open(&config.db_file())?);
     tracing::info!(db = %store.path().display(), circle = %config.circle, "circle database open");
+    let snapshots = Snapshots {
+        store: store.clone(),
+        db_dir: config.db_dir.clone(),
+        host: host_name(),
+    };
     let engine = Arc::new(ScriptEngine::new(store, config.limits.clone()));
     if config.limits.max_memory > 0 {
         // The per-task budget stops scripts between operations; this
@@ -258,7 +263,7 @@ pub async fn run(
             }
         };
         // From here on the task is ours: finish it even if asked to stop.
-        let outcome = run_task(&queue, &mut conn, &engine, &raw_id).await;
+        let outcome = run_task(&queue, &mut conn, &engine, &snapshots, &raw_id).await;
         let id = raw_id.clone();
         let finished = retry_forever("finishing a task", || {
             let (queue, mut c, id, outcome, fence) = (
@@ -346,11 +351,19 @@ async fn lost_ownership(conn: &mut ConnectionManager, circle: &CirclePublicKey) 
     }
 }
 
+/// What a snapshot task needs: the store, where to write, who we are.
+struct Snapshots {
+    store: Arc<CircleStore>,
+    db_dir: PathBuf,
+    host: String,
+}
+
 /// Loads and runs one task, turning every failure into an error outcome.
 async fn run_task(
     queue: &TaskQueue,
     conn: &mut ConnectionManager,
     engine: &Arc<ScriptEngine>,
+    snapshots: &Snapshots,
     raw_id: &str,
 ) -> TaskOutcome {
     let id = raw_id.to_string();
@@ -361,6 +374,29 @@ async fn run_task(
     .await;
     let record = match taken {
         Taken::Task(record) => record,
+        Taken::Snapshot(record) => {
+            if let Some(expired) = expired_before_run(&record) {
+                return TaskOutcome::Error { error: expired };
+            }
+            let started = std::time::Instant::now();
+            return match crate::snapshot::write_snapshot(
+                &snapshots.store,
+                &snapshots.db_dir,
+                raw_id,
+                &snapshots.host,
+            ) {
+                Ok(report) => {
+                    tracing::info!(task_id = %raw_id, file = %report.file, values = report.values, elapsed = ?started.elapsed(), "database snapshot written");
+                    TaskOutcome::Completed {
+                        output: serde_json::to_string(&report).expect("report serialises"),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(task_id = %raw_id, %error, "database snapshot failed");
+                    TaskOutcome::Error { error }
+                }
+            };
+        }
         Taken::Broken(reason) => {
             tracing::warn!(task_id = %raw_id.escape_debug(), %reason, "broken task");
             return TaskOutcome::Error { error: reason };
