@@ -3,7 +3,10 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use circles_dispatcher::CircleKeypair;
+use std::time::Duration;
+
+use circles_dispatcher::{CircleKeypair, Dispatcher};
+use circles_launcher::backup::{self, BackupRequest, RestoreRequest};
 use circles_launcher::cli::{Cli, Command};
 use circles_launcher::direct::DirectLaunch;
 use circles_launcher::settings::{LaunchSettings, resolve_worker_program};
@@ -59,7 +62,70 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             service_mode::print_removed(&removed, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Status { json }) => {
+        Some(Command::Status { json, fleet: true }) => {
+            let data_dir = std::path::absolute(&common.data_dir)?;
+            let url = backup::redis_url(&common, &data_dir);
+            let dispatcher = Dispatcher::connect(&url, "launcher-status").await?;
+            let entries = dispatcher.fleet().await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+            } else if entries.is_empty() {
+                writeln!(
+                    out,
+                    "no circles registered in Redis at {}",
+                    dispatcher.redis_url()
+                )?;
+            } else {
+                writeln!(out, "{}", status::render_fleet_table(&entries))?;
+                writeln!(out, "{}", status::fleet_summary(&entries))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Backup {
+            circle,
+            output,
+            init_script,
+            force,
+            timeout,
+            json,
+        }) => {
+            let data_dir = std::path::absolute(&common.data_dir)?;
+            let request = BackupRequest {
+                circle,
+                output,
+                force,
+                init_script,
+                redis_url: backup::redis_url(&common, &data_dir),
+                data_dir,
+                timeout: Duration::from_secs(timeout.max(1)),
+            };
+            let report = backup::backup(&request).await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                writeln!(out, "{}", report.summary())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Restore { file, json }) => {
+            let data_dir = std::path::absolute(&common.data_dir)?;
+            let request = RestoreRequest {
+                file,
+                redis_url: backup::redis_url(&common, &data_dir),
+                data_dir,
+            };
+            let report = backup::restore(&request).await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{}", report.summary(&request.data_dir))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Status { json, fleet: false }) => {
             let rows = service_mode::status_rows(&common).await?;
             let mut out = std::io::stdout().lock();
             if json {

@@ -98,6 +98,21 @@ pub struct RecordCounts {
     pub counters: u64,
 }
 
+impl std::fmt::Display for RecordCounts {
+    /// `3 values, 1 counter`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} value{}, {} counter{}",
+            self.values,
+            s(self.values),
+            self.counters,
+            s(self.counters)
+        )
+    }
+}
+
 impl RecordCounts {
     fn add(&mut self, record: &StoreRecord) {
         match record {
