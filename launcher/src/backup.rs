@@ -232,7 +232,7 @@ pub async fn backup(req: &BackupRequest) -> Result<BackupReport, LaunchError> {
                             .into(),
                     });
                 }
-                header.source = format!("live worker pid {} on {}", owner.pid, owner.host);
+                header.source = format!("live worker pid {}", owner.pid);
                 Some(report)
             }
             _ => None,
