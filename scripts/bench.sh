@@ -2,7 +2,7 @@
 # Benchmarks: builds release binaries and prints one table per section, each
 # figure beside a baseline measured in the same run.
 #   scripts/bench.sh [SECTION...] [--seconds N] [--repeats N]
-# Sections: tasks launcher websocket systemd (default: all). The systemd
+# Sections: tasks launcher websocket supervisor systemd (default: all). The systemd
 # section installs real services, so it runs inside a private systemd
 # (scripts/systemd-sandbox, state in target/bench-sandbox) and needs root;
 # the others run on the host.

@@ -41,9 +41,9 @@ const INIT_SCRIPT: &str = "db_set(\"bench:init\", \"done\");\n\"done\"\n";
 
 /// Start and stop times of one run.
 #[derive(Debug, Clone, Copy)]
-struct Times {
-    start: Duration,
-    stop: Duration,
+pub(crate) struct Times {
+    pub(crate) start: Duration,
+    pub(crate) stop: Duration,
 }
 
 /// Runs the launcher benchmark (`repeats` runs per circle count, medians
@@ -101,7 +101,7 @@ fn fresh_keys(n: usize) -> Vec<CirclePublicKey> {
 
 /// One launcher run: start with `n` fresh circles, wait for the status
 /// table with every init `ok`, SIGINT, wait for the exit.
-async fn launcher_once(
+pub(crate) async fn launcher_once(
     launcher: &Path,
     redis: &RedisServer,
     n: usize,

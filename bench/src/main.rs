@@ -6,6 +6,7 @@
 mod launcher;
 mod process;
 mod stats;
+mod supervisor;
 mod systemd;
 mod tasks;
 mod websocket;
@@ -44,14 +45,17 @@ enum Section {
     Websocket,
     /// Service install and cleanup vs one systemctl per action (inside scripts/systemd-sandbox only).
     Systemd,
+    /// The supervisor: start-up of N runners vs the launcher, status of 50 runners, run_job vs the dispatcher.
+    Supervisor,
 }
 
 impl Section {
-    const ALL: [Section; 5] = [
+    const ALL: [Section; 6] = [
         Section::Tasks,
         Section::Caps,
         Section::Launcher,
         Section::Websocket,
+        Section::Supervisor,
         Section::Systemd,
     ];
 }
@@ -112,6 +116,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "Baseline: the dispatcher round trip (`Dispatcher::run`, what the server calls) with the same worker in the same run, as many concurrent callers as connections; each connection makes one call at a time.\n"
                 );
                 println!("{}", websocket::run(per_run).await?);
+            }
+            Section::Supervisor => {
+                println!("\n## Supervisor\n");
+                for (caption, table) in supervisor::run(per_run, cli.repeats.min(3)).await? {
+                    println!("{caption}\n\n{table}\n");
+                }
             }
             Section::Systemd => {
                 systemd::ensure_sandbox()?;

@@ -47,6 +47,10 @@ pub const SNAPSHOT_KEEP_SECS: u64 = 600;
 /// Environment variable: when set (to anything but `0`/`false`/empty),
 /// finished tasks never expire and a stopping worker leaves queued tasks queued.
 pub const ENV_PRESERVE_TASKS: &str = "PRESERVE_TASKS";
+/// Environment variable: the Redis URL for the worker and the server. It is
+/// how a URL with a password reaches them: argv is visible to every user of
+/// the host (`ps`), the environment only to the process's owner.
+pub const ENV_REDIS_URL: &str = "REDIS_URL";
 /// Environment variable: log filter for every binary (tracing `EnvFilter`).
 pub const ENV_RUST_LOG: &str = "RUST_LOG";
 /// Environment variable: set by systemd for `Type=notify` services, and by

@@ -20,7 +20,6 @@ pub mod cli;
 pub mod direct;
 mod error;
 pub mod init;
-mod process;
 pub mod redis_local;
 pub mod service_mode;
 pub mod service_record;

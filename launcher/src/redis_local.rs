@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use crate::error::LaunchError;
-use crate::process::die_with_parent;
 use crate::settings::find_on_path;
+use circles_supervise::parent::die_with_parent;
 
 /// What a Redis check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +161,6 @@ impl LocalRedis {
 
     /// Stops it with SIGTERM (so it saves), SIGKILL after 5 s.
     pub async fn stop(mut self) {
-        crate::process::terminate(&mut self.child, Duration::from_secs(5)).await;
+        circles_supervise::terminate(&mut self.child, Duration::from_secs(5)).await;
     }
 }

@@ -24,7 +24,6 @@ use circles_services::{
     BackendKind, Plan, PlannedAction, RestartPolicy, SERVICE_PREFIX, ServiceBackend, ServiceName,
     ServiceScope, ServiceSpec, ServiceTemplate, Templates,
 };
-use sha2::{Digest, Sha256};
 
 use crate::cli::{CommonArgs, LaunchArgs};
 use crate::error::LaunchError;
@@ -32,32 +31,12 @@ use crate::service_record::ServiceRecord;
 use crate::settings::{CircleSpec, LaunchSettings, Program, check_binary};
 use crate::status::{StatusRow, render_table};
 
-/// Name prefix of worker services; the circle key follows.
-pub const WORKER_SERVICE_PREFIX: &str = "tf.ourworld.circles.circle-worker-";
-/// Name of the one WebSocket server service.
-pub const SERVER_SERVICE_NAME: &str = "tf.ourworld.circles.circle-ws-server";
+pub use circles_deploy::kinds::{SERVER_SERVICE_NAME, WORKER_SERVICE_PREFIX};
+pub use circles_deploy::{circle_of, server_service_name, worker_service_name};
+
 /// How long to wait for a worker's heartbeat where the service manager
 /// cannot tell readiness (launchd, fallback).
 const HEARTBEAT_WAIT: Duration = Duration::from_secs(30);
-
-/// `tf.ourworld.circles.circle-worker-<pk>`
-pub fn worker_service_name(key: &CirclePublicKey) -> ServiceName {
-    ServiceName::new(format!("{WORKER_SERVICE_PREFIX}{key}"))
-        .expect("a canonical key makes a valid name")
-}
-
-/// `tf.ourworld.circles.circle-ws-server`
-pub fn server_service_name() -> ServiceName {
-    ServiceName::new(SERVER_SERVICE_NAME).expect("valid name")
-}
-
-/// The circle key of a worker service name, if it is one.
-pub fn circle_of(name: &ServiceName) -> Option<CirclePublicKey> {
-    name.as_str()
-        .strip_prefix(WORKER_SERVICE_PREFIX)?
-        .parse()
-        .ok()
-}
 
 /// The service backend for these flags (`--system`/`--user`, `--templates-dir`).
 pub async fn backend(common: &CommonArgs) -> Result<ServiceBackend, LaunchError> {
@@ -221,30 +200,20 @@ pub fn build_specs(
         };
     let mut specs = Vec::new();
     for c in &settings.circles {
-        let init_hash = c.init_script.as_ref().map_or_else(
-            || "none".to_string(),
-            |s| hex::encode(Sha256::digest(s.source.as_bytes())),
-        );
-        specs.push(service(
-            worker_service_name(&c.key),
-            ServiceTemplate::Worker,
-            format!("circles worker for {} ({})", c.name, c.key),
-            worker_binary,
-            vec![
-                "--redis-url".into(),
-                settings.redis_url.clone(),
-                "--circle-public-key".into(),
-                c.key.to_hex(),
-                "--db-path".into(),
-                settings.data_dir.to_string_lossy().into_owned(),
-                // A restart must not fail the tasks queued meanwhile; finished
-                // tasks still expire (unlike with PRESERVE_TASKS).
-                "--keep-queued-on-stop".into(),
-            ],
-            BTreeMap::from([
-                ("worker-sha256".to_string(), worker_hash.clone()),
-                ("init-script-sha256".to_string(), init_hash),
-            ]),
+        specs.push(circles_deploy::worker_service_spec(
+            &circles_deploy::WorkerService {
+                key: c.key,
+                name: c.name.clone(),
+                program: worker_binary.to_path_buf(),
+                leading_args: Vec::new(),
+                program_sha256: worker_hash.clone(),
+                redis_url: settings.redis_url.clone(),
+                data_dir: settings.data_dir.clone(),
+                log_dir: settings.log_dir(),
+                log_level: settings.log_level.to_string(),
+                init_script: c.init_script.as_ref().map(|s| s.source.clone()),
+                extra_env: BTreeMap::new(),
+            },
         ));
     }
     let mut server_args = server.leading_args.clone();
@@ -404,18 +373,8 @@ fn print_dry_run(backend: &ServiceBackend, plan: &Plan) -> Result<(), LaunchErro
 }
 
 fn file_sha256(path: &Path) -> Result<String, LaunchError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf)
-            .map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
+    circles_deploy::file_sha256(path)
+        .map_err(|e| LaunchError::io(format!("reading {}", path.display()), e))
 }
 
 /// Waits until the circle's worker heartbeat is in Redis.
@@ -469,7 +428,7 @@ async fn gather_rows(
             state,
             pid: status.main_pid,
             restarts: status.n_restarts,
-            last_exit: status.exec_main_status,
+            last_exit: crate::status::service_last_exit(&status),
             queue: None,
             heartbeat: None,
             init: "-".into(),
@@ -485,7 +444,8 @@ async fn gather_rows(
                 (row.queue, row.heartbeat) = crate::status::queue_and_heartbeat(conn, &key).await;
             }
         } else {
-            row.name = "ws-server".into();
+            // The server, the supervisor, or a kind a newer version installed.
+            row.name = circles_deploy::ServiceKind::of(&name).label(&name);
         }
         rows.push(row);
     }

@@ -356,37 +356,7 @@ pub(crate) fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchE
     write_atomically(path, json.as_bytes(), 0o600).map_err(|e| err(e.to_string()))
 }
 
-/// Writes `bytes` to a temporary file beside `path` (mode `mode`, synced),
-/// then renames it over `path`: a crash leaves the old file or the new one,
-/// never half of one.
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use circles_deploy::fs::write_atomically;
 
 fn check_ports(host: &str, port: u16, circles: &[CircleSpec]) -> Result<(), LaunchError> {
     for (port, purpose) in check_duplicate_ports(port, circles)? {

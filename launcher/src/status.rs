@@ -25,8 +25,8 @@ pub struct StatusRow {
     pub pid: Option<u32>,
     /// How many times it was restarted.
     pub restarts: Option<u32>,
-    /// Exit status of the last run, when known.
-    pub last_exit: Option<i32>,
+    /// How the last run ended (exit code or signal), when known.
+    pub last_exit: Option<circles_supervise::ExitStatus>,
     /// Task ids waiting in the circle's queue.
     pub queue: Option<u64>,
     /// When the worker's heartbeat was last refreshed (RFC 3339), if alive.
@@ -35,6 +35,19 @@ pub struct StatusRow {
     pub init: String,
     /// WebSocket URL.
     pub url: String,
+}
+
+/// How a service's last main process ended, in the one state model.
+pub fn service_last_exit(
+    status: &circles_services::ServiceStatus,
+) -> Option<circles_supervise::ExitStatus> {
+    status.last_exit().map(|(signal, n)| {
+        if signal {
+            circles_supervise::ExitStatus::Signal(n)
+        } else {
+            circles_supervise::ExitStatus::Code(n)
+        }
+    })
 }
 
 /// The Redis side of a circle's row: queue depth and last heartbeat (RFC
@@ -84,7 +97,7 @@ pub fn render_table(rows: &[StatusRow]) -> Table {
             r.state.clone(),
             opt(r.pid),
             match (r.restarts, r.last_exit) {
-                (Some(n), Some(code)) if n > 0 => format!("{n} (exit {code})"),
+                (Some(n), Some(exit)) if n > 0 => format!("{n} ({})", exit.short()),
                 (Some(n), _) => n.to_string(),
                 (None, _) => "-".into(),
             },
@@ -227,7 +240,7 @@ mod tests {
                 state: "failed".into(),
                 pid: None,
                 restarts: Some(5),
-                last_exit: Some(3),
+                last_exit: Some(circles_supervise::ExitStatus::Code(3)),
                 queue: Some(2),
                 heartbeat: None,
                 init: "error: Runtime error: something quite long went wrong (line 1)\nmore".into(),

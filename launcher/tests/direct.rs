@@ -126,8 +126,17 @@ async fn a_killed_worker_is_restarted_and_serves_again() {
         tmp.path(),
         &["--redis-url", &redis.url(), "-p", &port, "-c", KEY_ONE],
     );
-    l.wait_stdout("ready", UP);
+    l.wait_stdout("running", UP);
     let first = worker_pid(&redis, KEY_ONE);
+    // The Redis URL (which may carry a password) is in the worker's
+    // environment, not in its argv where `ps` shows it to every user.
+    let cmdline = std::fs::read(format!("/proc/{first}/cmdline")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&redis.url()),
+        "{cmdline:?}"
+    );
+    let environ = std::fs::read(format!("/proc/{first}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains(&format!("REDIS_URL={}", redis.url())));
     std::process::Command::new("kill")
         .args(["-9", &first.to_string()])
         .status()
@@ -139,7 +148,8 @@ async fn a_killed_worker_is_restarted_and_serves_again() {
     assert!(!alive(first));
     let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/{KEY_ONE}")).await;
     assert_eq!(c.play("6 * 7").await, "42");
-    l.wait_stderr("killed by a signal); restarting in", UP);
+    // The last exit is the signal, not an exit code.
+    l.wait_stderr("exited (killed by signal 9 (SIGKILL)); restarting in", UP);
     l.signal("INT");
     assert_eq!(l.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(!alive(second), "worker stopped with the launcher");
@@ -212,7 +222,7 @@ async fn ctrl_c_and_sigkill_leave_no_process_behind() {
 
     for how in ["INT", "KILL"] {
         let mut l = Launcher::spawn(tmp.path(), &args);
-        l.wait_stdout("ready", UP);
+        l.wait_stdout("running", UP);
         assert!(
             l.stderr().contains("started a private redis-server"),
             "{}",

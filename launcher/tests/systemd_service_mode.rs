@@ -465,7 +465,8 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
         row["state"].as_str().unwrap().starts_with("failed"),
         "{row}"
     );
-    assert_eq!(row["last_exit"], 7, "{row}");
+    // An exit code, told apart from a signal.
+    assert_eq!(row["last_exit"], serde_json::json!({"code": 7}), "{row}");
     assert_eq!(row["pid"], serde_json::Value::Null);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(

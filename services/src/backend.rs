@@ -84,10 +84,38 @@ pub struct ServiceStatus {
     pub main_pid: Option<u32>,
     /// Automatic restarts so far, where the manager counts them.
     pub n_restarts: Option<u32>,
-    /// Exit status of the last main process, where known.
+    /// Exit status of the last main process, where known — or its signal
+    /// number, when [`ServiceStatus::exec_main_code`] says it was killed.
     pub exec_main_status: Option<i32>,
+    /// How the last main process ended, where the manager says (systemd
+    /// `ExecMainCode`): [`CLD_EXITED`] (its exit status is in
+    /// `exec_main_status`), [`CLD_KILLED`] or [`CLD_DUMPED`] (a signal
+    /// number is); 0 before any ran.
+    pub exec_main_code: Option<i32>,
     /// The unit or plist file.
     pub unit_path: Option<PathBuf>,
+}
+
+/// [`ServiceStatus::exec_main_code`]: the process exited by itself.
+pub const CLD_EXITED: i32 = 1;
+/// [`ServiceStatus::exec_main_code`]: the process was killed by a signal.
+pub const CLD_KILLED: i32 = 2;
+/// [`ServiceStatus::exec_main_code`]: killed by a signal, with a core dump.
+pub const CLD_DUMPED: i32 = 3;
+
+impl ServiceStatus {
+    /// How the last main process ended, as `(signal, number)`: `(false,
+    /// code)` for an exit code, `(true, signal)` for a signal; `None` when no
+    /// process has ended yet (or the manager does not say).
+    pub fn last_exit(&self) -> Option<(bool, i32)> {
+        let status = self.exec_main_status?;
+        match self.exec_main_code {
+            Some(CLD_KILLED | CLD_DUMPED) => Some((true, status)),
+            Some(CLD_EXITED) | None => Some((false, status)),
+            // 0: nothing has run yet.
+            Some(_) => None,
+        }
+    }
 }
 
 /// The service manager of this machine; see the module docs.
@@ -248,6 +276,26 @@ impl ServiceBackend {
             ServiceBackend::Systemd(b) => b.apply(plan).await,
             ServiceBackend::Launchd(b) => b.apply(plan).await,
             ServiceBackend::Fallback(b) => b.apply(plan).await,
+        }
+    }
+
+    /// Starts each installed service that is not running, and waits until
+    /// it is (systemd: until `READY=1` for notify services).
+    pub async fn start(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        match self {
+            ServiceBackend::Systemd(b) => b.start(names).await,
+            ServiceBackend::Launchd(b) => b.start(names).await,
+            ServiceBackend::Fallback(b) => b.start(names).await,
+        }
+    }
+
+    /// Stops each service and waits until it has stopped; it stays
+    /// installed (and, with systemd, enabled: it starts again at boot).
+    pub async fn stop(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        match self {
+            ServiceBackend::Systemd(b) => b.stop(names).await,
+            ServiceBackend::Launchd(b) => b.stop(names).await,
+            ServiceBackend::Fallback(b) => b.stop(names).await,
         }
     }
 

@@ -316,6 +316,24 @@ impl FallbackBackend {
         })
     }
 
+    /// Starts each service.
+    pub async fn start(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        for name in names {
+            self.call(name, "start", |m, label| m.start(ServiceStartCtx { label }))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops each service.
+    pub async fn stop(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        for name in names {
+            self.call(name, "stop", |m, label| m.stop(ServiceStopCtx { label }))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Stop, then start (the crate has no restart).
     pub async fn restart(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
         for name in names {
@@ -368,6 +386,7 @@ impl FallbackBackend {
             main_pid: None,
             n_restarts: None,
             exec_main_status: None,
+            exec_main_code: None,
             unit_path: record.exists().then_some(record),
         })
     }

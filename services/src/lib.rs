@@ -38,7 +38,10 @@ mod spec;
 pub mod systemd;
 mod templates;
 
-pub use backend::{ApplyReport, Plan, PlannedAction, Rendered, ServiceBackend, ServiceStatus};
+pub use backend::{
+    ApplyReport, CLD_DUMPED, CLD_EXITED, CLD_KILLED, Plan, PlannedAction, Rendered, ServiceBackend,
+    ServiceStatus,
+};
 pub use error::{Rollback, ServiceError};
 pub use fallback::FallbackBackend;
 pub use host::HostEnv;

@@ -14,25 +14,34 @@ use crate::error::ServiceError;
 use crate::name::ServiceName;
 
 /// Which template a service is rendered from: `service_templates/<backend>/`
-/// `circle-worker.*` or `circle-ws-server.*`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServiceTemplate {
-    /// A circle's worker process.
-    Worker,
-    /// The WebSocket server shared by all circles.
-    WsServer,
+/// `<file_stem>.service` / `.plist`. A row of the template table
+/// ([`crate::Templates`]), not a closed enum: a new kind of service is one
+/// template file per backend and one constant here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceTemplate {
+    stem: &'static str,
 }
 
+// Named like the enum variants they replace, so callers read the same.
+#[allow(non_upper_case_globals)]
 impl ServiceTemplate {
+    /// A circle's worker process: `circle-worker.*`.
+    pub const Worker: ServiceTemplate = ServiceTemplate {
+        stem: "circle-worker",
+    };
+    /// The WebSocket server shared by all circles: `circle-ws-server.*`.
+    pub const WsServer: ServiceTemplate = ServiceTemplate {
+        stem: "circle-ws-server",
+    };
+    /// The supervisor daemon: `supervisor.*`.
+    pub const Supervisor: ServiceTemplate = ServiceTemplate { stem: "supervisor" };
+
     /// Every template, for loading and listing.
-    pub const ALL: [ServiceTemplate; 2] = [ServiceTemplate::Worker, ServiceTemplate::WsServer];
+    pub const ALL: [ServiceTemplate; 3] = [Self::Worker, Self::WsServer, Self::Supervisor];
 
     /// The template's file stem under `service_templates/<backend>/`.
     pub fn file_stem(self) -> &'static str {
-        match self {
-            ServiceTemplate::Worker => "circle-worker",
-            ServiceTemplate::WsServer => "circle-ws-server",
-        }
+        self.stem
     }
 }
 

@@ -6,6 +6,7 @@
 //! rebuilding. A file missing from the directory falls back to the embedded
 //! copy, so a directory may override just one template.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::ServiceError;
@@ -20,53 +21,80 @@ pub struct Template {
     pub text: String,
 }
 
-/// The four templates, by backend and service kind.
+/// Every template, by backend and service kind: a table with one row per
+/// file of `service_templates/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Templates {
-    systemd_worker: Template,
-    systemd_ws_server: Template,
-    launchd_worker: Template,
-    launchd_ws_server: Template,
+    /// `(backend directory, template)` → text; every row of [`EMBEDDED`].
+    table: BTreeMap<(&'static str, ServiceTemplate), Template>,
 }
 
-/// The files under `service_templates/` and their embedded copies.
-const EMBEDDED: [(&str, &str); 4] = [
+/// The backend directories under `service_templates/` and their file suffix.
+const SYSTEMD: (&str, &str) = ("systemd", ".service");
+const LAUNCHD: (&str, &str) = ("launchd", ".plist");
+
+/// The files under `service_templates/` and their embedded copies: one row
+/// per (backend, template).
+const EMBEDDED: [(&str, ServiceTemplate, &str); 6] = [
     (
-        "systemd/circle-worker.service",
+        SYSTEMD.0,
+        ServiceTemplate::Worker,
         include_str!("../../service_templates/systemd/circle-worker.service"),
     ),
     (
-        "systemd/circle-ws-server.service",
+        SYSTEMD.0,
+        ServiceTemplate::WsServer,
         include_str!("../../service_templates/systemd/circle-ws-server.service"),
     ),
     (
-        "launchd/circle-worker.plist",
+        SYSTEMD.0,
+        ServiceTemplate::Supervisor,
+        include_str!("../../service_templates/systemd/supervisor.service"),
+    ),
+    (
+        LAUNCHD.0,
+        ServiceTemplate::Worker,
         include_str!("../../service_templates/launchd/circle-worker.plist"),
     ),
     (
-        "launchd/circle-ws-server.plist",
+        LAUNCHD.0,
+        ServiceTemplate::WsServer,
         include_str!("../../service_templates/launchd/circle-ws-server.plist"),
     ),
+    (
+        LAUNCHD.0,
+        ServiceTemplate::Supervisor,
+        include_str!("../../service_templates/launchd/supervisor.plist"),
+    ),
 ];
+
+/// `systemd/circle-worker.service`
+fn relative_path(backend: &str, template: ServiceTemplate) -> String {
+    let suffix = if backend == SYSTEMD.0 {
+        SYSTEMD.1
+    } else {
+        LAUNCHD.1
+    };
+    format!("{backend}/{}{suffix}", template.file_stem())
+}
 
 impl Templates {
     /// The copies compiled into this crate.
     pub fn embedded() -> Self {
-        let get = |rel: &str| {
-            let (rel, text) = EMBEDDED
-                .iter()
-                .find(|(r, _)| *r == rel)
-                .expect("every template is embedded");
-            Template {
-                origin: format!("embedded {rel}"),
-                text: (*text).to_string(),
-            }
-        };
         Self {
-            systemd_worker: get("systemd/circle-worker.service"),
-            systemd_ws_server: get("systemd/circle-ws-server.service"),
-            launchd_worker: get("launchd/circle-worker.plist"),
-            launchd_ws_server: get("launchd/circle-ws-server.plist"),
+            table: EMBEDDED
+                .iter()
+                .map(|(backend, template, text)| {
+                    let origin = format!("embedded {}", relative_path(backend, *template));
+                    (
+                        (*backend, *template),
+                        Template {
+                            origin,
+                            text: (*text).to_string(),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -75,43 +103,31 @@ impl Templates {
     /// exists but cannot be read is an error, not a silent fallback.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, ServiceError> {
         let dir = dir.as_ref();
-        let load = |rel: &str, embedded: Template| -> Result<Template, ServiceError> {
-            let path: PathBuf = dir.join(rel);
+        let mut templates = Self::embedded();
+        for ((backend, template), entry) in templates.table.iter_mut() {
+            let path: PathBuf = dir.join(relative_path(backend, *template));
             match std::fs::read_to_string(&path) {
-                Ok(text) => Ok(Template {
-                    origin: path.display().to_string(),
-                    text,
-                }),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(embedded),
-                Err(source) => Err(ServiceError::ReadTemplate { path, source }),
+                Ok(text) => {
+                    *entry = Template {
+                        origin: path.display().to_string(),
+                        text,
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ServiceError::ReadTemplate { path, source }),
             }
-        };
-        let embedded = Self::embedded();
-        Ok(Self {
-            systemd_worker: load("systemd/circle-worker.service", embedded.systemd_worker)?,
-            systemd_ws_server: load(
-                "systemd/circle-ws-server.service",
-                embedded.systemd_ws_server,
-            )?,
-            launchd_worker: load("launchd/circle-worker.plist", embedded.launchd_worker)?,
-            launchd_ws_server: load("launchd/circle-ws-server.plist", embedded.launchd_ws_server)?,
-        })
+        }
+        Ok(templates)
     }
 
     /// The systemd unit template for `template`.
     pub fn systemd(&self, template: ServiceTemplate) -> &Template {
-        match template {
-            ServiceTemplate::Worker => &self.systemd_worker,
-            ServiceTemplate::WsServer => &self.systemd_ws_server,
-        }
+        &self.table[&(SYSTEMD.0, template)]
     }
 
     /// The launchd plist template for `template`.
     pub fn launchd(&self, template: ServiceTemplate) -> &Template {
-        match template {
-            ServiceTemplate::Worker => &self.launchd_worker,
-            ServiceTemplate::WsServer => &self.launchd_ws_server,
-        }
+        &self.table[&(LAUNCHD.0, template)]
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use circles_dispatcher::CirclePublicKey;
@@ -118,7 +120,13 @@ pub fn main_with(cli: WorkerArgs) -> ExitCode {
         retention: (!preserve_tasks).then(|| Duration::from_secs(cli.task_retention_secs)),
         keep_queued_on_stop: preserve_tasks || cli.keep_queued_on_stop,
         heartbeat_interval: Duration::from_secs_f64(cli.heartbeat_interval_secs),
+        stop_requested: Arc::new(AtomicBool::new(false)),
     };
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, config.stop_requested.clone()) {
+            tracing::warn!(error = %e, "cannot watch for stop signals");
+        }
+    }
     // One thread: tasks run one at a time; the heartbeat has its own thread.
     // It is not the main thread but one with a large stack: Rhai checks
     // and drops nested arrays and maps recursively, and a script can nest

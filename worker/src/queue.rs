@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use circles_dispatcher::protocol::{
-    owner_key, processing_key, task_details_key, task_queue_key, task_reply_key,
+    OWNER_LEASE_MS, TASK_DETAILS_PREFIX, owner_key, processing_key, task_details_key,
+    task_queue_key, task_reply_key,
 };
 use circles_dispatcher::task::{field, now_rfc3339};
 use circles_dispatcher::{CirclePublicKey, TaskId, TaskKind, TaskOutcome, TaskRecord, TaskStatus};
@@ -37,17 +38,23 @@ impl std::fmt::Debug for TaskQueue {
     }
 }
 
-/// Finishes a task if this worker may: `0` when the lease is not exactly
-/// ours, `2` when the id is no longer in the processing list (a successor
-/// ended it), else `1` after removing it, writing the outcome, replying and
+/// Finishes a task if this worker may: `0` when another worker holds the
+/// lease (an absent lease — a Redis that restarted empty — is taken back),
+/// `2` when the id is no longer in the processing list (a successor ended
+/// it), else `1` after removing it, writing the outcome, replying and
 /// setting expiry.
-/// KEYS: lease, processing list, task hash, reply list.
-/// ARGV: lease value, task id, retention secs (0: keep), reply, then the
-/// hash's field/value pairs.
+/// KEYS: lease, processing list, task hash, reply list, queue.
+/// ARGV: lease value, task id, retention secs (0: keep), reply, take next
+/// ("1"/"0"), task hash prefix, now, lease ms, then the hash's field/value
+/// pairs.
 const FINISH_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  if holder then return 0 end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[8])
+end
 if redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return 2 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 5))
+redis.call('HSET', KEYS[3], unpack(ARGV, 9))
 redis.call('LPUSH', KEYS[4], ARGV[4])
 local keep = tonumber(ARGV[3])
 if keep > 0 then
@@ -55,6 +62,34 @@ if keep > 0 then
   redis.call('EXPIRE', KEYS[4], keep)
 end
 return 1
+"#;
+
+/// [`FINISH_SCRIPT`], then — only when it finished the task and ARGV[5] is
+/// "1" — moves the next queued id to the processing list, reads its hash
+/// and marks it processing. Answers `{code}` or `{code, id, fields}`.
+const FINISH_AND_TAKE_SCRIPT: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  if holder then return {0} end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[8])
+end
+if redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return {2} end
+redis.call('HSET', KEYS[3], unpack(ARGV, 9))
+redis.call('LPUSH', KEYS[4], ARGV[4])
+local keep = tonumber(ARGV[3])
+if keep > 0 then
+  redis.call('EXPIRE', KEYS[3], keep)
+  redis.call('EXPIRE', KEYS[4], keep)
+end
+if ARGV[5] ~= '1' then return {1} end
+local id = redis.call('LMOVE', KEYS[5], KEYS[2], 'RIGHT', 'LEFT')
+if not id then return {1} end
+local key = ARGV[6] .. id
+local fields = redis.call('HGETALL', key)
+if #fields > 0 then
+  redis.call('HSET', key, 'status', 'processing', 'updated_at', ARGV[7])
+end
+return {1, id, fields}
 "#;
 
 /// What [`TaskQueue::finish`] did.
@@ -66,6 +101,24 @@ pub enum Finished {
     NotOwner,
     /// The task was no longer ours to finish (ended by a successor).
     NotInHand,
+}
+
+fn unexpected(what: &str, e: impl std::fmt::Display) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected answer from the finish script",
+        format!("{what}: {e}"),
+    ))
+}
+
+impl Finished {
+    fn from_code(code: i64) -> Self {
+        match code {
+            1 => Self::Done,
+            0 => Self::NotOwner,
+            _ => Self::NotInHand,
+        }
+    }
 }
 
 /// What was found under a task id taken from the queue.
@@ -116,13 +169,10 @@ impl TaskQueue {
 
     /// Reads the task and marks it `processing`, in one round trip.
     pub async fn load(&self, conn: &mut ConnectionManager, raw_id: &str) -> RedisResult<Taken> {
-        let Ok(id) = raw_id.parse::<TaskId>() else {
-            return Ok(Taken::Broken(format!(
-                "task id `{}` is not a UUID",
-                raw_id.escape_debug()
-            )));
-        };
-        let key = task_details_key(id);
+        if raw_id.parse::<TaskId>().is_err() {
+            return Ok(self.taken(raw_id, HashMap::new()));
+        }
+        let key = task_details_key(raw_id);
         let (fields, ()): (HashMap<String, Vec<u8>>, ()) = redis::pipe()
             .cmd("HGETALL")
             .arg(&key)
@@ -134,21 +184,77 @@ impl TaskQueue {
             .arg(now_rfc3339())
             .query_async(conn)
             .await?;
+        Ok(self.taken(raw_id, fields))
+    }
+
+    /// What a taken id and its hash's fields make.
+    fn taken(&self, raw_id: &str, fields: HashMap<String, Vec<u8>>) -> Taken {
+        let Ok(id) = raw_id.parse::<TaskId>() else {
+            return Taken::Broken(format!("task id `{}` is not a UUID", raw_id.escape_debug()));
+        };
         if fields.is_empty() {
-            return Ok(Taken::Broken(format!(
+            return Taken::Broken(format!(
                 "task {id} has no details hash (expired or never written)"
-            )));
+            ));
         }
         let record = TaskRecord::from_fields(id, fields);
         match record.kind.as_deref().map(str::parse::<TaskKind>) {
             None | Some(Ok(TaskKind::Script)) => {}
-            Some(Ok(TaskKind::Snapshot)) => return Ok(Taken::Snapshot(record)),
-            Some(Err(e)) => return Ok(Taken::Broken(format!("task {id}: {e}"))),
+            Some(Ok(TaskKind::Snapshot)) => return Taken::Snapshot(record),
+            Some(Err(e)) => return Taken::Broken(format!("task {id}: {e}")),
         }
         match &record.script {
-            Some(s) if !s.trim().is_empty() => Ok(Taken::Task(record)),
-            _ => Ok(Taken::Broken(format!("task {id} has no script"))),
+            Some(s) if !s.trim().is_empty() => Taken::Task(record),
+            _ => Taken::Broken(format!("task {id} has no script")),
         }
+    }
+
+    /// Finishes a task like [`Self::finish`] and, in the same script and
+    /// round trip, takes and loads the next queued task if there is one
+    /// (`take_next`) — so that under load a task costs the worker one round
+    /// trip. Nothing is taken when the finish was refused.
+    pub async fn finish_and_take(
+        &self,
+        conn: &mut ConnectionManager,
+        lease: &str,
+        raw_id: &str,
+        outcome: &TaskOutcome,
+        take_next: bool,
+    ) -> RedisResult<(Finished, Option<(String, Taken)>)> {
+        let cmd = self.finish_cmd(FINISH_AND_TAKE_SCRIPT, lease, raw_id, outcome, take_next);
+        let answer: Vec<redis::Value> = cmd.query_async(conn).await?;
+        let mut answer = answer.into_iter();
+        let done: i64 = redis::from_redis_value(answer.next().unwrap_or(redis::Value::Nil))
+            .map_err(|e| unexpected("finish code", e))?;
+        let next = match (answer.next(), answer.next()) {
+            (Some(id), Some(fields)) => {
+                let id: String =
+                    redis::from_redis_value(id).map_err(|e| unexpected("task id", e))?;
+                let fields: HashMap<String, Vec<u8>> =
+                    redis::from_redis_value(fields).map_err(|e| unexpected("task fields", e))?;
+                let taken = self.taken(&id, fields);
+                Some((id, taken))
+            }
+            _ => None,
+        };
+        Ok((Finished::from_code(done), next))
+    }
+
+    /// The ids in the processing list other than `except`, oldest first:
+    /// with one worker per circle, tasks this worker took but lost track of
+    /// (a take whose answer a broken connection swallowed).
+    pub async fn stray(
+        &self,
+        conn: &mut ConnectionManager,
+        except: &str,
+    ) -> RedisResult<Vec<String>> {
+        let ids: Vec<String> = redis::cmd("LRANGE")
+            .arg(&self.processing_key)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await?;
+        Ok(ids.into_iter().rev().filter(|id| id != except).collect())
     }
 
     /// Ends the task, fenced by `lease` (the exact lease value this worker
@@ -161,36 +267,52 @@ impl TaskQueue {
         raw_id: &str,
         outcome: &TaskOutcome,
     ) -> RedisResult<Finished> {
-        // Keyed by the raw id, so even ids that are not UUIDs get their
-        // reply and a hand-written client waiting on it is not left hanging.
+        let done: i64 = self
+            .finish_cmd(FINISH_SCRIPT, lease, raw_id, outcome, false)
+            .query_async(conn)
+            .await?;
+        Ok(Finished::from_code(done))
+    }
+
+    /// The `EVAL` of `script` (one of the finish scripts) for this task.
+    /// Keyed by the raw id, so even ids that are not UUIDs get their reply
+    /// and a hand-written client waiting on it is not left hanging.
+    fn finish_cmd(
+        &self,
+        script: &str,
+        lease: &str,
+        raw_id: &str,
+        outcome: &TaskOutcome,
+        take_next: bool,
+    ) -> redis::Cmd {
         let (value_field, value) = match outcome {
             TaskOutcome::Completed { output } => (field::OUTPUT, output),
             TaskOutcome::Error { error } => (field::ERROR, error),
         };
-        let done: i64 = redis::cmd("EVAL")
-            .arg(FINISH_SCRIPT)
-            .arg(4)
+        let now = now_rfc3339();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script)
+            .arg(5)
             .arg(&self.owner_key)
             .arg(&self.processing_key)
             .arg(task_details_key(raw_id))
             .arg(task_reply_key(raw_id))
+            .arg(&self.queue_key)
             .arg(lease)
             .arg(raw_id)
             .arg(self.retention.map_or(0, |r| r.as_secs().max(1)))
             .arg(outcome.to_reply())
+            .arg(if take_next { "1" } else { "0" })
+            .arg(TASK_DETAILS_PREFIX)
+            .arg(&now)
+            .arg(OWNER_LEASE_MS)
             .arg(field::STATUS)
             .arg(outcome.status().as_str())
             .arg(value_field)
             .arg(value)
             .arg(field::UPDATED_AT)
-            .arg(now_rfc3339())
-            .query_async(conn)
-            .await?;
-        Ok(match done {
-            1 => Finished::Done,
-            0 => Finished::NotOwner,
-            _ => Finished::NotInHand,
-        })
+            .arg(&now);
+        cmd
     }
 
     /// Ends every task a dead predecessor had taken, as `error` with a reason.

@@ -1,10 +1,11 @@
 //! The worker's main loop: connect, recover, announce readiness, then take
 //! and run tasks one at a time until told to stop.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use circles_dispatcher::protocol::{
@@ -41,6 +42,11 @@ pub struct WorkerConfig {
     pub keep_queued_on_stop: bool,
     /// How often the heartbeat key is refreshed.
     pub heartbeat_interval: Duration,
+    /// Raised (by a signal handler) the moment a stop is asked for. The
+    /// `shutdown` future tells the loop too, but only once the runtime polls
+    /// it, which a script running on this thread delays; this flag is read
+    /// before taking one more task together with a finish.
+    pub stop_requested: Arc<AtomicBool>,
 }
 
 impl WorkerConfig {
@@ -205,88 +211,103 @@ pub async fn run(
 
     let mut backoff = Backoff::new();
     let mut lost: Option<WorkerError> = None;
+    // Tasks already taken and waiting to run: the next one a finish took
+    // in the same round trip, or ones a broken connection lost track of.
+    let mut in_hand: VecDeque<(String, Option<Taken>)> = VecDeque::new();
     loop {
-        if *stop_rx.borrow() {
-            break;
-        }
-        // After a pause (SIGSTOP, a stalled machine) the heartbeat thread
-        // may not have noticed yet that a successor took over: confirm the
-        // lease before taking one more task.
-        if lease.needs_confirming() && !lease.is_lost() {
-            match lease.renew(&mut conn).await {
-                Ok(_) => {}
-                Err(e) => {
-                    if !backoff.wait("confirming the lease", &e, &mut stop_rx).await {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        if lease.is_lost() {
-            lost = Some(lost_ownership(&mut conn, &config.circle).await);
-            break;
-        }
-        // Never cancelled: a BLMOVE dropped half-way could still move a task
-        // after we stopped looking. A stop ends the wait with CLIENT UNBLOCK
-        // instead, and whatever BLMOVE returns is handled as usual.
-        // Connected first, so the id to unblock is known during the wait.
-        if let Err(e) = blocking.connect().await {
-            if !backoff.wait("connecting for tasks", &e, &mut stop_rx).await {
-                break;
-            }
-            continue;
-        }
-        let unblock_id = blocking.client_id();
-        let take = blocking.take(&queue);
-        tokio::pin!(take);
-        let taken = tokio::select! {
-            taken = &mut take => taken,
-            _ = stop_rx.changed() => {
-                if let Some(id) = unblock_id {
-                    let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async::<i64>(&mut conn.clone()).await;
-                }
-                take.await
-            }
-        };
-        let raw_id = match taken {
-            Ok(Some(id)) => {
-                backoff.reset();
-                id
-            }
-            Ok(None) => continue,
-            Err(e) => {
-                if !backoff.wait("waiting for tasks", &e, &mut stop_rx).await {
+        let (raw_id, taken) = match in_hand.pop_front() {
+            // Ours already: run it even if a stop came meanwhile.
+            Some(next) => next,
+            None => {
+                if *stop_rx.borrow() {
                     break;
                 }
-                continue;
+                match take_one(
+                    &lease,
+                    &mut conn,
+                    &mut blocking,
+                    &queue,
+                    &mut stop_rx,
+                    &mut backoff,
+                )
+                .await
+                {
+                    Take::Task(id) => (id, None),
+                    Take::Again => continue,
+                    Take::Stop => break,
+                    Take::Lost => {
+                        lost = Some(lost_ownership(&mut conn, &config.circle).await);
+                        break;
+                    }
+                }
             }
         };
         // From here on the task is ours: finish it even if asked to stop.
-        let outcome = run_task(&queue, &mut conn, &engine, &snapshots, &raw_id).await;
-        let id = raw_id.clone();
-        let finished = retry_forever("finishing a task", || {
-            let (queue, mut c, id, outcome, fence) = (
-                queue.clone(),
-                conn.clone(),
-                id.clone(),
-                outcome.clone(),
-                lease.value(),
-            );
-            async move { queue.finish(&mut c, &fence, &id, &outcome).await }
-        })
-        .await;
+        let taken = match taken {
+            Some(taken) => taken,
+            None => {
+                retry_forever("loading a task", || {
+                    let (queue, mut c, id) = (queue.clone(), conn.clone(), raw_id.clone());
+                    async move { queue.load(&mut c, &id).await }
+                })
+                .await
+            }
+        };
+        let outcome = run_task(&queue, &engine, &snapshots, &raw_id, taken);
+        // Finish, and take the next task in the same round trip unless
+        // stopping or holding more already.
+        let take_next = !*stop_rx.borrow()
+            && !config.stop_requested.load(Ordering::Relaxed)
+            && in_hand.is_empty()
+            && !lease.is_lost();
+        let finished = match queue
+            .finish_and_take(&mut conn, &lease.value(), &raw_id, &outcome, take_next)
+            .await
+        {
+            Ok((finished, next)) => {
+                in_hand.extend(next.map(|(id, taken)| (id, Some(taken))));
+                finished
+            }
+            Err(e) => {
+                // The script may or may not have run: finish again (a
+                // repeat finds the task gone and writes nothing), then pick
+                // up whatever it took that we never heard of.
+                tracing::warn!(error = %e, "Redis error while finishing a task; retrying");
+                let finished = retry_forever("finishing a task", || {
+                    let (queue, mut c, id, outcome, fence) = (
+                        queue.clone(),
+                        conn.clone(),
+                        raw_id.clone(),
+                        outcome.clone(),
+                        lease.value(),
+                    );
+                    async move { queue.finish(&mut c, &fence, &id, &outcome).await }
+                })
+                .await;
+                let stray = retry_forever("listing taken tasks", || {
+                    let (queue, mut c, id) = (queue.clone(), conn.clone(), raw_id.clone());
+                    async move { queue.stray(&mut c, &id).await }
+                })
+                .await;
+                in_hand.extend(stray.into_iter().map(|id| (id, None)));
+                finished
+            }
+        };
         match finished {
             Finished::Done => {
                 tasks_done.fetch_add(1, Ordering::Relaxed);
             }
             Finished::NotInHand => tracing::warn!(
                 task_id = %raw_id,
-                "a successor already ended this task; its result here is discarded"
+                "the task is no longer in the processing list (a successor ended it, or Redis lost it); its result here is discarded"
             ),
             Finished::NotOwner => {
                 tracing::error!(task_id = %raw_id, "this worker lost its circle to another worker; the task's result here is discarded");
                 lease.mark_lost();
+                // Whatever else we hold is the new owner's to recover.
+                in_hand.clear();
+                lost = Some(lost_ownership(&mut conn, &config.circle).await);
+                break;
             }
         }
     }
@@ -351,6 +372,83 @@ async fn lost_ownership(conn: &mut ConnectionManager, circle: &CirclePublicKey) 
     }
 }
 
+/// What one attempt to take a task from the queue came to.
+enum Take {
+    /// A task id, moved into the processing list.
+    Task(String),
+    /// Nothing yet (the wait ended, or Redis failed and we backed off).
+    Again,
+    /// Stop was asked for.
+    Stop,
+    /// Another worker owns the circle now.
+    Lost,
+}
+
+/// Waits (at most [`TAKE_WAIT`]) for the next task with `BLMOVE`, after
+/// confirming the lease when it may have run out during a pause.
+async fn take_one(
+    lease: &Lease,
+    conn: &mut ConnectionManager,
+    blocking: &mut BlockingLink,
+    queue: &TaskQueue,
+    stop_rx: &mut watch::Receiver<bool>,
+    backoff: &mut Backoff,
+) -> Take {
+    // After a pause (SIGSTOP, a stalled machine) the heartbeat thread may
+    // not have noticed yet that a successor took over: confirm the lease
+    // before taking one more task.
+    if lease.needs_confirming()
+        && !lease.is_lost()
+        && let Err(e) = lease.renew(conn).await
+    {
+        return if backoff.wait("confirming the lease", &e, stop_rx).await {
+            Take::Again
+        } else {
+            Take::Stop
+        };
+    }
+    if lease.is_lost() {
+        return Take::Lost;
+    }
+    // Never cancelled: a BLMOVE dropped half-way could still move a task
+    // after we stopped looking. A stop ends the wait with CLIENT UNBLOCK
+    // instead, and whatever BLMOVE returns is handled as usual. Connected
+    // first, so the id to unblock is known during the wait.
+    if let Err(e) = blocking.connect().await {
+        return if backoff.wait("connecting for tasks", &e, stop_rx).await {
+            Take::Again
+        } else {
+            Take::Stop
+        };
+    }
+    let unblock_id = blocking.client_id();
+    let take = blocking.take(queue);
+    tokio::pin!(take);
+    let taken = tokio::select! {
+        taken = &mut take => taken,
+        _ = stop_rx.changed() => {
+            if let Some(id) = unblock_id {
+                let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async::<i64>(&mut conn.clone()).await;
+            }
+            take.await
+        }
+    };
+    match taken {
+        Ok(Some(id)) => {
+            backoff.reset();
+            Take::Task(id)
+        }
+        Ok(None) => Take::Again,
+        Err(e) => {
+            if backoff.wait("waiting for tasks", &e, stop_rx).await {
+                Take::Again
+            } else {
+                Take::Stop
+            }
+        }
+    }
+}
+
 /// What a snapshot task needs: the store, where to write, who we are.
 struct Snapshots {
     store: Arc<CircleStore>,
@@ -358,20 +456,14 @@ struct Snapshots {
     host: String,
 }
 
-/// Loads and runs one task, turning every failure into an error outcome.
-async fn run_task(
+/// Runs one loaded task, turning every failure into an error outcome.
+fn run_task(
     queue: &TaskQueue,
-    conn: &mut ConnectionManager,
-    engine: &Arc<ScriptEngine>,
+    engine: &ScriptEngine,
     snapshots: &Snapshots,
     raw_id: &str,
+    taken: Taken,
 ) -> TaskOutcome {
-    let id = raw_id.to_string();
-    let taken = retry_forever("loading a task", || {
-        let (queue, mut c, id) = (queue.clone(), conn.clone(), id.clone());
-        async move { queue.load(&mut c, &id).await }
-    })
-    .await;
     let record = match taken {
         Taken::Task(record) => record,
         Taken::Snapshot(record) => {

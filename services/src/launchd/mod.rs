@@ -298,6 +298,31 @@ impl LaunchdBackend {
         Err(command_error(&["print", &target], &output))
     }
 
+    /// Loads each job that is not loaded (`enable` + `bootstrap`, which
+    /// starts it: our plists are `RunAtLoad`), else `kickstart`s it.
+    pub async fn start(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        for name in names {
+            if self.print(name).await?.is_none() {
+                self.load(name, &self.plist_path(name), false).await?;
+            } else {
+                self.launchctl_ok(&["kickstart", &self.target(name)])
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `bootout` each job: launchd stops it (SIGTERM, then SIGKILL after
+    /// its exit timeout) and would otherwise restart it (`KeepAlive`). The
+    /// plist stays, so [`LaunchdBackend::start`] and the next login or
+    /// boot load it again.
+    pub async fn stop(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        for name in names {
+            self.bootout(name).await?;
+        }
+        Ok(())
+    }
+
     /// `kickstart -k <domain>/<label>` for each: kill and start again.
     pub async fn restart(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
         for name in names {
@@ -338,6 +363,7 @@ impl LaunchdBackend {
                 main_pid: None,
                 n_restarts: None,
                 exec_main_status: None,
+                exec_main_code: None,
                 unit_path: on_disk,
             });
         };
@@ -358,6 +384,7 @@ impl LaunchdBackend {
             // launchd counts runs; every run after the first was a restart.
             n_restarts: job.runs.map(|r| r.saturating_sub(1)),
             exec_main_status: job.last_exit_code,
+            exec_main_code: None,
             unit_path: job.path.or(on_disk),
         })
     }

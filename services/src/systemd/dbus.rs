@@ -116,6 +116,10 @@ pub(crate) trait Service {
     /// Exit status (or signal number) of the last main process.
     #[zbus(property)]
     fn exec_main_status(&self) -> zbus::Result<i32>;
+    /// How the last main process ended: `CLD_EXITED` (1), `CLD_KILLED` (2),
+    /// `CLD_DUMPED` (3); 0 before any ran.
+    #[zbus(property)]
+    fn exec_main_code(&self) -> zbus::Result<i32>;
     /// `success`, `exit-code`, `signal`, `start-limit-hit`, ...
     #[zbus(property)]
     fn result(&self) -> zbus::Result<String>;

@@ -394,14 +394,35 @@ impl SystemdBackend {
 
     /// Restarts (or starts) each service and waits for the jobs.
     pub async fn restart(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
-        let jobs: Vec<(ServiceName, Verb)> =
-            names.iter().map(|n| (n.clone(), Verb::Restart)).collect();
+        self.run_verb(names, Verb::Restart).await
+    }
+
+    /// Starts each service and waits for the jobs (for notify services, until
+    /// `READY=1`). A failed unit's failure is reset first, so a unit that hit
+    /// its start limit can be started again by asking.
+    pub async fn start(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        for name in names {
+            if self.status(name).await?.active_state == "failed" {
+                self.reset_failed(name).await?;
+            }
+        }
+        self.run_verb(names, Verb::Start).await
+    }
+
+    /// Stops each service and waits for the jobs; the units stay installed
+    /// and enabled.
+    pub async fn stop(&self, names: &[ServiceName]) -> Result<(), ServiceError> {
+        self.run_verb(names, Verb::Stop).await
+    }
+
+    async fn run_verb(&self, names: &[ServiceName], verb: Verb) -> Result<(), ServiceError> {
+        let jobs: Vec<(ServiceName, Verb)> = names.iter().map(|n| (n.clone(), verb)).collect();
         let mut failures = self.run_jobs(&jobs).await?.into_iter();
         match failures.next() {
             None => Ok(()),
             Some((_, _, first)) => {
                 for (name, _, other) in failures {
-                    tracing::warn!("restarting `{name}` failed too: {other}");
+                    tracing::warn!("{} `{name}` failed too: {other}", verb.gerund());
                 }
                 Err(first)
             }
@@ -451,6 +472,7 @@ impl SystemdBackend {
                 main_pid: None,
                 n_restarts: None,
                 exec_main_status: None,
+                exec_main_code: None,
                 unit_path: on_disk,
             }),
             Err(e) => Err(dbus_error_for("GetUnit/Get", &unit_name)(e)),
@@ -473,14 +495,15 @@ impl SystemdBackend {
             let loaded = unit.load_state().await? == "loaded";
             let fragment = unit.fragment_path().await?;
             // Service properties only exist on a loaded service unit.
-            let (main_pid, n_restarts, exec_main_status) = if loaded {
+            let (main_pid, n_restarts, exec_main_status, exec_main_code) = if loaded {
                 (
                     Some(service.main_pid().await?).filter(|pid| *pid != 0),
                     Some(service.n_restarts().await?),
                     Some(service.exec_main_status().await?),
+                    Some(service.exec_main_code().await?),
                 )
             } else {
-                (None, None, None)
+                (None, None, None, None)
             };
             Ok(ServiceStatus {
                 name: name.clone(),
@@ -490,6 +513,7 @@ impl SystemdBackend {
                 main_pid,
                 n_restarts,
                 exec_main_status,
+                exec_main_code,
                 unit_path: (!fragment.is_empty())
                     .then(|| PathBuf::from(fragment))
                     .or(on_disk),

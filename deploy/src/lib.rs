@@ -1,0 +1,20 @@
+//! How circles run as OS services, shared by the launcher and the
+//! supervisor so that both install the same thing under the same name and
+//! each sees (and `launcher cleanup` removes) what the other installed.
+//!
+//! - [`kinds`]: the service names of each kind — a circle's worker
+//!   `tf.ourworld.circles.circle-worker-<pk>`, the one WebSocket server
+//!   `tf.ourworld.circles.circle-ws-server`, the supervisor
+//!   `tf.ourworld.circles.supervisor` — and which kind a name is;
+//! - [`worker`]: a worker described once, as a `ServiceSpec` or as a
+//!   supervised child;
+//! - [`fs`]: writing a file atomically with a given mode.
+
+pub mod fs;
+pub mod kinds;
+pub mod worker;
+
+pub use kinds::{
+    ServiceKind, circle_of, server_service_name, supervisor_service_name, worker_service_name,
+};
+pub use worker::{WorkerService, file_sha256, worker_args, worker_child_spec, worker_service_spec};
