@@ -196,6 +196,9 @@ fn module(supervisor: Arc<Supervisor>) -> RpcModule<RpcContext> {
     register(&mut m, "get_all_status", |ctx, NoParams {}| async move {
         Ok(ctx.supervisor.status().await)
     });
+    register(&mut m, "get_fleet", |ctx, NoParams {}| async move {
+        ctx.supervisor.fleet().await
+    });
     let spec: &'static MethodSpec = method(SUBSCRIBE_LOGS).expect("listed");
     m.register_subscription(
         SUBSCRIBE_LOGS,
