@@ -162,7 +162,7 @@ pub async fn drive_with(
 }
 
 /// The floor: a worker loop doing the worker's Redis commands with no engine.
-async fn floor_worker(
+pub(crate) async fn floor_worker(
     url: String,
     circle: CirclePublicKey,
     mut stop: watch::Receiver<bool>,
@@ -222,7 +222,7 @@ async fn floor_loop(
 }
 
 /// Resident set size of a process, in KiB (Linux).
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -18,7 +18,10 @@
 //!   trusted Redis clients can submit; see `circles_worker::snapshot`);
 //! - a live worker on another host: refused, naming that host — its
 //!   database is there;
-//! - no worker: the file in the data directory is read directly.
+//! - no worker: the file in the data directory is read directly — where
+//!   service mode keeps it (`<data>/db/<pk>/`, data directory by default the
+//!   platform's place) or where direct mode does (`<data>/`, by default
+//!   `./launch_data`).
 //!
 //! A restore validates the whole file before it writes anything, refuses
 //! while the circle is served anywhere (naming the owner), never replaces a
@@ -33,13 +36,16 @@ use std::time::Duration;
 use circles_dispatcher::protocol::DEFAULT_MAX_SCRIPT_BYTES;
 use circles_dispatcher::task::now_rfc3339;
 use circles_dispatcher::{CircleOwner, CirclePublicKey, Dispatcher};
+use circles_worker::CircleStore;
 use circles_worker::store::{
     BoundedLines, MAX_RECORD_LINE, RecordCounts, StoreRecord, database_file_name,
 };
-use circles_worker::{CircleStore, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use circles_services::{BackendKind, HostEnv, ServiceScope};
+
+use crate::cli::{CommonArgs, DEFAULT_DATA_DIR};
 use crate::error::LaunchError;
 use crate::settings::{
     StoredKey, is_valid_circle_name, key_file, load_key_file, short_name, write_atomically,
@@ -51,6 +57,28 @@ pub const BACKUP_FORMAT: &str = "circles-backup";
 pub const BACKUP_VERSION: u32 = 1;
 /// Subdirectory of the data directory holding init scripts of restored circles.
 pub const INIT_DIR: &str = "init";
+
+/// Where a circle's database lies in a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbLayout {
+    /// Direct mode: `<data>/circle_db_<pk>.redb`.
+    Direct,
+    /// Service mode: `<data>/db/<pk>/circle_db_<pk>.redb`, the one
+    /// directory the circle's service may write.
+    Service,
+}
+
+impl DbLayout {
+    /// The database file of `key` under `data_dir`.
+    pub fn database(self, data_dir: &Path, key: &CirclePublicKey) -> PathBuf {
+        let dir = match self {
+            Self::Direct => data_dir.to_path_buf(),
+            Self::Service => crate::service_mode::db_dir(data_dir, key),
+        };
+        dir.join(database_file_name(&key.to_hex()))
+    }
+}
 
 /// One line of a backup file.
 #[derive(Serialize, Deserialize)]
@@ -115,8 +143,9 @@ pub struct BackupRequest {
     pub force: bool,
     /// An init script to include (else the one a restore stored, if any).
     pub init_script: Option<PathBuf>,
-    /// The data directory (absolute).
-    pub data_dir: PathBuf,
+    /// Data directories to look for the circle in, in order (absolute; see
+    /// [`backup_data_dirs`]).
+    pub data_dirs: Vec<PathBuf>,
     /// Redis to ask where the circle runs.
     pub redis_url: String,
     /// How long a live worker may take to write its snapshot.
@@ -140,20 +169,22 @@ pub struct BackupReport {
     pub bytes: u64,
 }
 
-/// A circle as found in the data directory.
+/// A circle as found in a data directory.
 struct LocalCircle {
     key: CirclePublicKey,
     name: Option<String>,
     stored_key: Option<StoredKey>,
+    /// The data directory it was found in.
+    data_dir: PathBuf,
 }
 
 /// Writes a backup of one circle; see the module docs.
 pub async fn backup(req: &BackupRequest) -> Result<BackupReport, LaunchError> {
-    let circle = find_circle(&req.data_dir, &req.circle)?;
+    let circle = find_circle(&req.data_dirs, &req.circle)?;
     let init = match &req.init_script {
         Some(path) => Some(read_init_script(path)?),
         None => {
-            let stored = init_script_path(&req.data_dir, &circle);
+            let stored = init_script_path(&circle.data_dir, &circle);
             stored
                 .is_file()
                 .then(|| read_init_script(&stored))
@@ -273,9 +304,22 @@ pub async fn backup(req: &BackupRequest) -> Result<BackupReport, LaunchError> {
                 Ok(counts)
             }
             None => {
-                let db = req
-                    .data_dir
-                    .join(database_file_name(&circle.key.to_hex()));
+                // Service mode's place first: a directory left by direct
+                // mode before services were installed is older.
+                let candidates: Vec<PathBuf> = req
+                    .data_dirs
+                    .iter()
+                    .flat_map(|dir| {
+                        [DbLayout::Service, DbLayout::Direct]
+                            .map(|layout| layout.database(dir, &circle.key))
+                    })
+                    .collect();
+                let Some(db) = candidates.iter().find(|p| p.is_file()).cloned() else {
+                    return Err(LaunchError::NoDatabase {
+                        circle: circle.key.to_hex(),
+                        looked_in: candidates,
+                    });
+                };
                 let mut failed = None;
                 let counts = circles_worker::store::export_file(&db, |record| {
                     write(&mut writer, &record.into()).map_err(|e| {
@@ -287,15 +331,7 @@ pub async fn backup(req: &BackupRequest) -> Result<BackupReport, LaunchError> {
                 if let Some(e) = failed {
                     return Err(e);
                 }
-                counts.map_err(|e| match e {
-                    StoreError::Access { message, .. } if message == "no such database file" => {
-                        LaunchError::NoDatabase {
-                            circle: circle.key.to_hex(),
-                            path: db.clone(),
-                        }
-                    }
-                    e => LaunchError::Store(e),
-                })
+                counts.map_err(LaunchError::Store)
             }
         }
     }
@@ -463,56 +499,82 @@ fn backup_err(path: &Path, message: String) -> LaunchError {
     }
 }
 
-/// Finds a circle by key or name in the data directory: its name and key
-/// file from `keys/`, else its name from `services.json`.
-fn find_circle(data_dir: &Path, given: &str) -> Result<LocalCircle, LaunchError> {
+/// Finds a circle by key or name in the first of `data_dirs` that knows
+/// it: its name and key file from `keys/`, else its name from
+/// `services.json`. A key nobody knows is still a circle (found in the first
+/// directory), to be looked for by its database.
+fn find_circle(data_dirs: &[PathBuf], given: &str) -> Result<LocalCircle, LaunchError> {
+    let first = data_dirs
+        .first()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("."));
     if let Ok(key) = CirclePublicKey::parse(given) {
-        let found =
-            key_files(data_dir).find(|(_, k)| k.public_key.eq_ignore_ascii_case(&key.to_hex()));
-        let record = crate::service_record::ServiceRecord::load(data_dir);
-        let name = found
-            .as_ref()
-            .map(|(_, k)| k.name.clone())
-            .or_else(|| record.circles.get(&key.to_hex()).map(|c| c.name.clone()))
-            .filter(|n| is_valid_circle_name(n));
+        for dir in data_dirs {
+            let found = key_files(dir)
+                .find(|(_, k)| k.public_key.eq_ignore_ascii_case(&key.to_hex()))
+                .map(|(_, k)| k);
+            let recorded = crate::service_record::ServiceRecord::load(dir)
+                .circles
+                .get(&key.to_hex())
+                .map(|c| c.name.clone());
+            let name = found
+                .as_ref()
+                .map(|k| k.name.clone())
+                .or(recorded)
+                .filter(|n| is_valid_circle_name(n));
+            let has_db = [DbLayout::Service, DbLayout::Direct]
+                .iter()
+                .any(|l| l.database(dir, &key).is_file());
+            if name.is_some() || has_db {
+                return Ok(LocalCircle {
+                    key,
+                    name,
+                    stored_key: found,
+                    data_dir: dir.clone(),
+                });
+            }
+        }
         return Ok(LocalCircle {
             key,
-            name,
-            stored_key: found.map(|(_, k)| k),
-        });
-    }
-    if !is_valid_circle_name(given) {
-        return Err(LaunchError::UnknownCircle {
-            given: circles_dispatcher::text::clip(given, 80).into_owned(),
-            data_dir: data_dir.to_path_buf(),
-        });
-    }
-    let path = key_file(data_dir, given);
-    if path.exists() {
-        let (stored, key) = load_key_file(&path)?;
-        return Ok(LocalCircle {
-            key,
-            name: Some(given.to_string()),
-            stored_key: Some(stored),
-        });
-    }
-    let record = crate::service_record::ServiceRecord::load(data_dir);
-    let recorded = record
-        .circles
-        .iter()
-        .find(|(_, c)| c.name == given)
-        .and_then(|(k, _)| k.parse().ok());
-    match recorded {
-        Some(key) => Ok(LocalCircle {
-            key,
-            name: Some(given.to_string()),
+            name: None,
             stored_key: None,
-        }),
-        None => Err(LaunchError::UnknownCircle {
-            given: given.to_string(),
-            data_dir: data_dir.to_path_buf(),
-        }),
+            data_dir: first,
+        });
     }
+    let unknown = || LaunchError::UnknownCircle {
+        given: circles_dispatcher::text::clip(given, 80).into_owned(),
+        data_dirs: data_dirs.to_vec(),
+    };
+    if !is_valid_circle_name(given) {
+        return Err(unknown());
+    }
+    for dir in data_dirs {
+        let path = key_file(dir, given);
+        if path.exists() {
+            let (stored, key) = load_key_file(&path)?;
+            return Ok(LocalCircle {
+                key,
+                name: Some(given.to_string()),
+                stored_key: Some(stored),
+                data_dir: dir.clone(),
+            });
+        }
+        let record = crate::service_record::ServiceRecord::load(dir);
+        if let Some(key) = record
+            .circles
+            .iter()
+            .find(|(_, c)| c.name == given)
+            .and_then(|(k, _)| k.parse().ok())
+        {
+            return Ok(LocalCircle {
+                key,
+                name: Some(given.to_string()),
+                stored_key: None,
+                data_dir: dir.clone(),
+            });
+        }
+    }
+    Err(unknown())
 }
 
 /// Valid key files in `<data>/keys/` (at most a few thousand are looked at).
@@ -563,6 +625,9 @@ pub struct RestoreRequest {
     pub file: PathBuf,
     /// The data directory to restore into (absolute).
     pub data_dir: PathBuf,
+    /// Where in it the database goes: where the mode that will run the
+    /// circle looks for it.
+    pub layout: DbLayout,
     /// Redis, to check that the circle runs nowhere.
     pub redis_url: String,
 }
@@ -572,6 +637,10 @@ pub struct RestoreRequest {
 pub struct RestoreReport {
     /// The backup's header.
     pub header: Header,
+    /// The data directory restored into.
+    pub data_dir: PathBuf,
+    /// Where in it the database went.
+    pub layout: DbLayout,
     /// The database file written.
     pub database: PathBuf,
     /// Records in it.
@@ -600,6 +669,7 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, LaunchError>
         key,
         name: checked.header.name.clone(),
         stored_key: checked.stored_key.clone(),
+        data_dir: req.data_dir.clone(),
     };
 
     // 2. Served anywhere? A restore next to a live owner would fork the
@@ -616,7 +686,7 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, LaunchError>
     }
 
     // 3. Nothing of this host's is replaced.
-    let database = req.data_dir.join(database_file_name(&key.to_hex()));
+    let database = req.layout.database(&req.data_dir, &key);
     if database.exists() {
         return Err(restore_err(
             &req.file,
@@ -702,6 +772,8 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, LaunchError>
     };
     Ok(RestoreReport {
         header: checked.header,
+        data_dir: req.data_dir.clone(),
+        layout: req.layout,
         database,
         records,
         key_file: key_target.map(|(p, _)| p),
@@ -954,8 +1026,59 @@ impl<R: BufRead> BackupLines<R> {
 
 /// The Redis to ask: `--redis-url`/`REDIS_URL`, else the one the services
 /// of `data_dir` were installed with, else the default.
-pub fn redis_url(common: &crate::cli::CommonArgs, data_dir: &Path) -> String {
-    crate::service_record::ServiceRecord::load(data_dir).redis_url(common)
+pub fn redis_url(common: &CommonArgs, data_dir: &Path) -> String {
+    crate::service_record::ServiceRecord::load(data_dir)
+        .redis_url(common)
+        .expose_secret()
+        .to_string()
+}
+
+/// Where `launcher backup` looks for a circle: `--data-dir`, else service
+/// mode's default place for this user (system or user services, as
+/// `--system`/`--user` or being root choose), then direct mode's
+/// `./launch_data`.
+pub fn backup_data_dirs(common: &CommonArgs) -> Result<Vec<PathBuf>, LaunchError> {
+    if let Some(dir) = &common.data_dir {
+        return Ok(vec![absolute(dir)?]);
+    }
+    let mut dirs = vec![service_data_dir(common)?];
+    dirs.push(absolute(Path::new(DEFAULT_DATA_DIR))?);
+    Ok(dirs)
+}
+
+/// Where `launcher restore` writes: `--data-dir`, else service mode's
+/// default place (`service`) or direct mode's `./launch_data`.
+pub fn restore_data_dir(common: &CommonArgs, service: bool) -> Result<PathBuf, LaunchError> {
+    match (&common.data_dir, service) {
+        (Some(dir), _) => absolute(dir),
+        (None, true) => service_data_dir(common),
+        (None, false) => absolute(Path::new(DEFAULT_DATA_DIR)),
+    }
+}
+
+/// Service mode's default data directory for these flags, without asking
+/// the service manager anything.
+fn service_data_dir(common: &CommonArgs) -> Result<PathBuf, LaunchError> {
+    let scope = if common.system {
+        ServiceScope::System
+    } else if common.user || HostEnv::from_process().euid != 0 {
+        ServiceScope::User
+    } else {
+        ServiceScope::System
+    };
+    let kind = if cfg!(target_os = "macos") {
+        BackendKind::Launchd
+    } else {
+        BackendKind::Systemd
+    };
+    crate::service_mode::default_data_dir(kind, scope)
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, LaunchError> {
+    std::path::absolute(dir).map_err(|source| LaunchError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 impl BackupReport {
@@ -990,10 +1113,10 @@ impl BackupReport {
 impl RestoreReport {
     /// What people read after a restore: what was written, and how to start
     /// the circle here.
-    pub fn summary(&self, data_dir: &Path) -> String {
+    pub fn summary(&self) -> String {
         let h = &self.header;
         let key = &h.circle;
-        let dir = data_dir.display();
+        let dir = self.data_dir.display();
         let mut out = format!(
             "restored circle {}{key} (backed up on {} at {})\n  database     {} ({})\n",
             h.name
@@ -1014,8 +1137,15 @@ impl RestoreReport {
                 path.display()
             ));
         }
+        let data = format!("--data-dir {dir} ");
+        let start = match self.layout {
+            DbLayout::Direct => format!("launcher {data}-c {key}"),
+            DbLayout::Service => {
+                format!("launcher --use-service-manager --worker-binary PATH {data}-c {key}")
+            }
+        };
         out.push_str(&format!(
-            "start it on this host (the lease keeps any other worker of it away):\n  launcher --data-dir {dir} -c {key}\n  launcher --data-dir {dir} --use-service-manager --worker-binary PATH -c {key}\n"
+            "start it on this host (the lease keeps any other worker of it away):\n  {start}\n"
         ));
         if let (Some(name), Some(_)) = (&h.name, &self.key_file) {
             out.push_str(&format!(

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS};
 use clap::{Args, Parser, Subcommand};
 
-/// Default data directory: circle databases, generated keys, rendered
-/// service files, logs.
+/// Default data directory of direct mode: circle databases, generated keys,
+/// logs. Service mode defaults to the platform's place instead (see
+/// [`crate::service_mode::default_data_dir`]).
 pub const DEFAULT_DATA_DIR: &str = "launch_data";
 /// Default config file when no circle is given.
 pub const DEFAULT_CONFIG_FILE: &str = "circles.json";
@@ -40,9 +41,11 @@ pub struct CommonArgs {
     /// the one the services were installed with].
     #[arg(long, global = true, env = "REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Data directory (databases, keys, service files, logs).
-    #[arg(long, global = true, default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    /// Data directory (databases, keys, logs) [default: ./launch_data for
+    /// child processes; with services /var/lib/circles (system), the XDG
+    /// data dir (user), ~/Library/Application Support (macOS)].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Debug logging (same as -v).
     #[arg(short, long, global = true)]
     pub debug: bool,
@@ -93,6 +96,23 @@ pub struct LaunchArgs {
     /// Print the service files and actions, change nothing.
     #[arg(long, requires = "use_service_manager")]
     pub dry_run: bool,
+    /// Memory ceiling of each worker service of this run, enforced by the
+    /// kernel (systemd MemoryMax=): 512M, 2G, or `infinity` [default: 1G;
+    /// in service mode, what the circle was installed with].
+    #[arg(long, value_name = "SIZE", value_parser = parse_ceiling_bytes)]
+    pub memory_max: Option<Ceiling>,
+    /// Processes and threads each worker service of this run may have
+    /// (systemd TasksMax=), or `infinity` [default: 64].
+    #[arg(long, value_name = "N", value_parser = parse_ceiling_count)]
+    pub tasks_max: Option<Ceiling>,
+    /// Open files each worker service of this run may have (systemd
+    /// LimitNOFILE=, launchd NumberOfFiles) [default: 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..))]
+    pub limit_nofile: Option<u64>,
+    /// Open files the WebSocket server service may have; every connection
+    /// holds one [default: 65536].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(64..))]
+    pub server_limit_nofile: Option<u64>,
     /// Seconds to wait for each init script's result.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_TIMEOUT_SECS)]
     pub init_timeout: u64,
@@ -132,7 +152,8 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
         /// Init script to include [default: the one a restore stored in
-        /// <data>/init/, if any].
+        /// <data>/init/, if any]. Without --data-dir the circle is looked
+        /// for in service mode's data directory, then ./launch_data.
         #[arg(long, value_name = "FILE")]
         init_script: Option<PathBuf>,
         /// Replace FILE if it exists.
@@ -151,6 +172,11 @@ pub enum Command {
     Restore {
         /// The backup file.
         file: PathBuf,
+        /// For service mode: into its data directory (default the
+        /// platform's place) at `db/<pk>/`, where its services look;
+        /// without it, for direct mode (default ./launch_data).
+        #[arg(long)]
+        service_mode: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -177,13 +203,92 @@ pub enum Command {
     Serve(circles_server::cli::ServerArgs),
 }
 
+/// A resource ceiling: a number, or no ceiling at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Ceiling {
+    /// This many (bytes, tasks).
+    Limit(u64),
+    /// `infinity`: no ceiling.
+    #[serde(with = "infinity")]
+    Infinity,
+}
+
+impl Ceiling {
+    /// The number, `None` for no ceiling.
+    pub fn get(self) -> Option<u64> {
+        match self {
+            Ceiling::Limit(n) => Some(n),
+            Ceiling::Infinity => None,
+        }
+    }
+}
+
+/// `infinity` as the JSON string it is written as.
+mod infinity {
+    pub fn serialize<S: serde::Serializer>(s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("infinity")
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        if text == "infinity" {
+            Ok(())
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "expected a number or \"infinity\", not {text:?}"
+            )))
+        }
+    }
+}
+
+/// `512M`, `2G`, `1048576`, `infinity` (K, M, G, T are powers of 1024, as
+/// systemd reads them). At least 16 MiB: less cannot even start a worker.
+pub fn parse_ceiling_bytes(text: &str) -> Result<Ceiling, String> {
+    if text == "infinity" {
+        return Ok(Ceiling::Infinity);
+    }
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(format!("`{text}` is not a size like 512M, 2G or infinity")),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("`{text}` is not a size like 512M, 2G or infinity"))?;
+    if bytes < 16 << 20 {
+        return Err(format!("`{text}` is below 16M, too little for a worker"));
+    }
+    Ok(Ceiling::Limit(bytes))
+}
+
+/// A count of at least 8, or `infinity`.
+pub fn parse_ceiling_count(text: &str) -> Result<Ceiling, String> {
+    if text == "infinity" {
+        return Ok(Ceiling::Infinity);
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n >= 8 => Ok(Ceiling::Limit(n)),
+        Ok(_) => Err(format!("`{text}` is below 8, too few for a worker")),
+        Err(_) => Err(format!("`{text}` is not a number or infinity")),
+    }
+}
+
 impl Default for CommonArgs {
     /// What the flags default to (for library callers such as
     /// [`crate::cleanup_launcher`]); the Redis URL comes from `REDIS_URL`.
     fn default() -> Self {
         Self {
             redis_url: std::env::var("REDIS_URL").ok(),
-            data_dir: DEFAULT_DATA_DIR.into(),
+            data_dir: None,
             debug: false,
             verbose: 0,
             system: false,
@@ -208,5 +313,39 @@ impl CommonArgs {
             (0, true) | (1, _) => "debug",
             _ => "trace",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceilings_parse_like_systemd_sizes() {
+        assert_eq!(parse_ceiling_bytes("512M"), Ok(Ceiling::Limit(512 << 20)));
+        assert_eq!(parse_ceiling_bytes("2G"), Ok(Ceiling::Limit(2 << 30)));
+        assert_eq!(parse_ceiling_bytes("infinity"), Ok(Ceiling::Infinity));
+        assert_eq!(
+            parse_ceiling_bytes("33554432"),
+            Ok(Ceiling::Limit(32 << 20))
+        );
+        for bad in ["", "1X", "-1G", "1.5G", "1M", "99999999999999999999G", "G"] {
+            assert!(parse_ceiling_bytes(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_ceiling_count("64"), Ok(Ceiling::Limit(64)));
+        assert!(parse_ceiling_count("2").is_err());
+        assert_eq!(
+            serde_json::from_str::<Ceiling>("\"infinity\"").unwrap(),
+            Ceiling::Infinity
+        );
+        assert_eq!(
+            serde_json::from_str::<Ceiling>("1024").unwrap(),
+            Ceiling::Limit(1024)
+        );
+        assert!(serde_json::from_str::<Ceiling>("\"lots\"").is_err());
+        assert_eq!(
+            serde_json::to_string(&Ceiling::Infinity).unwrap(),
+            "\"infinity\""
+        );
     }
 }

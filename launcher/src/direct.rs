@@ -165,6 +165,8 @@ impl DirectLaunch {
                             log_level: settings.log_level.to_string(),
                             init_script: None,
                             extra_env: Default::default(),
+                            // Ceilings are for services; a child runs as is.
+                            limits: Default::default(),
                         },
                         log_dir.join(format!("{}.log", spec.name)),
                         // As before: a worker stopped with the launcher

@@ -111,6 +111,14 @@ pub enum LaunchError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A data directory systemd cannot give to unprivileged services.
+    #[error(
+        "data directory {path}: system services keep their databases in a systemd StateDirectory=, owned by each service's own unprivileged user, which must lie under /var/lib (the default is /var/lib/circles); choose a --data-dir there"
+    )]
+    DataDirNotState {
+        /// The directory given.
+        path: PathBuf,
+    },
     /// A worker never became ready.
     #[error("worker for circle {circle} did not become ready: {reason}")]
     WorkerNotReady {
@@ -154,23 +162,25 @@ pub enum LaunchError {
     },
     /// No database of a circle that no worker serves.
     #[error(
-        "circle {circle} has no database at {path} and no live worker (wrong --data-dir, or backing up on the wrong host?)"
+        "circle {circle} has no live worker and no database in {} (wrong --data-dir, or backing up on the wrong host?)",
+        looked_in.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     NoDatabase {
         /// The circle.
         circle: String,
-        /// Where its database was looked for.
-        path: PathBuf,
+        /// Every place its database was looked for.
+        looked_in: Vec<PathBuf>,
     },
     /// A circle name or key that the data directory does not know.
     #[error(
-        "no circle `{given}` in {data_dir} (neither a key file under keys/ nor a circle in services.json); give its public key"
+        "no circle `{given}` in {} (neither a key file under keys/ nor a circle in services.json); give its public key or --data-dir",
+        data_dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
     )]
     UnknownCircle {
         /// What was given.
         given: String,
-        /// The data directory searched.
-        data_dir: PathBuf,
+        /// The data directories searched.
+        data_dirs: Vec<PathBuf>,
     },
     /// A backup that cannot be written.
     #[error("backup {path}: {message}")]

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod direct;
 mod error;
 pub mod init;
+pub mod migrate;
 pub mod redis_local;
 pub mod service_mode;
 pub mod service_record;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use circles_dispatcher::{CircleKeypair, Dispatcher};
-use circles_launcher::backup::{self, BackupRequest, RestoreRequest};
+use circles_launcher::backup::{self, BackupRequest, DbLayout, RestoreRequest};
 use circles_launcher::cli::{Cli, Command};
 use circles_launcher::direct::DirectLaunch;
 use circles_launcher::settings::{LaunchSettings, resolve_worker_program};
@@ -63,8 +63,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Status { json, fleet: true }) => {
-            let data_dir = std::path::absolute(&common.data_dir)?;
-            let url = backup::redis_url(&common, &data_dir);
+            // The Redis of this host's services, unless told otherwise.
+            let url = backup::redis_url(&common, &backup::restore_data_dir(&common, true)?);
             let dispatcher = Dispatcher::connect(&url, "launcher-status").await?;
             let entries = dispatcher.fleet().await?;
             let mut out = std::io::stdout().lock();
@@ -90,14 +90,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             json,
         }) => {
-            let data_dir = std::path::absolute(&common.data_dir)?;
+            let data_dirs = backup::backup_data_dirs(&common)?;
             let request = BackupRequest {
                 circle,
                 output,
                 force,
                 init_script,
-                redis_url: backup::redis_url(&common, &data_dir),
-                data_dir,
+                redis_url: backup::redis_url(&common, &data_dirs[0]),
+                data_dirs,
                 timeout: Duration::from_secs(timeout.max(1)),
             };
             let report = backup::backup(&request).await?;
@@ -109,19 +109,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Restore { file, json }) => {
-            let data_dir = std::path::absolute(&common.data_dir)?;
+        Some(Command::Restore {
+            file,
+            service_mode,
+            json,
+        }) => {
+            let data_dir = backup::restore_data_dir(&common, service_mode)?;
             let request = RestoreRequest {
                 file,
                 redis_url: backup::redis_url(&common, &data_dir),
                 data_dir,
+                layout: if service_mode {
+                    DbLayout::Service
+                } else {
+                    DbLayout::Direct
+                },
             };
             let report = backup::restore(&request).await?;
             let mut out = std::io::stdout().lock();
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                write!(out, "{}", report.summary(&request.data_dir))?;
+                write!(out, "{}", report.summary())?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -227,7 +227,10 @@ fn a_named_circle_carries_its_key_file_and_init_script() {
     assert!(err.contains("no circle `bob` in"), "{err}");
     let (code, _, err) = launcher(&redis, &b, &["backup", KEY_ONE, "-o", "x.backup"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("has no database at"), "{err}");
+    assert!(
+        err.contains("has no live worker and no database in"),
+        "{err}"
+    );
     assert!(!tmp.path().join("x.backup").exists());
 }
 
@@ -315,4 +318,58 @@ fn damaged_or_foreign_backups_are_refused_before_anything_is_written() {
     // The good one still restores.
     let (code, out, err) = launcher(&redis, &b, &["restore", good.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
+}
+
+/// `restore --service-mode` puts the database where service mode's worker
+/// looks (`<data>/db/<pk>/`), and `backup` finds it there again.
+#[test]
+fn service_mode_layout_round_trip() {
+    let redis = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, s) = (tmp.path().join("a"), tmp.path().join("services"));
+    let worker = WorkerProcess::start(&redis, KEY_ONE, &a, &[], &[]);
+    play(&redis, KEY_ONE, r#"db_insert("n", 1); db_insert("n", 2)"#);
+    stop(worker);
+    let first = tmp.path().join("first.backup");
+    let (code, out, err) = launcher(
+        &redis,
+        &a,
+        &["backup", KEY_ONE, "-o", first.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    let (code, out, err) = launcher(
+        &redis,
+        &s,
+        &["restore", first.to_str().unwrap(), "--service-mode"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let db_dir = s.join("db").join(KEY_ONE);
+    assert_eq!(
+        files(&s),
+        [PathBuf::from(format!(
+            "db/{KEY_ONE}/circle_db_{KEY_ONE}.redb"
+        ))]
+    );
+    assert!(
+        out.contains(&format!(
+            "launcher --use-service-manager --worker-binary PATH --data-dir {} -c {KEY_ONE}",
+            s.display()
+        )),
+        "{out}"
+    );
+
+    // The service's worker (its --db-path is that directory) continues the ids.
+    let worker = WorkerProcess::start(&redis, KEY_ONE, &db_dir, &[], &[]);
+    assert_eq!(play(&redis, KEY_ONE, r#"db_insert("n", 3)"#), "3");
+    stop(worker);
+    let second = tmp.path().join("second.backup");
+    let (code, out, err) = launcher(
+        &redis,
+        &s,
+        &["backup", KEY_ONE, "-o", second.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["records"]["values"], 3);
 }

@@ -331,6 +331,7 @@ impl Supervisor {
             log_level: self.settings.worker_log_level.clone(),
             init_script: config.init_script.clone(),
             extra_env: config.env.clone(),
+            limits: circles_deploy::DEFAULT_WORKER_LIMITS,
         })
     }
 

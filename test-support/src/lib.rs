@@ -62,6 +62,11 @@ impl RedisServer {
         wait_for_port(self.port, Duration::from_secs(10));
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
