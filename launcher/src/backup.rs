@@ -740,6 +740,25 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, LaunchError>
     // 4. Write: the database (built aside, linked into place), then the
     // key file and the init script; undone in reverse if a step fails.
     let mut written: Vec<PathBuf> = Vec::new();
+    // Directories this restore will create, deepest last, to take away
+    // again (when empty) if it fails.
+    let mut created_dirs: Vec<PathBuf> = Vec::new();
+    for target in std::iter::once(&database)
+        .chain(key_target.iter().map(|(p, _)| p))
+        .chain(init_target.iter().map(|(p, _)| p))
+    {
+        for dir in target
+            .ancestors()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            if !dir.exists() && !created_dirs.iter().any(|d| d == dir) {
+                created_dirs.push(dir.to_path_buf());
+            }
+        }
+    }
     let result = (|| {
         let records = read_backup_records(&req.file)?;
         let counts = CircleStore::import(&database, records)?;
@@ -766,6 +785,9 @@ pub async fn restore(req: &RestoreRequest) -> Result<RestoreReport, LaunchError>
         Err(e) => {
             for path in written.iter().rev() {
                 let _ = std::fs::remove_file(path);
+            }
+            for dir in created_dirs.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
             }
             return Err(e);
         }

@@ -193,6 +193,16 @@ fn a_named_circle_carries_its_key_file_and_init_script() {
     let text = std::fs::read_to_string(&backup).unwrap();
     assert!(text.contains(pair["secret_key"].as_str().unwrap()));
 
+    // A step that fails after the database was written undoes it all:
+    // here `keys` is a file, so the key file cannot be written.
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("keys"), "in the way").unwrap();
+    let (code, _, err) = launcher(&redis, &b, &["restore", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("keys/alice.json"), "{err}");
+    assert_eq!(files(&b), [PathBuf::from("keys")], "rolled back");
+    std::fs::remove_file(b.join("keys")).unwrap();
+
     let (code, out, err) = launcher(&redis, &b, &["restore", backup.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(
