@@ -102,7 +102,7 @@ impl DirectLaunch {
             RedisCheck::StartLocal { port, program } => {
                 let redis =
                     LocalRedis::start(&program, port, &settings.data_dir.join("redis")).await?;
-                tracing::info!(port, dir = %redis.dir().display(), "nothing answered at {}; started a private redis-server for this launcher", settings.redis_url);
+                tracing::info!(port, dir = %redis.dir().display(), "nothing answered at {}; started a private redis-server for this launcher", circles_dispatcher::RedisUrl::new(settings.redis_url.as_str()));
                 Some(redis)
             }
         };

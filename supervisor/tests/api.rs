@@ -512,7 +512,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         json!({"name": "idle", "circle_public_key": KEY_TWO}),
     );
     let r = h.call("run_job", json!({"runner": "idle", "script": "1"}));
-    assert_eq!(error_code(&r), -32013, "{r}");
+    assert_eq!(error_code(&r), -32004, "{r}");
     assert!(
         error_message(&r).contains("runner `idle` is stopped: start it first"),
         "{r}"

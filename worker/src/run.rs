@@ -678,7 +678,11 @@ async fn connect(
             Ok(conn) => return Ok(Some(conn)),
             Err(e) => {
                 if !backoff
-                    .wait(&format!("connecting to {url}"), &e, stop)
+                    .wait(
+                        &format!("connecting to {}", circles_dispatcher::RedisUrl::new(url)),
+                        &e,
+                        stop,
+                    )
                     .await
                 {
                     return Ok(None);
