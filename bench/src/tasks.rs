@@ -213,6 +213,9 @@ async fn floor_loop(
                 output: "42".into(),
             },
             Taken::Broken(error) => TaskOutcome::Error { error },
+            Taken::Snapshot(_) => TaskOutcome::Error {
+                error: "the floor loop takes no snapshots".into(),
+            },
         };
         queue.finish(conn, lease, &id, &outcome).await?;
     }

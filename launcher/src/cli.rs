@@ -20,7 +20,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "circles.json";
     name = "launcher",
     version,
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  launcher -c 02abc…:scripts/ourworld.rhai\n  launcher examples/circles.json\n  launcher --use-service-manager --worker-binary target/release/worker -c 02abc…\n  launcher status --json\n  launcher cleanup"
+    after_help = "Examples:\n  launcher -c 02abc…:scripts/ourworld.rhai\n  launcher examples/circles.json\n  launcher --use-service-manager --worker-binary target/release/worker -c 02abc…\n  launcher status --json\n  launcher status --fleet\n  launcher backup 02abc… -o circle.backup\n  launcher restore circle.backup\n  launcher cleanup"
 )]
 pub struct Cli {
     /// What to do; without a subcommand, launch circles.
@@ -132,6 +132,51 @@ pub enum Command {
     },
     /// Show every installed circle service: state, PID, restarts, last exit, queue, heartbeat.
     Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Every circle registered in Redis, on every host (from Redis alone:
+        /// no data directory needed): host, live or offline since when, PID,
+        /// queue, heartbeat age, tasks done, lease.
+        #[arg(long)]
+        fleet: bool,
+    },
+    /// Write a consistent backup of one circle to a file: its database (taken
+    /// from its live worker on this host, or from the file when none runs),
+    /// its generated key and its init script.
+    Backup {
+        /// The circle: public key, or name (circles.json circles).
+        circle: String,
+        /// The backup file (written atomically, mode 0600: it can hold the
+        /// circle's secret key).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Init script to include [default: the one a restore stored in
+        /// <data>/init/, if any]. Without --data-dir the circle is looked
+        /// for in service mode's data directory, then ./launch_data.
+        #[arg(long, value_name = "FILE")]
+        init_script: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for a live worker's snapshot.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a circle from a backup into the data directory, on this host.
+    /// Refused while the circle is served anywhere, or if its database is
+    /// already here; checks the whole file before writing anything.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// For service mode: into its data directory (default the
+        /// platform's place) at `db/<pk>/`, where its services look;
+        /// without it, for direct mode (default ./launch_data).
+        #[arg(long)]
+        service_mode: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

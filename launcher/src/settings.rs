@@ -317,6 +317,16 @@ fn read_script(circle: &str, path: &Path) -> Result<InitScript, LaunchError> {
 /// table cells.
 const MAX_CIRCLE_NAME: usize = 64;
 
+/// Whether `name` can name a circle: 1 to [`MAX_CIRCLE_NAME`] ASCII letters,
+/// digits, `-` or `_` (it becomes a file name, `keys/<name>.json`).
+pub fn is_valid_circle_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CIRCLE_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Reads and validates a circles.json; generates (but does not write) keys
 /// for circles seen for the first time under `data_dir` — or takes them from
 /// `earlier_data_dir`, an earlier install's (see [`crate::migrate`]).
@@ -344,13 +354,7 @@ pub fn load_config(
     let mut circles = Vec::new();
     let mut new_keys = Vec::new();
     for entry in entries {
-        if entry.name.is_empty()
-            || entry.name.len() > MAX_CIRCLE_NAME
-            || !entry
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !is_valid_circle_name(&entry.name) {
             return Err(err(format!(
                 "circle name `{}` must be 1 to {MAX_CIRCLE_NAME} letters, digits, - or _",
                 circles_dispatcher::text::clip(&entry.name, 64)
@@ -441,6 +445,11 @@ pub fn key_file(data_dir: &Path, name: &str) -> PathBuf {
 }
 
 fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
+    load_key_file(path).map(|(_, key)| key)
+}
+
+/// Reads a key file and checks that its keys belong together.
+pub(crate) fn load_key_file(path: &Path) -> Result<(StoredKey, CirclePublicKey), LaunchError> {
     let err = |message: String| LaunchError::KeyFile {
         path: path.to_path_buf(),
         message,
@@ -448,15 +457,22 @@ fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let stored: StoredKey =
         serde_json::from_str(&text).map_err(|e| err(format!("not a key file: {e}")))?;
-    let pair =
-        CircleKeypair::from_secret_hex(&stored.secret_key).map_err(|e| err(e.to_string()))?;
-    if pair.public.to_hex() != stored.public_key.to_lowercase() {
-        return Err(err("its public key does not match its secret key".into()));
-    }
-    Ok(pair.public)
+    let key = stored.check().map_err(err)?;
+    Ok((stored, key))
 }
 
-fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchError> {
+impl StoredKey {
+    /// The circle key, once the secret key is checked to give it.
+    pub fn check(&self) -> Result<CirclePublicKey, String> {
+        let pair = CircleKeypair::from_secret_hex(&self.secret_key).map_err(|e| e.to_string())?;
+        if pair.public.to_hex() != self.public_key.to_lowercase() {
+            return Err("its public key does not match its secret key".into());
+        }
+        Ok(pair.public)
+    }
+}
+
+pub(crate) fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchError> {
     let err = |message: String| LaunchError::KeyFile {
         path: path.to_path_buf(),
         message,

@@ -895,6 +895,14 @@ impl Supervisor {
         }
     }
 
+    /// Every circle registered in the Redis this supervisor uses, on every
+    /// host sharing it — the view of `launcher status --fleet`, read the
+    /// same way ([`circles_dispatcher::fleet`]).
+    pub async fn fleet(&self) -> Result<Vec<circles_dispatcher::FleetEntry>, SupervisorError> {
+        let d = self.dispatcher().await?;
+        d.fleet().await.map_err(SupervisorError::Dispatch)
+    }
+
     async fn ping(&self) -> Result<(), SupervisorError> {
         let d = self.dispatcher().await?;
         let url = d.redis_url().clone();

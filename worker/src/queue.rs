@@ -15,7 +15,7 @@ use circles_dispatcher::protocol::{
     task_queue_key, task_reply_key,
 };
 use circles_dispatcher::task::{field, now_rfc3339};
-use circles_dispatcher::{CirclePublicKey, TaskId, TaskOutcome, TaskRecord, TaskStatus};
+use circles_dispatcher::{CirclePublicKey, TaskId, TaskKind, TaskOutcome, TaskRecord, TaskStatus};
 use redis::aio::ConnectionManager;
 use redis::{Direction, RedisResult};
 
@@ -142,6 +142,9 @@ impl Finished {
 pub enum Taken {
     /// A runnable task.
     Task(TaskRecord),
+    /// A request for a snapshot of the circle's database (see
+    /// [`crate::snapshot`]).
+    Snapshot(TaskRecord),
     /// The id is not a UUID or its hash is missing or has no script; it must
     /// be ended as an error with this message.
     Broken(String),
@@ -211,6 +214,11 @@ impl TaskQueue {
             ));
         }
         let record = TaskRecord::from_fields(id, fields);
+        match record.kind.as_deref().map(str::parse::<TaskKind>) {
+            None | Some(Ok(TaskKind::Script)) => {}
+            Some(Ok(TaskKind::Snapshot)) => return Taken::Snapshot(record),
+            Some(Err(e)) => return Taken::Broken(format!("task {id}: {e}")),
+        }
         match &record.script {
             Some(s) if !s.trim().is_empty() => Taken::Task(record),
             _ => Taken::Broken(format!("task {id} has no script")),

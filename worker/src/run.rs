@@ -144,6 +144,11 @@ pub async fn run(
     // a worker that refuses to start must not leave a database behind.
     let store = Arc::new(CircleStore::open(&config.db_file())?);
     tracing::info!(db = %store.path().display(), circle = %config.circle, "circle database open");
+    let snapshots = Snapshots {
+        store: store.clone(),
+        db_dir: config.db_dir.clone(),
+        host: host_name(),
+    };
     let engine = Arc::new(ScriptEngine::new(store, config.limits.clone()));
     if config.limits.max_memory > 0 {
         // The per-task budget stops scripts between operations; this
@@ -269,7 +274,7 @@ pub async fn run(
                 tracing::info!(task_id = %raw_id, "answering a resubmitted task with the outcome of its earlier run");
                 outcome
             }
-            None => run_task(&queue, &engine, &raw_id, taken),
+            None => run_task(&queue, &engine, &snapshots, &raw_id, taken),
         };
         // Finish, and take the next task in the same round trip unless
         // stopping or holding more already.
@@ -543,10 +548,46 @@ async fn take_one(
     }
 }
 
+/// What a snapshot task needs: the store, where to write, who we are.
+struct Snapshots {
+    store: Arc<CircleStore>,
+    db_dir: PathBuf,
+    host: String,
+}
+
 /// Runs one loaded task, turning every failure into an error outcome.
-fn run_task(queue: &TaskQueue, engine: &ScriptEngine, raw_id: &str, taken: Taken) -> TaskOutcome {
+fn run_task(
+    queue: &TaskQueue,
+    engine: &ScriptEngine,
+    snapshots: &Snapshots,
+    raw_id: &str,
+    taken: Taken,
+) -> TaskOutcome {
     let record = match taken {
         Taken::Task(record) => record,
+        Taken::Snapshot(record) => {
+            if let Some(expired) = expired_before_run(&record) {
+                return TaskOutcome::Error { error: expired };
+            }
+            let started = std::time::Instant::now();
+            return match crate::snapshot::write_snapshot(
+                &snapshots.store,
+                &snapshots.db_dir,
+                raw_id,
+                &snapshots.host,
+            ) {
+                Ok(report) => {
+                    tracing::info!(task_id = %raw_id, file = %report.file, values = report.values, elapsed = ?started.elapsed(), "database snapshot written");
+                    TaskOutcome::Completed {
+                        output: serde_json::to_string(&report).expect("report serialises"),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(task_id = %raw_id, %error, "database snapshot failed");
+                    TaskOutcome::Error { error }
+                }
+            };
+        }
         Taken::Broken(reason) => {
             tracing::warn!(task_id = %raw_id.escape_debug(), %reason, "broken task");
             return TaskOutcome::Error { error: reason };

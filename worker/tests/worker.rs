@@ -495,3 +495,63 @@ async fn a_worker_that_lost_its_circle_gives_its_tasks_back_and_stops() {
         assert_eq!(d.await_result(id, T).await.unwrap(), i.to_string());
     }
 }
+
+/// Issue 9 (backups of live circles): a snapshot task writes the whole
+/// database, read in one transaction, to a private file under the worker's
+/// own `snapshots/` directory and says where; an unknown task kind is
+/// refused without running the task's script.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_tasks_write_the_database_where_the_worker_chooses() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    d.run(
+        &c,
+        r#"db_insert("n", 1); db_insert("n", 2); db_set("k", "v")"#,
+        T,
+    )
+    .await
+    .unwrap();
+
+    let report = d.snapshot(&c, T).await.unwrap();
+    assert_eq!((report.values, report.counters), (3, 1));
+    let file = std::path::PathBuf::from(&report.file);
+    assert_eq!(file.parent().unwrap(), db.path().join("snapshots"));
+    assert_eq!(report.host, circles_worker::lease::host_name());
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(
+        text.contains(r#"{"t":"counter","collection":"n","last_id":2}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""key":"k","json":"\"v\"""#), "{text}");
+
+    // A kind this worker does not know: refused, and the script is not run.
+    let id = uuid_like(9);
+    redis.cli(&[
+        "HSET",
+        &format!("rhai_task_details:{id}"),
+        "kind",
+        "format-disk",
+        "script",
+        r#"db_set("ran", true)"#,
+        "status",
+        "pending",
+    ]);
+    redis.cli(&["LPUSH", &format!("rhai_tasks:{KEY_ONE}"), &id]);
+    let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{id}"), "10"]);
+    assert!(reply.contains("unknown task kind `format-disk`"), "{reply}");
+    assert_eq!(d.run(&c, r#"db_get("ran")"#, T).await.unwrap(), "");
+
+    // Offline circles get no snapshot request queued.
+    let err = d.snapshot(&circle(KEY_TWO), T).await.unwrap_err();
+    assert!(matches!(err, DispatchError::CircleOffline { .. }), "{err}");
+    assert_eq!(redis.cli(&["LLEN", &format!("rhai_tasks:{KEY_TWO}")]), "0");
+}

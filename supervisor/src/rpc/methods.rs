@@ -69,6 +69,7 @@ pub const METHODS: &[MethodSpec] = &[
     m("start_all", Scope::Admin, &[]),
     m("stop_all", Scope::Admin, &[]),
     m("get_all_status", Scope::User, &[]),
+    m("get_fleet", Scope::User, &[]),
     m(SUBSCRIBE_LOGS, Scope::User, NAME),
     m("whoami", Scope::User, &[]),
     m("generate_keypair", Scope::Admin, &[]),

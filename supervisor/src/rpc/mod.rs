@@ -210,6 +210,9 @@ fn module(supervisor: Arc<Supervisor>) -> RpcModule<RpcContext> {
     register(&mut m, "get_all_status", |ctx, NoParams {}| async move {
         Ok(ctx.supervisor.status().await)
     });
+    register(&mut m, "get_fleet", |ctx, NoParams {}| async move {
+        ctx.supervisor.fleet().await
+    });
     register(&mut m, "generate_keypair", |ctx, NoParams {}| async move {
         ctx.supervisor.generate_keypair().await
     });
