@@ -49,9 +49,9 @@ async fn main() -> anyhow::Result<()> {
         init_timeout: 30,
         ..LaunchArgs::default()
     };
-    let common = CommonArgs {
+    let mut common = CommonArgs {
         redis_url: std::env::var("REDIS_URL").ok(),
-        data_dir: repo.join("launch_data/example"),
+        data_dir: Some(repo.join("launch_data/example")),
         debug: false,
         verbose: 0,
         system: false,
@@ -76,15 +76,20 @@ async fn main() -> anyhow::Result<()> {
         );
         // It ends by removing every circle service, so it must not start
         // where somebody else's circles run.
-        let installed = circles_launcher::service_mode::backend(&common)
-            .await?
-            .list_installed()
-            .await?;
+        let backend = circles_launcher::service_mode::backend(&common).await?;
+        let installed = backend.list_installed().await?;
         anyhow::ensure!(
             installed.is_empty(),
             "{} circle service(s) already installed here; this example removes every circle service when it ends, so it only runs where there are none",
             installed.len()
         );
+        // Its data goes beside the platform's place for circles
+        // (/var/lib/circles-example for system services: systemd keeps
+        // service data under /var/lib), never into it.
+        let data =
+            circles_launcher::service_mode::default_data_dir(backend.kind(), backend.scope())?
+                .with_file_name("circles-example");
+        common.data_dir = Some(data.clone());
         let outcome = until_ctrl_c(async {
             circles_launcher::service_mode::launch(&args, &common).await?;
             play_each(&urls).await
@@ -94,7 +99,11 @@ async fn main() -> anyhow::Result<()> {
         let removed = circles_launcher::cleanup_launcher()
             .await
             .context("cleanup")?;
-        let _ = std::fs::remove_dir_all(&common.data_dir);
+        let _ = std::fs::remove_dir_all(&data);
+        // What systemd's DynamicUser= services wrote lives here.
+        if let Ok(rel) = data.strip_prefix("/var/lib") {
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/var/lib/private").join(rel));
+        }
         println!("cleaned up: removed {} service(s)", removed.len());
         return outcome;
     }
@@ -103,7 +112,9 @@ async fn main() -> anyhow::Result<()> {
     let launch = DirectLaunch::start(settings, resolved, resolve_worker_program(None)?).await?;
     let outcome = until_ctrl_c(play_each(&urls)).await;
     launch.shutdown().await;
-    let _ = std::fs::remove_dir_all(&common.data_dir);
+    if let Some(data) = &common.data_dir {
+        let _ = std::fs::remove_dir_all(data);
+    }
     println!("cleaned up: circles stopped");
     outcome
 }

@@ -4,7 +4,11 @@
 #   scripts/test.sh            fmt check, clippy -D warnings, build, all tests
 #
 # It makes sure the real components the tests use are installed (redis-server,
-# plistutil, systemd), installing them with apt-get when missing and root.
+# plistutil, systemd, iproute2, and Chromium with its chromedriver for the web
+# console's browser tests), installing them with apt-get when missing and
+# root. The test with several hosts (launcher/tests/hosts_netns.rs) makes
+# network namespaces with scripts/netns-hosts: it needs root and `ip`, skips
+# loudly without them, and fails instead with CIRCLES_CI=1.
 # Tests that need a booted systemd live in test targets named `systemd_*`; on
 # the host they skip loudly, then this script boots a private systemd
 # (scripts/systemd-sandbox) and runs them inside it for real. With
@@ -19,10 +23,15 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v plistutil >/dev/null || need_pkgs+=(libplist-utils)
 [[ -x /lib/systemd/systemd ]] || need_pkgs+=(systemd)
 command -v dbus-daemon >/dev/null || need_pkgs+=(dbus)
-command -v unshare >/dev/null || need_pkgs+=(util-linux)
+command -v unshare >/dev/null && command -v nsenter >/dev/null || need_pkgs+=(util-linux)
+command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v pgrep >/dev/null || need_pkgs+=(procps)
 # User-scope units are reached over the user's session bus.
 [[ -e /usr/lib/systemd/user/dbus.socket ]] || need_pkgs+=(dbus-user-session)
+# The web console's tests drive a real headless browser (supervisor/tests/console.rs);
+# with CIRCLES_CI=1 they fail rather than skip without it.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
 if ((${#need_pkgs[@]})); then
   if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
     say "installing ${need_pkgs[*]}"

@@ -3,6 +3,7 @@
 //! ratios measured together mean anything). Run it through `scripts/bench.sh`,
 //! which also runs the `systemd` section inside a private systemd.
 
+mod cost;
 mod launcher;
 mod process;
 mod stats;
@@ -31,6 +32,9 @@ struct Cli {
     /// Runs per circle count of the launcher section (the median is shown).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Workers started for the memory figure of the cost section.
+    #[arg(long, default_value_t = 200)]
+    memory_circles: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +43,8 @@ enum Section {
     Tasks,
     /// The worker's hardening caps on vs off.
     Caps,
+    /// Cost per play and per circle: throughput vs the floor, CPU per play per process, Redis commands per task, worker memory.
+    Cost,
     /// Launcher start-up (direct mode) vs bare workers and the old fixed sleeps.
     Launcher,
     /// WebSocket `play` round trip vs the dispatcher round trip.
@@ -50,9 +56,10 @@ enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 6] = [
+    const ALL: [Section; 7] = [
         Section::Tasks,
         Section::Caps,
+        Section::Cost,
         Section::Launcher,
         Section::Websocket,
         Section::Supervisor,
@@ -100,6 +107,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "Same worker binary, same Redis, same run; `off` = memory budget, operations, script/output/log size, value depth and string limits all disabled by flags (the counting allocator cannot be switched off and is in both). Alternating slices, three each.\n"
                 );
                 println!("{}", tasks::run_caps(per_run).await?);
+            }
+            Section::Cost => {
+                println!("\n## Cost per play and per circle\n");
+                println!(
+                    "Real processes: `redis-server`, one `worker` per circle, the `server` binary; an independent WebSocket client (tokio-tungstenite) in the bench process, one connection per circle, one call at a time. CPU per play = utime+stime of each process (`/proc/<pid>/stat`) over the measured plays. Floor = the engine-less worker loop driven by dispatcher clients, same Redis, same run. Commands per task = `INFO commandstats` over {} tasks (calls made inside scripts included). Memory: `RssAnon` (the worker's own memory), PSS (its share of everything it maps), and RSS (which counts the shared binary once per worker).\n",
+                    2000
+                );
+                for table in cost::run(per_run, cli.memory_circles).await? {
+                    println!("{table}\n");
+                }
             }
             Section::Launcher => {
                 println!(

@@ -36,6 +36,11 @@ impl Samples {
         self.sorted[rank.min(self.sorted.len() - 1)]
     }
 
+    /// How many operations were measured.
+    pub fn count(&self) -> usize {
+        self.sorted.len()
+    }
+
     /// Operations per second.
     pub fn throughput(&self) -> f64 {
         self.sorted.len() as f64 / self.elapsed.as_secs_f64()

@@ -37,7 +37,7 @@ use circles_launcher::settings::{CircleSpec, LaunchSettings, Program, short_name
 use circles_services::{
     BackendKind, SERVICE_PREFIX, ServiceBackend, ServiceScope, ServiceSpec, Templates,
 };
-use circles_test_support::{RedisServer, binary, free_port, target_dir};
+use circles_test_support::{RedisServer, binary, free_port};
 use comfy_table::Table;
 use futures_util::FutureExt as _;
 use tokio::process::Command;
@@ -99,12 +99,11 @@ pub async fn run() -> anyhow::Result<Table> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let data_root = target_dir()
-        .parent()
-        .context("target directory")?
-        .join("bench-data")
-        .join("systemd");
-    let _ = std::fs::remove_dir_all(&data_root);
+    // System services keep their data under /var/lib (StateDirectory=,
+    // owned by each service's dynamic user); inside the sandbox that is a
+    // private overlay.
+    let data_root = PathBuf::from(BENCH_DATA_ROOT);
+    remove_data(&data_root);
     std::fs::create_dir_all(&data_root)?;
     let bench = Bench {
         backend,
@@ -297,6 +296,7 @@ impl Bench {
                     key,
                     init_script: None,
                     port: None,
+                    ceilings: Default::default(),
                 })
                 .collect(),
             host: circles_server::DEFAULT_HOST.to_string(),
@@ -307,6 +307,8 @@ impl Bench {
             init_timeout: Duration::from_secs(30),
             redis_autostart: false,
             log_level: "info",
+            worker_ceilings: Default::default(),
+            server_nofile: None,
         };
         let server = Program {
             path: self.bins.server.clone(),
@@ -352,12 +354,20 @@ impl Bench {
                 remove_unit_files().await.context(e)
             }
         };
-        let _ = std::fs::remove_dir_all(&self.data_root);
-        if let Some(parent) = self.data_root.parent() {
-            // Only if nothing else is in target/bench-data.
-            let _ = std::fs::remove_dir(parent);
-        }
+        remove_data(&self.data_root);
         result
+    }
+}
+
+/// Where the bench's services keep their data.
+const BENCH_DATA_ROOT: &str = "/var/lib/circles-bench";
+
+/// Removes a data directory under /var/lib and what the services' dynamic
+/// users wrote for it under /var/lib/private.
+fn remove_data(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    if let Ok(rel) = dir.strip_prefix("/var/lib") {
+        let _ = std::fs::remove_dir_all(Path::new("/var/lib/private").join(rel));
     }
 }
 

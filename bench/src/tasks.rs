@@ -162,7 +162,7 @@ pub async fn drive_with(
 }
 
 /// The floor: a worker loop doing the worker's Redis commands with no engine.
-async fn floor_worker(
+pub(crate) async fn floor_worker(
     url: String,
     circle: CirclePublicKey,
     mut stop: watch::Receiver<bool>,
@@ -187,7 +187,9 @@ async fn floor_worker(
         .await?
         .map_err(|held| anyhow::anyhow!("circle owned by {:?}", held.0))?;
     let result = floor_loop(&queue, &lease.value(), &mut conn, &mut blocking, &mut stop).await;
-    lease.release(&mut conn).await?;
+    lease
+        .release(&mut conn, std::slice::from_ref(&heartbeat))
+        .await?;
     redis::cmd("DEL")
         .arg(&heartbeat)
         .query_async::<()>(&mut conn)
@@ -213,13 +215,16 @@ async fn floor_loop(
                 output: "42".into(),
             },
             Taken::Broken(error) => TaskOutcome::Error { error },
+            Taken::Snapshot(_) => TaskOutcome::Error {
+                error: "the floor loop takes no snapshots".into(),
+            },
         };
         queue.finish(conn, lease, &id, &outcome).await?;
     }
 }
 
 /// Resident set size of a process, in KiB (Linux).
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -27,4 +27,7 @@ pub fn short_name(key: &circles_dispatcher::CirclePublicKey) -> String {
 pub use kinds::{
     ServiceKind, circle_of, server_service_name, supervisor_service_name, worker_service_name,
 };
-pub use worker::{WorkerService, file_sha256, worker_args, worker_child_spec, worker_service_spec};
+pub use worker::{
+    DEFAULT_WORKER_LIMITS, SECRETS_DIR, WorkerService, db_dir, file_sha256, redis_url_env,
+    service_account, task_memory_budget_mb, worker_args, worker_child_spec, worker_service_spec,
+};

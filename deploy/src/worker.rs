@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use circles_dispatcher::CirclePublicKey;
 use circles_dispatcher::protocol::{ENV_REDIS_URL, ENV_RUST_LOG};
-use circles_services::{RestartPolicy, ServiceSpec, ServiceTemplate};
+use circles_dispatcher::{CirclePublicKey, RedisUrl};
+use circles_services::{
+    ResourceLimits, RestartPolicy, SecretEnv, ServiceAccount, ServiceSpec, ServiceTemplate,
+};
 use circles_supervise::ChildSpec;
 use sha2::{Digest, Sha256};
 
@@ -44,12 +46,83 @@ pub struct WorkerService {
     pub init_script: Option<String>,
     /// More environment (from the supervisor's `add_runner`).
     pub extra_env: BTreeMap<String, String>,
+    /// OS-enforced ceilings of its service (not of a supervised child);
+    /// [`DEFAULT_WORKER_LIMITS`] unless chosen.
+    pub limits: ResourceLimits,
+}
+
+/// The ceilings a worker service gets unless chosen: 1 GiB of memory (well
+/// above the worker's own per-task budget, see [`task_memory_budget_mb`]),
+/// 64 tasks (it runs one script at a time on a handful of threads), 1024
+/// open files (a few Redis connections and one database file).
+pub const DEFAULT_WORKER_LIMITS: ResourceLimits = ResourceLimits {
+    memory_max: Some(1 << 30),
+    tasks_max: Some(64),
+    nofile: Some(1024),
+};
+
+/// Where service files keep their secrets under a data directory: the
+/// 0600 environment files (and the launcher's full Redis URL).
+pub const SECRETS_DIR: &str = "secrets";
+
+/// `<data>/db/<pk>`: the directory of a circle's database when its worker is
+/// a service — the one place that service may write (systemd: its
+/// `StateDirectory=`, owned by the service's dynamic user).
+pub fn db_dir(data_dir: &Path, key: &CirclePublicKey) -> PathBuf {
+    data_dir.join("db").join(key.to_hex())
+}
+
+/// The account worker (and server) services run as when they are system
+/// services: systemd gives each a dynamic user of its own, so the names only
+/// matter to launchd daemons (`UserName`/`GroupName`), which run as macOS's
+/// `nobody`. (launchd reached on Linux, by tests, uses Debian's `nogroup`.)
+pub fn service_account() -> ServiceAccount {
+    ServiceAccount::Unprivileged {
+        user: "nobody".into(),
+        group: if cfg!(target_os = "macos") {
+            "nobody"
+        } else {
+            "nogroup"
+        }
+        .into(),
+    }
+}
+
+/// The worker's own per-task memory budget (`--max-memory-mb`) under a
+/// service memory ceiling of `memory_max` bytes: a quarter of it, so a
+/// script that grows step by step is stopped by the worker (which serves
+/// the next task) long before the kernel's ceiling; the ceiling only
+/// catches one operation that leaps past the budget. The default ceiling,
+/// 1 GiB, gives the worker's own default, 256 MiB.
+pub fn task_memory_budget_mb(memory_max: u64) -> u64 {
+    (memory_max / 4 / (1 << 20)).max(1)
+}
+
+/// `REDIS_URL` for a service: in its plain environment, or — when the URL
+/// carries credentials — in the secret environment that only a 0600 file
+/// holds. Never on the command line.
+pub fn redis_url_env(
+    redis_url: &str,
+    env: &mut BTreeMap<String, String>,
+    secret_env: &mut SecretEnv,
+) {
+    let url = RedisUrl::new(redis_url);
+    if url.has_credentials() {
+        secret_env
+            .0
+            .insert(ENV_REDIS_URL.to_string(), url.expose_secret().into());
+    } else {
+        env.insert(ENV_REDIS_URL.to_string(), url.expose_secret().into());
+    }
 }
 
 /// The worker's `ServiceSpec`: `tf.ourworld.circles.circle-worker-<pk>`,
-/// the data directory as working directory and only writable path,
-/// readiness by `READY=1`, the default restart policy, and
-/// `--keep-queued-on-stop` so a restart does not fail queued tasks.
+/// run unprivileged ([`service_account`]) with its database directory
+/// ([`db_dir`]) as working directory and only writable place, the Redis URL
+/// through its environment ([`redis_url_env`]), its ceilings and a per-task
+/// memory budget under them, readiness by `READY=1`, the default restart
+/// policy, and `--keep-queued-on-stop` so a restart does not fail queued
+/// tasks.
 pub fn worker_service_spec(w: &WorkerService) -> ServiceSpec {
     let init_hash = w.init_script.as_ref().map_or_else(
         || "none".to_string(),
@@ -57,21 +130,37 @@ pub fn worker_service_spec(w: &WorkerService) -> ServiceSpec {
     );
     let mut env = w.extra_env.clone();
     env.insert(ENV_RUST_LOG.to_string(), w.log_level.clone());
+    let mut secret_env = SecretEnv::default();
+    redis_url_env(&w.redis_url, &mut env, &mut secret_env);
+    let db = db_dir(&w.data_dir, &w.key);
+    let mut args: Vec<String> = w.leading_args.clone();
+    args.extend([
+        "--circle-public-key".into(),
+        w.key.to_hex(),
+        "--db-path".into(),
+        db.to_string_lossy().into_owned(),
+        "--keep-queued-on-stop".into(),
+    ]);
+    if let Some(memory_max) = w.limits.memory_max {
+        args.extend([
+            "--max-memory-mb".into(),
+            task_memory_budget_mb(memory_max).to_string(),
+        ]);
+    }
     ServiceSpec {
         name: worker_service_name(&w.key),
         template: ServiceTemplate::Worker,
         description: format!("circles worker for {} ({})", w.name, w.key),
         program: w.program.clone(),
-        args: w
-            .leading_args
-            .iter()
-            .cloned()
-            .chain(["--redis-url".into(), w.redis_url.clone()])
-            .chain(worker_args(w, true))
-            .collect(),
+        args,
         env,
-        working_directory: w.data_dir.clone(),
-        read_write_paths: vec![w.data_dir.clone()],
+        secret_env,
+        secrets_dir: w.data_dir.join(SECRETS_DIR),
+        account: service_account(),
+        state_dir: Some(db.clone()),
+        limits: w.limits,
+        working_directory: db,
+        read_write_paths: Vec::new(),
         log_dir: w.log_dir.clone(),
         notify_ready: true,
         restart: RestartPolicy::default(),
@@ -83,6 +172,8 @@ pub fn worker_service_spec(w: &WorkerService) -> ServiceSpec {
 }
 
 /// The worker's own arguments (no secrets: the Redis URL is not among them).
+/// The database lies flat in the data directory here (a child process runs
+/// as the one who started it); a service keeps it in [`db_dir`].
 /// `keep_queued_on_stop`: a stop or restart leaves queued tasks for the next
 /// worker instead of failing them (finished tasks still expire, unlike with
 /// `PRESERVE_TASKS`) — what a supervised worker that comes back wants.

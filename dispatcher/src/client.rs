@@ -25,11 +25,13 @@ use redis::{AsyncConnectionConfig, Client, Pipeline};
 
 use crate::error::DispatchError;
 use crate::protocol::{
-    DEFAULT_MAX_SCRIPT_BYTES, LAST_SEEN_HASH, task_details_key, task_queue_key, task_reply_key,
-    worker_heartbeat_key,
+    DEFAULT_MAX_SCRIPT_BYTES, LAST_SEEN_HASH, SNAPSHOT_DIR, task_details_key, task_queue_key,
+    task_reply_key, worker_heartbeat_key,
 };
-use crate::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus, field, now_rfc3339};
-use crate::{CirclePublicKey, RedisUrl};
+use crate::task::{
+    SnapshotReport, TaskId, TaskKind, TaskOutcome, TaskRecord, TaskStatus, field, now_rfc3339,
+};
+use crate::{CirclePublicKey, FleetEntry, RedisUrl};
 
 /// Idle blocking connections kept for reuse; more are opened on demand.
 const MAX_IDLE_WAITERS: usize = 64;
@@ -394,7 +396,7 @@ impl Dispatcher {
         } else {
             OfflineCheck::Queue
         };
-        let submit_and_wait = || -> Result<Pipeline, DispatchError> {
+        let submit_and_wait = |check| -> Result<Pipeline, DispatchError> {
             let mut pipe =
                 self.submit_pipeline(circle, &task_id, script, timeout, caller_id, check)?;
             pipe.cmd("BLPOP")
@@ -403,13 +405,18 @@ impl Dispatcher {
             Ok(pipe)
         };
         match self
-            .wait_reply(&task_id, Some(circle), timeout, submit_and_wait()?)
+            .wait_reply(&task_id, Some(circle), timeout, submit_and_wait(check)?)
             .await
         {
             // The blocking connection broke (Redis restarted, say). The
             // submission is atomic, so the task hash tells whether it got
-            // through: then only the wait is repeated, else the whole call —
-            // never a task queued twice.
+            // through: then only the wait is repeated. If there is no hash,
+            // either the submission never arrived or a Redis that restarted
+            // empty lost it — possibly after a worker took it. It is sent
+            // again under the same id and without the liveness check (this
+            // call already passed it): a worker that did run it recognises
+            // the id and answers with the outcome it has instead of running
+            // the script twice.
             Err(DispatchError::Redis(e)) if is_transport(&e) => {
                 tracing::debug!(%task_id, error = %e, "blocking connection lost; retrying on a fresh one");
                 self.inner
@@ -423,8 +430,13 @@ impl Dispatcher {
                 if submitted {
                     self.await_result(&task_id, timeout).await
                 } else {
-                    self.wait_reply(&task_id, Some(circle), timeout, submit_and_wait()?)
-                        .await
+                    self.wait_reply(
+                        &task_id,
+                        Some(circle),
+                        timeout,
+                        submit_and_wait(OfflineCheck::Queue)?,
+                    )
+                    .await
                 }
             }
             other => other,
@@ -575,37 +587,117 @@ impl Dispatcher {
                 max: self.policy.max_script_bytes,
             });
         }
-        let now = now_rfc3339();
-        let circle_hex = circle.to_hex();
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(SUBMIT_SCRIPT)
-            .arg(5)
-            .arg(task_details_key(task_id))
-            .arg(task_queue_key(circle))
-            .arg(worker_heartbeat_key(circle))
-            .arg(task_reply_key(task_id))
-            .arg(LAST_SEEN_HASH)
-            .arg(task_id.to_string())
-            .arg(check.as_str())
-            .arg(&circle_hex)
-            .arg(field::SCRIPT)
-            .arg(script)
-            .arg(field::STATUS)
-            .arg(TaskStatus::Pending.as_str())
-            .arg(field::CALLER_ID)
-            .arg(caller_id)
-            .arg(field::CONTEXT_ID)
-            .arg(&circle_hex)
-            .arg(field::CREATED_AT)
-            .arg(&now)
-            .arg(field::UPDATED_AT)
-            .arg(&now)
-            .arg(field::TIMEOUT_SECS)
-            // Rounded up: the worker must not stop a script before its caller gives up.
-            .arg(timeout.as_secs_f64().ceil().max(1.0) as u64);
-        Ok(pipe)
+        Ok(task_pipeline(
+            circle,
+            task_id,
+            &[(field::SCRIPT, script)],
+            timeout,
+            caller_id,
+            check,
+        ))
     }
+
+    /// Asks the circle's live worker for a consistent snapshot of its
+    /// database, written into its database directory on its own host, and
+    /// waits up to `timeout` for the report saying where. Fails with
+    /// [`DispatchError::CircleOffline`] when no worker serves the circle.
+    ///
+    /// A snapshot task carries no script; only trusted Redis clients can
+    /// ask for one (the WebSocket server submits scripts only).
+    pub async fn snapshot(
+        &self,
+        circle: &CirclePublicKey,
+        timeout: Duration,
+    ) -> Result<SnapshotReport, DispatchError> {
+        let task_id = TaskId::new();
+        let mut pipe = task_pipeline(
+            circle,
+            &task_id,
+            &[(field::KIND, TaskKind::Snapshot.as_str())],
+            timeout,
+            &self.inner.caller_id,
+            OfflineCheck::Reply,
+        );
+        pipe.cmd("BLPOP")
+            .arg(task_reply_key(task_id))
+            .arg(blpop_timeout(timeout));
+        let output = self
+            .wait_reply(&task_id, Some(circle), timeout, pipe)
+            .await?;
+        let report: SnapshotReport =
+            serde_json::from_str(&output).map_err(|e| DispatchError::ScriptError {
+                task_id,
+                message: format!(
+                    "the worker answered a snapshot request with something else ({e}): {}",
+                    crate::text::clip(&output, 200)
+                ),
+            })?;
+        // The file is read and then deleted by whoever asked: it must be the
+        // one the protocol names for this task, nothing a forged reply picks.
+        let expected = format!("/{SNAPSHOT_DIR}/{task_id}.jsonl");
+        if !report.file.starts_with('/')
+            || !report.file.ends_with(&expected)
+            || report.file.contains("/../")
+        {
+            return Err(DispatchError::ScriptError {
+                task_id,
+                message: format!(
+                    "the worker's snapshot path {} is not the one this request names (…{expected})",
+                    crate::text::clip(&report.file, 200)
+                ),
+            });
+        }
+        Ok(report)
+    }
+
+    /// Every circle registered in Redis: see [`crate::fleet`].
+    pub async fn fleet(&self) -> Result<Vec<FleetEntry>, DispatchError> {
+        crate::fleet::read_fleet(&mut self.inner.commands.clone()).await
+    }
+}
+
+/// [`SUBMIT_SCRIPT`] for a task made of `fields` plus the ones every task
+/// has (status, caller, circle, times, timeout).
+fn task_pipeline(
+    circle: &CirclePublicKey,
+    task_id: &TaskId,
+    fields: &[(&str, &str)],
+    timeout: Duration,
+    caller_id: &str,
+    check: OfflineCheck,
+) -> Pipeline {
+    let now = now_rfc3339();
+    let circle_hex = circle.to_hex();
+    let mut pipe = redis::pipe();
+    let eval = pipe
+        .cmd("EVAL")
+        .arg(SUBMIT_SCRIPT)
+        .arg(5)
+        .arg(task_details_key(task_id))
+        .arg(task_queue_key(circle))
+        .arg(worker_heartbeat_key(circle))
+        .arg(task_reply_key(task_id))
+        .arg(LAST_SEEN_HASH)
+        .arg(task_id.to_string())
+        .arg(check.as_str())
+        .arg(&circle_hex);
+    for (name, value) in fields {
+        eval.arg(*name).arg(*value);
+    }
+    eval.arg(field::STATUS)
+        .arg(TaskStatus::Pending.as_str())
+        .arg(field::CALLER_ID)
+        .arg(caller_id)
+        .arg(field::CONTEXT_ID)
+        .arg(&circle_hex)
+        .arg(field::CREATED_AT)
+        .arg(&now)
+        .arg(field::UPDATED_AT)
+        .arg(&now)
+        .arg(field::TIMEOUT_SECS)
+        // Rounded up: the worker must not stop a script before its caller gives up.
+        .arg(timeout.as_secs_f64().ceil().max(1.0) as u64);
+    pipe
 }
 
 /// `BLPOP` takes seconds as a float; 0 would mean "forever", which a caller

@@ -4,7 +4,8 @@
 //! This crate owns what those programs must agree on: what a circle key is
 //! ([`CirclePublicKey`]), the Redis key names ([`protocol`]), the task model
 //! ([`TaskStatus`], [`TaskRecord`], [`TaskOutcome`]) and the client that
-//! submits a script to a circle and waits for its result ([`Dispatcher`]).
+//! submits a script to a circle and waits for its result ([`Dispatcher`]),
+//! and the fleet view of every circle in Redis ([`fleet`]).
 //! It knows nothing of Rhai, WebSockets or service managers.
 //!
 //! ```no_run
@@ -21,6 +22,7 @@
 
 mod client;
 mod error;
+pub mod fleet;
 mod keys;
 pub mod protocol;
 mod redis_url;
@@ -29,6 +31,10 @@ pub mod text;
 
 pub use client::Dispatcher;
 pub use error::DispatchError;
+pub use fleet::{CircleState, FleetEntry, read_fleet};
 pub use keys::{CircleKeypair, CirclePublicKey, EXPECTED_KEY_FORM, InvalidKey};
 pub use redis_url::{RedisUrl, redact as redact_redis_url};
-pub use task::{CircleOwner, TaskId, TaskOutcome, TaskRecord, TaskStatus, WorkerHeartbeat};
+pub use task::{
+    CircleOwner, SnapshotReport, TaskId, TaskKind, TaskOutcome, TaskRecord, TaskStatus,
+    WorkerHeartbeat,
+};

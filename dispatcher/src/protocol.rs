@@ -36,6 +36,14 @@ pub const LAST_SEEN_HASH: &str = "rhai_last_seen";
 /// paths for these circles, so circles added later need no server restart.
 pub const CIRCLES_SET: &str = "rhai_circles";
 
+/// Subdirectory of a worker's database directory where it writes the
+/// snapshots that [`crate::TaskKind::Snapshot`] tasks ask for (mode 0600,
+/// named `<task id>.jsonl`). The one who asked reads and deletes it; the
+/// worker deletes any left there longer than [`SNAPSHOT_KEEP_SECS`].
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// How long a snapshot file nobody collected is kept.
+pub const SNAPSHOT_KEEP_SECS: u64 = 600;
+
 /// Environment variable: when set (to anything but `0`/`false`/empty),
 /// finished tasks never expire and a stopping worker leaves queued tasks queued.
 pub const ENV_PRESERVE_TASKS: &str = "PRESERVE_TASKS";

@@ -91,23 +91,30 @@ pub fn redact(url: &str) -> String {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
     };
-    // The authority ends at the first '/', '?' or '#'; user info is what
-    // comes before its last '@'.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
+    // Everything before the last '@' is user info, even when the password
+    // itself holds '/', '?' or '#' (unencoded, as generated passwords often
+    // do). A '@' further on (in a query) only makes us hide more.
+    let (authority, tail) = match rest.rfind('@') {
         Some(at) => {
-            let userinfo = &authority[..at];
-            let host = &authority[at + 1..];
-            match userinfo.split_once(':') {
+            let userinfo = &rest[..at];
+            let after = &rest[at + 1..];
+            let host_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            let (host, tail) = after.split_at(host_end);
+            let shown = match userinfo.split_once(':') {
                 // `redis://:password@host` and `redis://user:password@host`
-                Some((user, _password)) => format!("{user}:{REDACTED}@{host}"),
+                Some((user, _password)) if !user.contains(['/', '?', '#']) => {
+                    format!("{user}:{REDACTED}@{host}")
+                }
                 // `redis://password@host`: a lone word is taken as the
                 // password by Redis clients that accept it.
-                None => format!("{REDACTED}@{host}"),
-            }
+                _ => format!("{REDACTED}@{host}"),
+            };
+            (shown, tail)
         }
-        None => authority.to_string(),
+        None => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            (rest[..end].to_string(), &rest[end..])
+        }
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -162,6 +169,10 @@ mod tests {
                 "unix:///r.sock?PASSWORD=***#f",
             ),
             ("not a url :s3cret@x", "not a url :***@x"),
+            // Passwords with '/', '?' or '#' in them, unencoded.
+            ("redis://:Zm9v/s3cret@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://u:a?s3cret#x@h/1", "redis://u:***@h/1"),
+            ("redis://u:s3cret@@h", "redis://u:***@h"),
         ] {
             let u = RedisUrl::new(url);
             assert_eq!(u.to_string(), shown, "{url}");

@@ -113,6 +113,66 @@ pub mod field {
     pub const UPDATED_AT: &str = "updated_at";
     /// Seconds the caller is prepared to wait; also the script's wall-time cap.
     pub const TIMEOUT_SECS: &str = "timeout_secs";
+    /// What the task is, when it is not a script: a [`super::TaskKind`]
+    /// string. Absent on script tasks. Only trusted Redis clients write it
+    /// (the dispatcher's [`crate::Dispatcher::snapshot`]); the WebSocket
+    /// server submits scripts only, so no `play` can ask for anything else.
+    pub const KIND: &str = "kind";
+}
+
+/// What a task asks the worker to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Run the task's `script` (the only kind clients of the WebSocket
+    /// server can submit; the `kind` field is absent).
+    Script,
+    /// Write a consistent snapshot of the circle's database into
+    /// `<db_dir>/snapshots/` on the worker's host and answer a
+    /// [`SnapshotReport`] (for `launcher backup` while the worker runs).
+    Snapshot,
+}
+
+impl TaskKind {
+    /// The string stored in the `kind` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Script => "script",
+            Self::Snapshot => "snapshot",
+        }
+    }
+}
+
+impl FromStr for TaskKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "script" => Self::Script,
+            "snapshot" => Self::Snapshot,
+            other => {
+                return Err(format!(
+                    "unknown task kind `{}`",
+                    crate::text::clip(other, 40)
+                ));
+            }
+        })
+    }
+}
+
+/// The output of a [`TaskKind::Snapshot`] task: where the worker wrote the
+/// snapshot, on its own host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    /// Absolute path of the snapshot file on `host`.
+    pub file: String,
+    /// The host the worker runs on.
+    pub host: String,
+    /// Values in the snapshot.
+    pub values: u64,
+    /// Auto-increment counters in the snapshot.
+    pub counters: u64,
+    /// Size of the file in bytes.
+    pub bytes: u64,
 }
 
 /// The current time as stored in `created_at`/`updated_at`.
@@ -144,6 +204,9 @@ pub struct TaskRecord {
     pub updated_at: Option<String>,
     /// How long its caller waits.
     pub timeout_secs: Option<u64>,
+    /// The `kind` field as written (absent on script tasks); see
+    /// [`TaskKind`].
+    pub kind: Option<String>,
 }
 
 impl TaskRecord {
@@ -166,6 +229,7 @@ impl TaskRecord {
             created_at: text(field::CREATED_AT),
             updated_at: text(field::UPDATED_AT),
             timeout_secs: text(field::TIMEOUT_SECS).and_then(|s| s.trim().parse().ok()),
+            kind: text(field::KIND),
         }
     }
 }

@@ -348,7 +348,7 @@ mod config {
         let path = dir.path().join("circles.json");
         std::fs::write(&path, &text).expect("write config");
         let data = dir.path().join("data");
-        let result = circles_launcher::settings::load_config(&path, &data);
+        let result = circles_launcher::settings::load_config(&path, &data, None);
         // Validation writes nothing, whatever the input.
         ensure(!data.exists(), || {
             "validation created the data directory".into()
@@ -385,7 +385,8 @@ mod render {
     use super::*;
     use circles_services::systemd::render::render_unit;
     use circles_services::{
-        RestartPolicy, ServiceName, ServiceScope, ServiceSpec, ServiceTemplate, Templates,
+        ResourceLimits, RestartPolicy, SecretEnv, ServiceAccount, ServiceName, ServiceScope,
+        ServiceSpec, ServiceTemplate, Templates,
     };
 
     fn path() -> impl Strategy<Value = PathBuf> {
@@ -404,9 +405,10 @@ mod render {
             prop::collection::vec(nasty_text(10), 0..5),
             prop::collection::btree_map("[A-Z_][A-Z0-9_]{0,6}", nasty_text(10), 0..3),
             path(),
+            nasty_text(12),
         )
-            .prop_map(
-                |(worker, description, program, args, env, data)| ServiceSpec {
+            .prop_map(|(worker, description, program, args, env, data, secret)| {
+                ServiceSpec {
                     name: ServiceName::new("tf.ourworld.circles.fuzz").expect("valid name"),
                     template: if worker {
                         ServiceTemplate::Worker
@@ -417,14 +419,32 @@ mod render {
                     program,
                     args,
                     env,
+                    // Env keys are at most 7 characters: never REDIS_URL.
+                    secret_env: SecretEnv(BTreeMap::from([("REDIS_URL".to_string(), secret)])),
+                    secrets_dir: data.join("secrets"),
+                    // Workers as the launcher installs them: a dynamic user
+                    // with the (fuzzed) database directory under /var/lib.
+                    account: if worker {
+                        ServiceAccount::Unprivileged {
+                            user: "nobody".into(),
+                            group: "nogroup".into(),
+                        }
+                    } else {
+                        ServiceAccount::Manager
+                    },
+                    state_dir: worker.then(|| {
+                        PathBuf::from("/var/lib/circles/db")
+                            .join(data.strip_prefix("/").unwrap_or(&data))
+                    }),
+                    limits: ResourceLimits::default(),
                     working_directory: data.clone(),
                     read_write_paths: vec![data.clone()],
                     log_dir: data.join("logs"),
                     notify_ready: true,
                     restart: RestartPolicy::default(),
                     fingerprint: BTreeMap::from([("k".to_string(), "v".to_string())]),
-                },
-            )
+                }
+            })
     }
 
     pub(super) fn check(spec: ServiceSpec) -> Result<(), TestCaseError> {
@@ -432,7 +452,9 @@ mod render {
         if let Ok(unit) = render_unit(&spec, ServiceScope::System, &templates) {
             check_unit(&spec, &unit)?;
         }
-        if let Ok(xml) = circles_services::launchd::render::render_plist(&spec, &templates) {
+        if let Ok(xml) =
+            circles_services::launchd::render::render_plist(&spec, ServiceScope::System, &templates)
+        {
             let value = plist::Value::from_reader_xml(xml.as_bytes())
                 .map_err(|e| TestCaseError::fail(format!("plist does not parse: {e}\n{xml}")))?;
             let dict = value.as_dictionary().expect("a dict");
@@ -482,11 +504,52 @@ mod render {
                 format!("Environment {k}={:?} != {v:?}", env.get(k))
             })?;
         }
+        // The secret is only named (EnvironmentFile=), never written into
+        // the unit; its file reads back to the value.
+        ensure(
+            unit.lines()
+                .filter(|l| l.starts_with("EnvironmentFile="))
+                .count()
+                == 1
+                && !unit.contains("REDIS_URL"),
+            || format!("the secret is not kept apart:\n{unit}"),
+        )?;
+        let file = circles_services::systemd::render::render_secret_env(spec);
+        let value = file
+            .lines()
+            .find_map(|l| l.strip_prefix("REDIS_URL="))
+            .and_then(unquote_env_value);
+        ensure(value.as_ref() == spec.secret_env.0.get("REDIS_URL"), || {
+            format!("secret file reads back as {value:?}:\n{file}")
+        })?;
         // Nothing a value holds may start a section of its own.
         let sections: Vec<&str> = unit.lines().filter(|l| l.starts_with('[')).collect();
         ensure(sections == ["[Unit]", "[Service]", "[Install]"], || {
             format!("sections {sections:?}")
         })
+    }
+
+    /// A double-quoted value of an environment file as systemd reads it
+    /// (`EnvironmentFile=`): a backslash before `"`, `\\`, `` ` `` or `$`
+    /// stands for that character, any other backslash for itself.
+    fn unquote_env_value(text: &str) -> Option<String> {
+        let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    e @ ('"' | '\\' | '`' | '$') => out.push(e),
+                    other => {
+                        out.push('\\');
+                        out.push(other);
+                    }
+                },
+                '"' => return None,
+                c => out.push(c),
+            }
+        }
+        Some(out)
     }
 
     /// Splits a line of double-quoted words as systemd reads them

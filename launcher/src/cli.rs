@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use circles_dispatcher::protocol::{DEFAULT_REDIS_URL, DEFAULT_TASK_TIMEOUT_SECS};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-/// Default data directory: circle databases, generated keys, rendered
-/// service files, logs.
+/// Default data directory of direct mode: circle databases, generated keys,
+/// logs. Service mode defaults to the platform's place instead (see
+/// [`crate::service_mode::default_data_dir`]).
 pub const DEFAULT_DATA_DIR: &str = "launch_data";
 /// Default config file when no circle is given.
 pub const DEFAULT_CONFIG_FILE: &str = "circles.json";
@@ -53,6 +54,11 @@ Examples:
   launcher logs ourworld -f      # a circle by name, key or key prefix
   launcher cleanup               # remove every circle service
 
+  # Every circle in the shared Redis, on every host; backups:
+  launcher status --fleet
+  launcher backup ourworld -o ourworld.backup
+  launcher restore ourworld.backup
+
 Exit status: 0 when every circle is up (or the subcommand succeeded), 1 when
 a circle could not be served or an init script failed (the reasons are
 printed), 2 for a command-line mistake.";
@@ -84,9 +90,12 @@ impl Cli {
     /// subcommand's own.
     pub fn common(&self) -> CommonArgs {
         match &self.command {
-            Some(Command::Cleanup { common, .. } | Command::Status { common, .. }) => {
-                common.common()
-            }
+            Some(
+                Command::Cleanup { common, .. }
+                | Command::Status { common, .. }
+                | Command::Backup { common, .. }
+                | Command::Restore { common, .. },
+            ) => common.common(),
             Some(Command::Logs(logs)) => logs.common(),
             Some(Command::Keygen { .. } | Command::RunWorker(_) | Command::Serve(_)) | None => {
                 self.common.clone()
@@ -136,16 +145,19 @@ fn check_not_a_mistyped_subcommand(word: &std::path::Path) -> Result<(), clap::E
     Err(err)
 }
 
-/// Options shared by launching, `status` and `cleanup`.
+/// Options of the launch (subcommands take their own: [`InstalledArgs`],
+/// [`LogsArgs`]).
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Redis URL [default: redis://127.0.0.1:6379; in service mode, the one
     /// the services were installed with].
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
-    /// Data directory (databases, keys, service files, logs).
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    /// Data directory (databases, keys, logs) [default: ./launch_data for
+    /// child processes; with services /var/lib/circles (system), the XDG
+    /// data dir (user), ~/Library/Application Support (macOS)].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Debug logging (same as -v).
     #[arg(short, long)]
     pub debug: bool,
@@ -196,6 +208,23 @@ pub struct LaunchArgs {
     /// Print the service files and actions, change nothing.
     #[arg(long, requires = "use_service_manager")]
     pub dry_run: bool,
+    /// Memory ceiling of each worker service of this run, enforced by the
+    /// kernel (systemd MemoryMax=): 512M, 2G, or `infinity` [default: 1G;
+    /// in service mode, what the circle was installed with].
+    #[arg(long, value_name = "SIZE", value_parser = parse_ceiling_bytes)]
+    pub memory_max: Option<Ceiling>,
+    /// Processes and threads each worker service of this run may have
+    /// (systemd TasksMax=), or `infinity` [default: 64].
+    #[arg(long, value_name = "N", value_parser = parse_ceiling_count)]
+    pub tasks_max: Option<Ceiling>,
+    /// Open files each worker service of this run may have (systemd
+    /// LimitNOFILE=, launchd NumberOfFiles) [default: 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..))]
+    pub limit_nofile: Option<u64>,
+    /// Open files the WebSocket server service may have; every connection
+    /// holds one [default: 65536].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(64..))]
+    pub server_limit_nofile: Option<u64>,
     /// Seconds to wait for each init script's result.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_TIMEOUT_SECS)]
     pub init_timeout: u64,
@@ -220,9 +249,66 @@ pub enum Command {
     /// Show every installed circle service: state, PID, restarts, last exit,
     /// queue, heartbeat, init outcome, and why whatever is not running is not.
     #[command(
-        after_help = "Examples:\n  launcher status\n  launcher status --json | jq '.[] | select(.state != \"running\")'\n\nStates: starting, running, backoff (restarting after an exit), stopping, stopped,\nexited, failed (gave up restarting), offline (running, but no live heartbeat in\nRedis: frozen or cut off), unknown."
+        after_help = "Examples:\n  launcher status\n  launcher status --json | jq '.[] | select(.state != \"running\")'\n  launcher status --fleet\n\nStates: starting, running, backoff (restarting after an exit), stopping, stopped,\nexited, failed (gave up restarting), offline (running, but no live heartbeat in\nRedis: frozen or cut off), unknown."
     )]
     Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Where and how.
+        #[command(flatten)]
+        common: InstalledArgs,
+        /// Every circle registered in Redis, on every host (from Redis alone:
+        /// no data directory needed): host, live or offline since when, PID,
+        /// queue, heartbeat age, tasks done, lease.
+        #[arg(long)]
+        fleet: bool,
+    },
+    /// Write a consistent backup of one circle to a file: its database (taken
+    /// from its live worker on this host, or from the file when none runs),
+    /// its generated key and its init script.
+    #[command(
+        after_help = "Examples:\n  launcher backup ourworld -o ourworld.backup\n  launcher backup 02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5 -o c.backup --json"
+    )]
+    Backup {
+        /// The circle: public key, or name (circles.json circles).
+        circle: String,
+        /// The backup file (written atomically, mode 0600: it can hold the
+        /// circle's secret key).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Init script to include [default: the one a restore stored in
+        /// <data>/init/, if any]. Without --data-dir the circle is looked
+        /// for in service mode's data directory, then ./launch_data.
+        #[arg(long, value_name = "FILE")]
+        init_script: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for a live worker's snapshot.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Where and how.
+        #[command(flatten)]
+        common: InstalledArgs,
+    },
+    /// Restore a circle from a backup into the data directory, on this host.
+    /// Refused while the circle is served anywhere, or if its database is
+    /// already here; checks the whole file before writing anything.
+    #[command(
+        after_help = "Examples:\n  launcher restore ourworld.backup                  # for direct mode (./launch_data)\n  launcher restore ourworld.backup --service-mode   # where services look"
+    )]
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// For service mode: into its data directory (default the
+        /// platform's place) at `db/<pk>/`, where its services look;
+        /// without it, for direct mode (default ./launch_data).
+        #[arg(long)]
+        service_mode: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -251,17 +337,20 @@ pub enum Command {
     Serve(circles_server::cli::ServerArgs),
 }
 
-/// What `status` and `cleanup` need: the installed services' scope, their
-/// data directory and Redis (no templates: nothing is rendered).
+/// What `status`, `cleanup`, `backup` and `restore` take: the installed
+/// services' scope, their data directory and Redis (no templates: nothing
+/// is rendered).
 #[derive(Args, Debug, Clone)]
 pub struct InstalledArgs {
     /// Redis URL [default: the one the services were installed with, else
     /// redis://127.0.0.1:6379].
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
-    /// Data directory the services were installed from.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    /// Data directory [default: service mode's (/var/lib/circles for system
+    /// services, the XDG data dir for user services, ~/Library/Application
+    /// Support on macOS); backup also looks in ./launch_data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// System services (default when root).
     #[arg(long, conflicts_with = "user")]
     pub system: bool,
@@ -300,9 +389,10 @@ pub struct LogsArgs {
     /// Keep following.
     #[arg(short, long)]
     pub follow: bool,
-    /// Data directory (names of circles, direct-mode log files).
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    /// Data directory of a direct run's log files and circle names
+    /// [default: ./launch_data, and service mode's for installed circles].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// System services (default when root).
     #[arg(long, conflicts_with = "user")]
     pub system: bool,
@@ -336,13 +426,92 @@ impl LogsArgs {
     }
 }
 
+/// A resource ceiling: a number, or no ceiling at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Ceiling {
+    /// This many (bytes, tasks).
+    Limit(u64),
+    /// `infinity`: no ceiling.
+    #[serde(with = "infinity")]
+    Infinity,
+}
+
+impl Ceiling {
+    /// The number, `None` for no ceiling.
+    pub fn get(self) -> Option<u64> {
+        match self {
+            Ceiling::Limit(n) => Some(n),
+            Ceiling::Infinity => None,
+        }
+    }
+}
+
+/// `infinity` as the JSON string it is written as.
+mod infinity {
+    pub fn serialize<S: serde::Serializer>(s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("infinity")
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        if text == "infinity" {
+            Ok(())
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "expected a number or \"infinity\", not {text:?}"
+            )))
+        }
+    }
+}
+
+/// `512M`, `2G`, `1048576`, `infinity` (K, M, G, T are powers of 1024, as
+/// systemd reads them). At least 16 MiB: less cannot even start a worker.
+pub fn parse_ceiling_bytes(text: &str) -> Result<Ceiling, String> {
+    if text == "infinity" {
+        return Ok(Ceiling::Infinity);
+    }
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(format!("`{text}` is not a size like 512M, 2G or infinity")),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("`{text}` is not a size like 512M, 2G or infinity"))?;
+    if bytes < 16 << 20 {
+        return Err(format!("`{text}` is below 16M, too little for a worker"));
+    }
+    Ok(Ceiling::Limit(bytes))
+}
+
+/// A count of at least 8, or `infinity`.
+pub fn parse_ceiling_count(text: &str) -> Result<Ceiling, String> {
+    if text == "infinity" {
+        return Ok(Ceiling::Infinity);
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n >= 8 => Ok(Ceiling::Limit(n)),
+        Ok(_) => Err(format!("`{text}` is below 8, too few for a worker")),
+        Err(_) => Err(format!("`{text}` is not a number or infinity")),
+    }
+}
+
 impl Default for CommonArgs {
     /// What the flags default to (for library callers such as
     /// [`crate::cleanup_launcher`]); the Redis URL comes from `REDIS_URL`.
     fn default() -> Self {
         Self {
             redis_url: std::env::var("REDIS_URL").ok(),
-            data_dir: DEFAULT_DATA_DIR.into(),
+            data_dir: None,
             debug: false,
             verbose: 0,
             system: false,
@@ -413,5 +582,34 @@ mod tests {
                 Some(std::path::Path::new(word))
             );
         }
+    }
+
+    #[test]
+    fn ceilings_parse_like_systemd_sizes() {
+        assert_eq!(parse_ceiling_bytes("512M"), Ok(Ceiling::Limit(512 << 20)));
+        assert_eq!(parse_ceiling_bytes("2G"), Ok(Ceiling::Limit(2 << 30)));
+        assert_eq!(parse_ceiling_bytes("infinity"), Ok(Ceiling::Infinity));
+        assert_eq!(
+            parse_ceiling_bytes("33554432"),
+            Ok(Ceiling::Limit(32 << 20))
+        );
+        for bad in ["", "1X", "-1G", "1.5G", "1M", "99999999999999999999G", "G"] {
+            assert!(parse_ceiling_bytes(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_ceiling_count("64"), Ok(Ceiling::Limit(64)));
+        assert!(parse_ceiling_count("2").is_err());
+        assert_eq!(
+            serde_json::from_str::<Ceiling>("\"infinity\"").unwrap(),
+            Ceiling::Infinity
+        );
+        assert_eq!(
+            serde_json::from_str::<Ceiling>("1024").unwrap(),
+            Ceiling::Limit(1024)
+        );
+        assert!(serde_json::from_str::<Ceiling>("\"lots\"").is_err());
+        assert_eq!(
+            serde_json::to_string(&Ceiling::Infinity).unwrap(),
+            "\"infinity\""
+        );
     }
 }

@@ -140,7 +140,7 @@ impl DirectLaunch {
             RedisCheck::StartLocal { port, program } => {
                 let redis =
                     LocalRedis::start(&program, port, &settings.data_dir.join("redis")).await?;
-                tracing::info!(port, dir = %redis.dir().display(), "nothing answered at {}; started a private redis-server for this launcher", settings.redis_url);
+                tracing::info!(port, dir = %redis.dir().display(), "nothing answered at {}; started a private redis-server for this launcher", circles_dispatcher::RedisUrl::new(settings.redis_url.as_str()));
                 Some(redis)
             }
         };
@@ -204,6 +204,8 @@ impl DirectLaunch {
                             log_level: settings.log_level.to_string(),
                             init_script: None,
                             extra_env: Default::default(),
+                            // Ceilings are for services; a child runs as is.
+                            limits: Default::default(),
                         },
                         log_dir.join(format!("{}.log", spec.name)),
                         // As before: a worker stopped with the launcher

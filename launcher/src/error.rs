@@ -84,7 +84,7 @@ pub enum LaunchError {
     },
     /// This run names another Redis than the installed services use.
     #[error(
-        "the installed circle services use Redis at {installed}, not {given}: pass --redis-url {installed}, or `launcher cleanup` first to move them"
+        "the installed circle services use Redis at {installed}, not {given}: pass the --redis-url (or REDIS_URL) they were installed with, or leave it out to use it, or `launcher cleanup` first to move them"
     )]
     RedisMismatch {
         /// The URL given now (shown redacted).
@@ -120,6 +120,14 @@ pub enum LaunchError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// A data directory systemd cannot give to unprivileged services.
+    #[error(
+        "data directory {path}: system services keep their databases in a systemd StateDirectory=, owned by each service's own unprivileged user, which must lie under /var/lib (the default is /var/lib/circles); choose a --data-dir there"
+    )]
+    DataDirNotState {
+        /// The directory given.
+        path: PathBuf,
     },
     /// A worker never became ready.
     #[error("worker for circle {circle} did not become ready: {reason}")]
@@ -167,6 +175,68 @@ pub enum LaunchError {
     /// A dispatcher error outside a task outcome.
     #[error(transparent)]
     Dispatch(#[from] circles_dispatcher::DispatchError),
+    /// A worker serves the circle (on this host or another), so it cannot
+    /// be backed up from here or restored.
+    #[error("circle {circle} is served by pid {pid} on host {host}: {hint}")]
+    CircleServed {
+        /// The circle.
+        circle: String,
+        /// The owner's host name.
+        host: String,
+        /// The owner's process id (on that host).
+        pid: u32,
+        /// What to do instead.
+        hint: String,
+    },
+    /// A live worker could not give a snapshot of its database.
+    #[error("could not take a snapshot of circle {circle}'s database: {reason}")]
+    Snapshot {
+        /// The circle.
+        circle: String,
+        /// Why.
+        reason: String,
+    },
+    /// No database of a circle that no worker serves.
+    #[error(
+        "circle {circle} has no live worker and no database in {} (wrong --data-dir, or backing up on the wrong host?)",
+        looked_in.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoDatabase {
+        /// The circle.
+        circle: String,
+        /// Every place its database was looked for.
+        looked_in: Vec<PathBuf>,
+    },
+    /// A circle name or key that the data directory does not know.
+    #[error(
+        "no circle `{given}` in {} (neither a key file under keys/ nor a circle in services.json); give its public key or --data-dir",
+        data_dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
+    )]
+    UnknownCircle {
+        /// What was given.
+        given: String,
+        /// The data directories searched.
+        data_dirs: Vec<PathBuf>,
+    },
+    /// A backup that cannot be written.
+    #[error("backup {path}: {message}")]
+    Backup {
+        /// The backup file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A backup that cannot be restored; nothing was written.
+    #[error("cannot restore {path}: {message}")]
+    Restore {
+        /// The backup file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The circle database failed.
+    #[error(transparent)]
+    Store(#[from] circles_worker::StoreError),
     /// A Redis command failed.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),

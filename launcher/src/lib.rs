@@ -11,12 +11,16 @@
 //!
 //! Either way, input is validated first ([`settings`]), each circle's init
 //! script is sent through the dispatcher once its worker is ready, and a
-//! status table ([`status`]) shows the result.
+//! status table ([`status`]) shows the result; `launcher status --fleet`
+//! shows every circle registered in Redis, on any host ([`status`]), and
+//! [`backup`] moves a circle between hosts.
 
+pub mod backup;
 pub mod cli;
 pub mod direct;
 mod error;
 pub mod init;
+pub mod migrate;
 pub mod progress;
 pub mod redis_local;
 pub mod service_mode;

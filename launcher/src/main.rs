@@ -3,8 +3,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use circles_dispatcher::CircleKeypair;
+use std::time::Duration;
+
+use circles_dispatcher::{CircleKeypair, Dispatcher};
 use circles_launcher::LaunchError;
+use circles_launcher::backup::{self, BackupRequest, DbLayout, RestoreRequest};
 use circles_launcher::cli::{Cli, Command, CommonArgs};
 use circles_launcher::direct::{DirectLaunch, StartOutcome};
 use circles_launcher::settings::{LaunchSettings, resolve_worker_program};
@@ -62,7 +65,85 @@ async fn run(cli: Cli, common: CommonArgs) -> anyhow::Result<ExitCode> {
             service_mode::print_removed(&removed, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Status { json, .. }) => {
+        Some(Command::Status {
+            json, fleet: true, ..
+        }) => {
+            // The Redis of this host's services, unless told otherwise.
+            let url = backup::redis_url(&common, &backup::restore_data_dir(&common, true)?);
+            let dispatcher = Dispatcher::connect(&url, "launcher-status").await?;
+            let entries = dispatcher.fleet().await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+            } else if entries.is_empty() {
+                writeln!(
+                    out,
+                    "no circles registered in Redis at {}",
+                    dispatcher.redis_url()
+                )?;
+            } else {
+                writeln!(out, "{}", status::render_fleet_table(&entries))?;
+                writeln!(out, "{}", status::fleet_summary(&entries))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Backup {
+            circle,
+            output,
+            init_script,
+            force,
+            timeout,
+            json,
+            ..
+        }) => {
+            let data_dirs = backup::backup_data_dirs(&common)?;
+            let request = BackupRequest {
+                circle,
+                output,
+                force,
+                init_script,
+                redis_url: backup::redis_url(&common, &data_dirs[0]),
+                data_dirs,
+                timeout: Duration::from_secs(timeout.max(1)),
+            };
+            let report = backup::backup(&request).await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                writeln!(out, "{}", report.summary())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Restore {
+            file,
+            service_mode,
+            json,
+            ..
+        }) => {
+            let data_dir = backup::restore_data_dir(&common, service_mode)?;
+            let request = RestoreRequest {
+                file,
+                redis_url: backup::redis_url(&common, &data_dir),
+                data_dir,
+                layout: if service_mode {
+                    DbLayout::Service
+                } else {
+                    DbLayout::Direct
+                },
+            };
+            let report = backup::restore(&request).await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{}", report.summary())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Status {
+            json, fleet: false, ..
+        }) => {
             let rows = service_mode::status_rows(&common).await?;
             let mut out = std::io::stdout().lock();
             if json {

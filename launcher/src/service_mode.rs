@@ -11,28 +11,41 @@
 //! The server service does not list the circles: it learns them from the
 //! workers' registration in Redis, so a later run that adds circles leaves it
 //! untouched and it serves old and new alike.
+//!
+//! System services run unprivileged ([`service_account`]): each worker
+//! writes only its circle's database directory ([`db_dir`]) and gets the
+//! Redis URL through its environment — from a 0600 file when the URL holds a
+//! password. The data directory defaults to the platform's place
+//! ([`default_data_dir`]), so `status`, `logs` and `cleanup` work from
+//! anywhere; what an earlier, root-run install left is taken over by
+//! [`crate::migrate`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use circles_dispatcher::protocol::{ENV_RUST_LOG, worker_heartbeat_key};
-use circles_dispatcher::{CirclePublicKey, Dispatcher};
+use circles_dispatcher::{CirclePublicKey, Dispatcher, RedisUrl};
 use circles_services::{
-    BackendKind, Plan, PlannedAction, RestartPolicy, ServiceBackend, ServiceName, ServiceScope,
-    ServiceSpec, ServiceTemplate, Templates,
+    BackendKind, Plan, PlannedAction, ResourceLimits, RestartPolicy, SecretEnv, ServiceBackend,
+    ServiceName, ServiceScope, ServiceSpec, ServiceTemplate, Templates,
 };
 
-use crate::cli::{CommonArgs, LaunchArgs};
+use crate::cli::{Ceiling, CommonArgs, LaunchArgs};
 use crate::error::LaunchError;
-use crate::service_record::ServiceRecord;
-use crate::settings::{CircleSpec, LaunchSettings, Program, check_binary};
+use crate::service_record::{SECRETS_DIR, ServiceRecord};
+use crate::settings::{
+    CircleSpec, DEFAULT_SERVER_NOFILE, LaunchSettings, Program, WorkerCeilings, check_binary,
+};
 use crate::status::{StatusRow, render_table};
 
 pub use circles_deploy::kinds::{SERVER_SERVICE_NAME, WORKER_SERVICE_PREFIX};
-pub use circles_deploy::{circle_of, server_service_name, worker_service_name};
+pub use circles_deploy::{
+    circle_of, db_dir, server_service_name, service_account, task_memory_budget_mb,
+    worker_service_name,
+};
 
 /// How long to wait for a worker's heartbeat where the service manager
 /// cannot tell readiness (launchd, fallback).
@@ -69,22 +82,35 @@ pub struct LaunchReport {
 
 /// The whole service-mode launch; see the module docs.
 pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchReport, LaunchError> {
-    // Validation first: nothing below touches the system until `apply`.
+    // Validation first: nothing below touches the system until the
+    // migration's stop and `apply`.
     let worker_binary = args
         .worker_binary
         .as_deref()
         .ok_or(LaunchError::WorkerBinaryRequired)?;
     let worker_binary = check_binary("worker", worker_binary)?;
     let server = resolve_server_program(args.server_binary.as_deref(), &worker_binary)?;
-    let (mut settings, resolved) = LaunchSettings::resolve_without_ports(args, common)?;
-    let mut record = ServiceRecord::load(&settings.data_dir);
-    let installed = record.clone();
-    record.merge(args, common, &mut settings)?;
     let backend = backend(common).await?;
     tracing::info!("service manager: {}", backend.describe());
     for missing in backend.unavailable_features() {
         tracing::warn!("not available with {}: {missing}", backend.describe());
     }
+    let data_dir = data_dir(common, &backend)?;
+    check_data_dir(&backend, &data_dir)?;
+    let mut migration = crate::migrate::discover(&backend, &data_dir).await?;
+    let (mut settings, resolved) = LaunchSettings::resolve_without_ports(
+        args,
+        common,
+        &data_dir,
+        migration.earlier_data_dir.as_deref(),
+    )?;
+    migration.retain(&settings.circles.iter().map(|c| c.key).collect::<Vec<_>>());
+    let mut record = ServiceRecord::load(&settings.data_dir);
+    if let Some(earlier) = crate::migrate::earlier_record(&migration, &settings.data_dir) {
+        record.adopt(earlier);
+    }
+    let installed = record.clone();
+    record.merge(args, common, &mut settings)?;
     check_service_ports(&backend, &settings, &installed).await?;
     if !args.dry_run {
         crate::redis_local::check(&settings.redis_url, false).await?;
@@ -93,17 +119,29 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
     let plan = backend.plan(&specs).await?;
 
     if args.dry_run {
-        print_dry_run(&backend, &plan)?;
+        print_dry_run(&backend, &plan, &migration, &settings)?;
         return Ok(LaunchReport::default());
     }
 
     resolved.persist_new_keys()?;
-    for dir in [settings.data_dir.clone(), settings.log_dir()] {
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| LaunchError::DataDir { path: dir, source })?;
-    }
+    prepare_data_dir(&backend, &settings)?;
+    crate::migrate::copy_databases(&backend, &migration).await?;
     let started = Instant::now();
-    let applied = backend.apply(&plan).await?;
+    let applied = match backend.apply(&plan).await {
+        Ok(applied) => applied,
+        Err(e) => {
+            crate::migrate::undo(&backend, &migration.databases).await;
+            return Err(e.into());
+        }
+    };
+    for copy in &migration.databases {
+        eprintln!(
+            "note: circle {} now keeps its database in {}; the earlier copy {} was left in place",
+            copy.circle,
+            copy.to.display(),
+            copy.from.display()
+        );
+    }
     // Recorded at once: a run interrupted during the init scripts must not
     // leave the next run without the installed server's settings.
     record.save(&settings.data_dir)?;
@@ -131,6 +169,7 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         for c in &touched {
             if let Err(e) = wait_for_heartbeat(&dispatcher, &c.key, HEARTBEAT_WAIT).await {
                 undo_apply(&backend, &plan, &applied).await;
+                crate::migrate::undo(&backend, &migration.databases).await;
                 installed.save(&settings.data_dir)?;
                 return Err(e);
             }
@@ -181,8 +220,14 @@ pub fn build_specs(
 ) -> Result<Vec<ServiceSpec>, LaunchError> {
     let worker_hash = file_sha256(worker_binary)?;
     let server_hash = file_sha256(&server.path)?;
-    // What every circle service shares: logging, the data directory as the
-    // one writable place, readiness by sd_notify, the restart policy.
+    // The Redis URL reaches the programs through their environment
+    // (REDIS_URL), never their command line; with credentials, only through
+    // a file of mode 0600.
+    let mut env = BTreeMap::from([(ENV_RUST_LOG.to_string(), settings.log_level.to_string())]);
+    let mut secret_env = SecretEnv::default();
+    circles_deploy::redis_url_env(&settings.redis_url, &mut env, &mut secret_env);
+    // What every circle service shares: logging, Redis, an unprivileged
+    // account, readiness by sd_notify, the restart policy.
     let service =
         |name, template, description: String, program: &Path, args, fingerprint| ServiceSpec {
             name,
@@ -190,9 +235,14 @@ pub fn build_specs(
             description,
             program: program.to_path_buf(),
             args,
-            env: BTreeMap::from([(ENV_RUST_LOG.to_string(), settings.log_level.to_string())]),
+            env: env.clone(),
+            secret_env: secret_env.clone(),
+            secrets_dir: settings.data_dir.join(SECRETS_DIR),
+            account: service_account(),
+            state_dir: None,
+            limits: ResourceLimits::default(),
             working_directory: settings.data_dir.clone(),
-            read_write_paths: vec![settings.data_dir.clone()],
+            read_write_paths: Vec::new(),
             log_dir: settings.log_dir(),
             notify_ready: true,
             restart: RestartPolicy::default(),
@@ -200,6 +250,7 @@ pub fn build_specs(
         };
     let mut specs = Vec::new();
     for c in &settings.circles {
+        let ceilings = c.ceilings.or(WorkerCeilings::DEFAULT);
         specs.push(circles_deploy::worker_service_spec(
             &circles_deploy::WorkerService {
                 key: c.key,
@@ -213,6 +264,11 @@ pub fn build_specs(
                 log_level: settings.log_level.to_string(),
                 init_script: c.init_script.as_ref().map(|s| s.source.clone()),
                 extra_env: BTreeMap::new(),
+                limits: ResourceLimits {
+                    memory_max: ceilings.memory_max.and_then(Ceiling::get),
+                    tasks_max: ceilings.tasks_max.and_then(Ceiling::get),
+                    nofile: ceilings.limit_nofile,
+                },
             },
         ));
     }
@@ -222,8 +278,6 @@ pub fn build_specs(
         settings.host.clone(),
         "--port".into(),
         settings.port.to_string(),
-        "--redis-url".into(),
-        settings.redis_url.clone(),
     ]);
     // At boot Redis may come up after the server.
     server_args.push("--wait-for-redis".into());
@@ -240,14 +294,16 @@ pub fn build_specs(
     for (key, port) in ports {
         server_args.extend(["--circle-port".into(), format!("{key}={port}")]);
     }
-    specs.push(service(
+    let mut server_spec = service(
         server_service_name(),
         ServiceTemplate::WsServer,
         "circles WebSocket server".into(),
         &server.path,
         server_args,
         BTreeMap::from([("server-sha256".to_string(), server_hash)]),
-    ));
+    );
+    server_spec.limits.nofile = Some(settings.server_nofile.unwrap_or(DEFAULT_SERVER_NOFILE));
+    specs.push(server_spec);
     for spec in &specs {
         spec.validate()?;
     }
@@ -322,13 +378,21 @@ async fn undo_apply(
             .items
             .iter()
             .filter_map(|(rendered, action)| match action {
-                PlannedAction::Update { previous } => Some((
+                PlannedAction::Update {
+                    previous,
+                    previous_mode,
+                    previous_secret,
+                } => Some((
                     circles_services::Rendered {
                         contents: previous.clone(),
+                        mode: *previous_mode,
+                        secret: previous_secret.clone(),
                         ..rendered.clone()
                     },
                     PlannedAction::Update {
                         previous: rendered.contents.clone(),
+                        previous_mode: rendered.mode,
+                        previous_secret: rendered.secret.clone(),
                     },
                 )),
                 _ => None,
@@ -346,7 +410,16 @@ async fn undo_apply(
     }
 }
 
-fn print_dry_run(backend: &ServiceBackend, plan: &Plan) -> Result<(), LaunchError> {
+/// Prints the plan: every file with its hardening, secrets replaced by
+/// their redacted form (a plist holding the Redis password shows `***`; an
+/// environment file is named, never shown).
+fn print_dry_run(
+    backend: &ServiceBackend,
+    plan: &Plan,
+    migration: &crate::migrate::Migration,
+    settings: &LaunchSettings,
+) -> Result<(), LaunchError> {
+    let redis_url = RedisUrl::new(settings.redis_url.clone());
     let mut out = std::io::stdout().lock();
     let mut w =
         |s: String| writeln!(out, "{s}").map_err(|e| LaunchError::io("writing to stdout", e));
@@ -354,6 +427,9 @@ fn print_dry_run(backend: &ServiceBackend, plan: &Plan) -> Result<(), LaunchErro
         "dry run: {} — nothing is changed\n",
         backend.describe()
     ))?;
+    for line in crate::migrate::describe(migration) {
+        w(line)?;
+    }
     for (rendered, action) in &plan.items {
         let verb = match action {
             PlannedAction::Create => "create, enable and start",
@@ -361,12 +437,116 @@ fn print_dry_run(backend: &ServiceBackend, plan: &Plan) -> Result<(), LaunchErro
             PlannedAction::Unchanged => "unchanged (started if not running)",
         };
         w(format!(
-            "# {}: {verb}\n# file: {}",
+            "# {}: {verb}\n# file: {} (mode {:04o})",
             rendered.name,
-            rendered.path.display()
+            rendered.path.display(),
+            rendered.mode
         ))?;
+        if let Some(secret) = &rendered.secret {
+            w(format!(
+                "# secret environment file: {} (mode 0600, not shown)",
+                secret.path.display()
+            ))?;
+        }
         if !matches!(action, PlannedAction::Unchanged) {
-            w(rendered.contents.clone())?;
+            let mut contents = rendered.contents.clone();
+            if redis_url.has_credentials() {
+                contents = contents.replace(redis_url.expose_secret(), &redis_url.redacted());
+            }
+            w(contents)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where service mode keeps its data: `--data-dir`, else
+/// [`default_data_dir`] for this backend.
+pub fn data_dir(common: &CommonArgs, backend: &ServiceBackend) -> Result<PathBuf, LaunchError> {
+    match &common.data_dir {
+        Some(dir) => std::path::absolute(dir).map_err(|source| LaunchError::DataDir {
+            path: dir.clone(),
+            source,
+        }),
+        None => default_data_dir(backend.kind(), backend.scope()),
+    }
+}
+
+/// The platform's place for a service's data, so `launcher status`,
+/// `logs` and `cleanup` find it from any working directory:
+/// `/var/lib/circles` for system services (systemd's `StateDirectory=`
+/// root; `/Library/Application Support/tf.ourworld.circles` for launchd
+/// daemons), the per-user data directory of the `directories` crate for user
+/// services (`$XDG_DATA_HOME/circles`, by default `~/.local/share/circles`;
+/// `~/Library/Application Support/tf.ourworld.circles` on macOS).
+pub fn default_data_dir(kind: BackendKind, scope: ServiceScope) -> Result<PathBuf, LaunchError> {
+    match (kind, scope) {
+        (BackendKind::Launchd, ServiceScope::System) => Ok(PathBuf::from(
+            "/Library/Application Support/tf.ourworld.circles",
+        )),
+        (_, ServiceScope::System) => Ok(PathBuf::from("/var/lib/circles")),
+        (_, ServiceScope::User) => directories::ProjectDirs::from("tf", "ourworld", "circles")
+            .map(|dirs| dirs.data_dir().to_path_buf())
+            .ok_or_else(|| {
+                LaunchError::io(
+                    "finding the per-user data directory",
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no home directory (HOME is not set); pass --data-dir",
+                    ),
+                )
+            }),
+    }
+}
+
+/// systemd system services keep their databases in a `StateDirectory=`,
+/// which systemd hands to each service's dynamic user: it must lie under
+/// /var/lib.
+fn check_data_dir(backend: &ServiceBackend, data_dir: &Path) -> Result<(), LaunchError> {
+    if backend.kind() == BackendKind::Systemd
+        && backend.scope() == ServiceScope::System
+        && circles_services::systemd::render::state_directory(&data_dir.join("db")).is_none()
+    {
+        return Err(LaunchError::DataDirNotState {
+            path: data_dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Makes the data directory before the services start: the directories on
+/// the way to each worker's database traversable by the services' accounts
+/// (0755: they hold nothing secret), `secrets/` private (0700), and the log
+/// directory launchd writes to.
+fn prepare_data_dir(
+    backend: &ServiceBackend,
+    settings: &LaunchSettings,
+) -> Result<(), LaunchError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LaunchError::DataDir { path, source }
+    };
+    let db_root = settings.data_dir.join("db");
+    for dir in [&settings.data_dir, &db_root] {
+        std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
+        if backend.scope() == ServiceScope::System {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(dir_error(dir))?;
+        }
+    }
+    let secrets = settings.data_dir.join(SECRETS_DIR);
+    crate::settings::create_private_dir(&secrets).map_err(dir_error(&secrets))?;
+    if backend.kind() != BackendKind::Systemd {
+        let logs = settings.log_dir();
+        std::fs::create_dir_all(&logs).map_err(dir_error(&logs))?;
+    }
+    // systemd makes a system service's StateDirectory= itself (owned by its
+    // dynamic user), and the launchd backend a daemon's; a user service's
+    // writable directory must exist before it starts.
+    if backend.scope() == ServiceScope::User {
+        for c in &settings.circles {
+            let db = db_dir(&settings.data_dir, &c.key);
+            crate::settings::create_private_dir(&db).map_err(dir_error(&db))?;
         }
     }
     Ok(())
@@ -450,20 +630,15 @@ async fn gather_rows(
 /// Rows for `launcher status`: every installed circle service.
 pub async fn status_rows(common: &CommonArgs) -> Result<Vec<StatusRow>, LaunchError> {
     let backend = backend(common).await?;
-    let record = ServiceRecord::load(&absolute_data_dir(common)?);
+    let record = ServiceRecord::load(&data_dir(common, &backend)?);
     let url = record.redis_url(common);
-    let dispatcher = Dispatcher::connect(&url, "launcher-status").await.ok();
+    let dispatcher = Dispatcher::connect(url.expose_secret(), "launcher-status")
+        .await
+        .ok();
     if dispatcher.is_none() {
         tracing::warn!("Redis unreachable at {url}: queue depth and heartbeat unknown");
     }
     gather_rows(&backend, dispatcher.as_ref(), &record).await
-}
-
-fn absolute_data_dir(common: &CommonArgs) -> Result<std::path::PathBuf, LaunchError> {
-    std::path::absolute(&common.data_dir).map_err(|source| LaunchError::DataDir {
-        path: common.data_dir.clone(),
-        source,
-    })
 }
 
 /// `launcher logs <circle|server> [-f]`: the circle named by name, key, key
@@ -472,7 +647,6 @@ fn absolute_data_dir(common: &CommonArgs) -> Result<std::path::PathBuf, LaunchEr
 /// runs; shows the journal (or launchd's log files) of its service, else
 /// the log file of its last direct-mode run.
 pub async fn logs(common: &CommonArgs, query: &str, follow: bool) -> anyhow::Result<ExitCode> {
-    let data_dir = absolute_data_dir(common)?;
     // A host without a service manager can still show direct-mode logs.
     let backend = match backend(common).await {
         Ok(b) => Some(b),
@@ -481,6 +655,17 @@ pub async fn logs(common: &CommonArgs, query: &str, follow: bool) -> anyhow::Res
             None
         }
     };
+    // Circles are named in service mode's record, and a direct run's keys
+    // and logs are in --data-dir (default ./launch_data).
+    let service_dir = backend.as_ref().and_then(|b| data_dir(common, b).ok());
+    let direct_dir = common
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| crate::cli::DEFAULT_DATA_DIR.into());
+    let direct_dir = std::path::absolute(&direct_dir).map_err(|source| LaunchError::DataDir {
+        path: direct_dir.clone(),
+        source,
+    })?;
     let installed = match &backend {
         Some(b) => b.list_installed().await.unwrap_or_default(),
         None => Vec::new(),
@@ -491,10 +676,10 @@ pub async fn logs(common: &CommonArgs, query: &str, follow: bool) -> anyhow::Res
         })?;
         backend.logs_command(&server_service_name(), follow)
     } else {
-        let known = known_circles(&data_dir, &installed);
+        let known = known_circles(service_dir.as_deref(), &direct_dir, &installed);
         let circle = circles_deploy::address::resolve(query, &known).map_err(LaunchError::from)?;
         let service = circle.key.map(|k| worker_service_name(&k));
-        let direct_log = data_dir.join("logs").join(format!("{}.log", circle.name));
+        let direct_log = direct_dir.join("logs").join(format!("{}.log", circle.name));
         match (backend, service) {
             (Some(backend), Some(service)) if installed.contains(&service) => {
                 backend.logs_command(&service, follow)
@@ -529,14 +714,16 @@ pub async fn logs(common: &CommonArgs, query: &str, follow: bool) -> anyhow::Res
     })
 }
 
-/// Every circle a name can refer to here: those the record names, those
-/// installed as services, and those direct-mode runs made keys or logs for.
+/// Every circle a name can refer to here: those service mode's record
+/// (in `record_dir`) names, those installed as services, and those
+/// direct-mode runs (in `direct_dir`) made keys or logs for.
 pub fn known_circles(
-    data_dir: &Path,
+    record_dir: Option<&Path>,
+    direct_dir: &Path,
     installed: &[ServiceName],
 ) -> Vec<circles_deploy::address::KnownCircle> {
     use circles_deploy::address::KnownCircle;
-    let record = ServiceRecord::load(data_dir);
+    let record = record_dir.map(ServiceRecord::load).unwrap_or_default();
     let mut known: Vec<KnownCircle> = Vec::new();
     let mut add = |circle: KnownCircle| {
         let same = known
@@ -560,7 +747,7 @@ pub fn known_circles(
         add(KnownCircle::new(crate::settings::short_name(&key), key));
     }
     let files = |dir: &str, ext: &str| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(data_dir.join(dir))
+        let mut names: Vec<String> = std::fs::read_dir(direct_dir.join(dir))
             .into_iter()
             .flatten()
             .flatten()
@@ -576,7 +763,8 @@ pub fn known_circles(
         names
     };
     for name in files("keys", ".json") {
-        let key = crate::settings::read_key_file(&crate::settings::key_file(data_dir, &name)).ok();
+        let key =
+            crate::settings::read_key_file(&crate::settings::key_file(direct_dir, &name)).ok();
         add(KnownCircle { name, key });
     }
     for name in files("logs", ".log") {
@@ -589,18 +777,22 @@ pub fn known_circles(
 /// and templates these flags select; then, best effort, the removed circles'
 /// registration in Redis (so the server stops routing them) and the record
 /// of the data directory.
+///
+/// Circle databases and generated keys stay: removing services never
+/// deletes a circle's data (the README says where it is).
 pub async fn cleanup(common: &CommonArgs) -> Result<Vec<ServiceName>, LaunchError> {
-    let removed = backend(common).await?.cleanup().await?;
-    let data_dir = absolute_data_dir(common)?;
+    let backend = backend(common).await?;
+    let removed = backend.cleanup().await?;
+    let data_dir = data_dir(common, &backend)?;
     let record = ServiceRecord::load(&data_dir);
     unregister(&record.redis_url(common), &removed).await;
-    let _ = std::fs::remove_file(ServiceRecord::path(&data_dir));
+    ServiceRecord::remove(&data_dir);
     Ok(removed)
 }
 
 /// Takes removed circles out of `rhai_circles`; a Redis that does not answer
 /// is only worth a warning (the services are gone either way).
-async fn unregister(redis_url: &str, removed: &[ServiceName]) {
+async fn unregister(redis_url: &RedisUrl, removed: &[ServiceName]) {
     let keys: Vec<String> = removed
         .iter()
         .filter_map(circle_of)
@@ -610,7 +802,7 @@ async fn unregister(redis_url: &str, removed: &[ServiceName]) {
         return;
     }
     let result = async {
-        let d = Dispatcher::connect(redis_url, "launcher-cleanup").await?;
+        let d = Dispatcher::connect(redis_url.expose_secret(), "launcher-cleanup").await?;
         redis::cmd("SREM")
             .arg(circles_dispatcher::protocol::CIRCLES_SET)
             .arg(&keys)
@@ -649,5 +841,22 @@ pub fn print_removed(removed: &[ServiceName], json: bool) -> std::io::Result<()>
             writeln!(out, "removed {name}")?;
         }
         writeln!(out, "{} circle service(s) removed", removed.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_budget_is_a_quarter_of_the_ceiling() {
+        assert_eq!(task_memory_budget_mb(1 << 30), 256, "the worker's default");
+        assert_eq!(task_memory_budget_mb(96 << 20), 24);
+        assert_eq!(task_memory_budget_mb(16 << 20), 4);
+        assert_eq!(
+            task_memory_budget_mb(1),
+            1,
+            "never 0, which means unlimited"
+        );
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use circles_dispatcher::{CircleKeypair, CirclePublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CommonArgs, DEFAULT_CONFIG_FILE, LaunchArgs};
+use crate::cli::{Ceiling, CommonArgs, DEFAULT_CONFIG_FILE, DEFAULT_DATA_DIR, LaunchArgs};
 use crate::error::LaunchError;
 
 /// An init script, read during validation.
@@ -38,7 +38,50 @@ pub struct CircleSpec {
     pub init_script: Option<InitScript>,
     /// Its own WebSocket port (circles.json format), besides the path route.
     pub port: Option<u16>,
+    /// Resource ceilings of its worker service from circles.json; flags and
+    /// the installed values fill in what is not set.
+    pub ceilings: WorkerCeilings,
 }
+
+/// Resource ceilings of a worker service (see `--memory-max` and friends);
+/// `None` means "not chosen here".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCeilings {
+    /// Memory (systemd `MemoryMax=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<Ceiling>,
+    /// Processes and threads (systemd `TasksMax=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_max: Option<Ceiling>,
+    /// Open files (systemd `LimitNOFILE=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_nofile: Option<u64>,
+}
+
+impl WorkerCeilings {
+    /// What workers get when nothing else is chosen: 1 GiB (well above
+    /// the worker's own per-task memory budget, so that trips first and the
+    /// kernel's ceiling is the backstop), 64 tasks (the worker runs one
+    /// script at a time on a handful of threads), 1024 files (a few Redis
+    /// connections and one database file).
+    pub const DEFAULT: WorkerCeilings = WorkerCeilings {
+        memory_max: Some(Ceiling::Limit(1 << 30)),
+        tasks_max: Some(Ceiling::Limit(64)),
+        limit_nofile: Some(1024),
+    };
+
+    /// Each ceiling from `self`, else from `fallback`.
+    pub fn or(self, fallback: WorkerCeilings) -> WorkerCeilings {
+        WorkerCeilings {
+            memory_max: self.memory_max.or(fallback.memory_max),
+            tasks_max: self.tasks_max.or(fallback.tasks_max),
+            limit_nofile: self.limit_nofile.or(fallback.limit_nofile),
+        }
+    }
+}
+
+/// Open files of the WebSocket server service when nothing else is chosen.
+pub const DEFAULT_SERVER_NOFILE: u64 = 65_536;
 
 /// A program to run, possibly the launcher itself with a subcommand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +113,10 @@ pub struct LaunchSettings {
     pub redis_autostart: bool,
     /// Log filter for the launcher and the workers it starts.
     pub log_level: &'static str,
+    /// Worker ceilings given as flags for this run's circles.
+    pub worker_ceilings: WorkerCeilings,
+    /// `--server-limit-nofile`, if given.
+    pub server_nofile: Option<u64>,
 }
 
 /// Circles plus the key files that must be written once validation passed.
@@ -100,30 +147,51 @@ struct ConfigEntry {
     port: u16,
     #[serde(default)]
     script_path: Option<PathBuf>,
+    /// Memory ceiling of its worker service: bytes or "infinity".
+    #[serde(default)]
+    memory_max: Option<Ceiling>,
+    /// Task ceiling of its worker service: a count or "infinity".
+    #[serde(default)]
+    tasks_max: Option<Ceiling>,
+    /// Open files of its worker service.
+    #[serde(default)]
+    limit_nofile: Option<u64>,
 }
 
 impl LaunchSettings {
-    /// Validates the launch flags, ports included. Reads files; starts and
-    /// writes nothing.
+    /// Validates the launch flags of direct mode, ports included; the data
+    /// directory defaults to `./launch_data`. Reads files; starts and writes
+    /// nothing.
     pub fn resolve(
         args: &LaunchArgs,
         common: &CommonArgs,
     ) -> Result<(Self, ResolvedCircles), LaunchError> {
-        let (settings, resolved) = Self::resolve_without_ports(args, common)?;
+        let data_dir = common
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let (settings, resolved) = Self::resolve_without_ports(args, common, &data_dir, None)?;
         check_ports(&settings.host, settings.port, &resolved.circles)?;
         Ok((settings, resolved))
     }
 
-    /// [`Self::resolve`] without the port check (service mode checks ports
-    /// itself: its own running server may hold them).
+    /// [`Self::resolve`] with the data directory chosen by the caller and
+    /// without the port check (service mode checks ports itself: its own
+    /// running server may hold them).
+    ///
+    /// Keys of circles.json circles missing from `data_dir` are taken from
+    /// `earlier_data_dir` (an earlier install's, see [`crate::migrate`])
+    /// when they are there, and copied over with the new keys.
     pub fn resolve_without_ports(
         args: &LaunchArgs,
         common: &CommonArgs,
+        data_dir: &Path,
+        earlier_data_dir: Option<&Path>,
     ) -> Result<(Self, ResolvedCircles), LaunchError> {
-        let data_dir = absolute(&common.data_dir)?;
+        let data_dir = absolute(data_dir)?;
         let redis_url = common.redis_url_or_default();
         check_redis_url(&redis_url)?;
-        let resolved = resolve_circles(args, &data_dir)?;
+        let resolved = resolve_circles(args, &data_dir, earlier_data_dir)?;
         let port = args.port.unwrap_or(circles_server::DEFAULT_PORT);
         check_duplicate_ports(port, &resolved.circles)?;
         let settings = Self {
@@ -139,6 +207,12 @@ impl LaunchSettings {
             init_timeout: Duration::from_secs(args.init_timeout.max(1)),
             redis_autostart: !args.no_redis_autostart,
             log_level: common.log_level(),
+            worker_ceilings: WorkerCeilings {
+                memory_max: args.memory_max,
+                tasks_max: args.tasks_max,
+                limit_nofile: args.limit_nofile,
+            },
+            server_nofile: args.server_limit_nofile,
         };
         Ok((settings, resolved))
     }
@@ -148,7 +222,7 @@ impl LaunchSettings {
         format!("ws://{}:{}/{key}", url_host(&self.host), self.port)
     }
 
-    /// Where worker logs go in direct mode.
+    /// Where worker logs go in direct mode, and launchd's log files.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
@@ -174,7 +248,11 @@ impl ResolvedCircles {
     }
 }
 
-fn resolve_circles(args: &LaunchArgs, data_dir: &Path) -> Result<ResolvedCircles, LaunchError> {
+fn resolve_circles(
+    args: &LaunchArgs,
+    data_dir: &Path,
+    earlier_data_dir: Option<&Path>,
+) -> Result<ResolvedCircles, LaunchError> {
     let config = args.config_flag.clone().or_else(|| args.config.clone());
     let resolved = if !args.circles.is_empty() {
         ResolvedCircles {
@@ -186,9 +264,9 @@ fn resolve_circles(args: &LaunchArgs, data_dir: &Path) -> Result<ResolvedCircles
             new_keys: Vec::new(),
         }
     } else if let Some(path) = config {
-        load_config(&path, data_dir)?
+        load_config(&path, data_dir, earlier_data_dir)?
     } else if Path::new(DEFAULT_CONFIG_FILE).exists() {
-        load_config(Path::new(DEFAULT_CONFIG_FILE), data_dir)?
+        load_config(Path::new(DEFAULT_CONFIG_FILE), data_dir, earlier_data_dir)?
     } else {
         return Err(LaunchError::NoCircles);
     };
@@ -230,6 +308,7 @@ pub fn parse_circle_arg(arg: &str) -> Result<CircleSpec, LaunchError> {
         key,
         init_script,
         port: None,
+        ceilings: WorkerCeilings::default(),
     })
 }
 
@@ -249,9 +328,24 @@ fn read_script(circle: &str, path: &Path) -> Result<InitScript, LaunchError> {
 /// table cells.
 const MAX_CIRCLE_NAME: usize = 64;
 
+/// Whether `name` can name a circle: 1 to [`MAX_CIRCLE_NAME`] ASCII letters,
+/// digits, `-` or `_` (it becomes a file name, `keys/<name>.json`).
+pub fn is_valid_circle_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CIRCLE_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Reads and validates a circles.json; generates (but does not write) keys
-/// for circles seen for the first time under `data_dir`.
-pub fn load_config(path: &Path, data_dir: &Path) -> Result<ResolvedCircles, LaunchError> {
+/// for circles seen for the first time under `data_dir` — or takes them from
+/// `earlier_data_dir`, an earlier install's (see [`crate::migrate`]).
+pub fn load_config(
+    path: &Path,
+    data_dir: &Path,
+    earlier_data_dir: Option<&Path>,
+) -> Result<ResolvedCircles, LaunchError> {
     let err = |message: String| LaunchError::Config {
         path: path.to_path_buf(),
         message,
@@ -271,13 +365,7 @@ pub fn load_config(path: &Path, data_dir: &Path) -> Result<ResolvedCircles, Laun
     let mut circles = Vec::new();
     let mut new_keys = Vec::new();
     for entry in entries {
-        if entry.name.is_empty()
-            || entry.name.len() > MAX_CIRCLE_NAME
-            || !entry
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !is_valid_circle_name(&entry.name) {
             return Err(err(format!(
                 "circle name `{}` must be 1 to {MAX_CIRCLE_NAME} letters, digits, - or _",
                 circles_dispatcher::text::clip(&entry.name, 64)
@@ -289,9 +377,50 @@ pub fn load_config(path: &Path, data_dir: &Path) -> Result<ResolvedCircles, Laun
         if entry.port == 0 {
             return Err(err(format!("circle `{}` has port 0", entry.name)));
         }
+        // The same floors as the flags: below them a worker cannot run.
+        if let Some(Ceiling::Limit(bytes)) = entry.memory_max
+            && bytes < 16 << 20
+        {
+            return Err(err(format!(
+                "circle `{}`: memory_max {bytes} is below 16 MiB, too little for a worker",
+                entry.name
+            )));
+        }
+        if let Some(Ceiling::Limit(n)) = entry.tasks_max
+            && n < 8
+        {
+            return Err(err(format!(
+                "circle `{}`: tasks_max {n} is below 8, too few for a worker",
+                entry.name
+            )));
+        }
+        if entry.limit_nofile.is_some_and(|n| n < 16) {
+            return Err(err(format!(
+                "circle `{}`: limit_nofile is below 16, too few for a worker",
+                entry.name
+            )));
+        }
         let key_path = key_file(data_dir, &entry.name);
+        let earlier_key = earlier_data_dir
+            .map(|d| key_file(d, &entry.name))
+            .filter(|p| !key_path.exists() && p.exists());
         let key = if key_path.exists() {
             read_key_file(&key_path)?
+        } else if let Some(earlier) = earlier_key {
+            // The circle's identity from an earlier install: copied over,
+            // never replaced by a new one.
+            let public = read_key_file(&earlier)?;
+            let text = std::fs::read_to_string(&earlier).map_err(|e| LaunchError::KeyFile {
+                path: earlier.clone(),
+                message: e.to_string(),
+            })?;
+            let stored: StoredKey =
+                serde_json::from_str(&text).map_err(|e| LaunchError::KeyFile {
+                    path: earlier.clone(),
+                    message: format!("not a key file: {e}"),
+                })?;
+            new_keys.push((key_path, stored));
+            public
         } else {
             let pair = CircleKeypair::generate();
             let stored = StoredKey {
@@ -311,6 +440,11 @@ pub fn load_config(path: &Path, data_dir: &Path) -> Result<ResolvedCircles, Laun
             key,
             init_script,
             port: Some(entry.port),
+            ceilings: WorkerCeilings {
+                memory_max: entry.memory_max,
+                tasks_max: entry.tasks_max,
+                limit_nofile: entry.limit_nofile,
+            },
         });
     }
     Ok(ResolvedCircles { circles, new_keys })
@@ -323,6 +457,11 @@ pub fn key_file(data_dir: &Path, name: &str) -> PathBuf {
 
 /// The public key in a circle key file, checked against its secret key.
 pub fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
+    load_key_file(path).map(|(_, key)| key)
+}
+
+/// Reads a key file and checks that its keys belong together.
+pub(crate) fn load_key_file(path: &Path) -> Result<(StoredKey, CirclePublicKey), LaunchError> {
     let err = |message: String| LaunchError::KeyFile {
         path: path.to_path_buf(),
         message,
@@ -330,15 +469,22 @@ pub fn read_key_file(path: &Path) -> Result<CirclePublicKey, LaunchError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let stored: StoredKey =
         serde_json::from_str(&text).map_err(|e| err(format!("not a key file: {e}")))?;
-    let pair =
-        CircleKeypair::from_secret_hex(&stored.secret_key).map_err(|e| err(e.to_string()))?;
-    if pair.public.to_hex() != stored.public_key.to_lowercase() {
-        return Err(err("its public key does not match its secret key".into()));
-    }
-    Ok(pair.public)
+    let key = stored.check().map_err(err)?;
+    Ok((stored, key))
 }
 
-fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchError> {
+impl StoredKey {
+    /// The circle key, once the secret key is checked to give it.
+    pub fn check(&self) -> Result<CirclePublicKey, String> {
+        let pair = CircleKeypair::from_secret_hex(&self.secret_key).map_err(|e| e.to_string())?;
+        if pair.public.to_hex() != self.public_key.to_lowercase() {
+            return Err("its public key does not match its secret key".into());
+        }
+        Ok(pair.public)
+    }
+}
+
+pub(crate) fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchError> {
     let err = |message: String| LaunchError::KeyFile {
         path: path.to_path_buf(),
         message,
@@ -353,6 +499,13 @@ fn write_key_file(path: &Path, key: &StoredKey) -> Result<(), LaunchError> {
 }
 
 pub use circles_deploy::fs::write_atomically;
+
+/// `mkdir -p`, the last directory (made) mode 0700.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
 
 fn check_ports(host: &str, port: u16, circles: &[CircleSpec]) -> Result<(), LaunchError> {
     for (port, purpose) in check_duplicate_ports(port, circles)? {
@@ -550,7 +703,7 @@ mod tests {
         )
         .unwrap();
         let data = dir.path().join("data");
-        let first = load_config(&cfg, &data).unwrap();
+        let first = load_config(&cfg, &data, None).unwrap();
         assert_eq!(first.new_keys.len(), 2);
         assert!(
             !key_file(&data, "a").exists(),
@@ -563,7 +716,7 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
-        let second = load_config(&cfg, &data).unwrap();
+        let second = load_config(&cfg, &data, None).unwrap();
         assert!(second.new_keys.is_empty());
         assert_eq!(first.circles[0].key, second.circles[0].key);
         assert_ne!(second.circles[0].key, second.circles[1].key);
@@ -586,10 +739,56 @@ mod tests {
                 r#"[{"name":"a","port":1,"script_path":"missing.rhai"}]"#,
                 "failed to read init script",
             ),
+            (
+                r#"[{"name":"a","port":1,"memory_max":1024}]"#,
+                "below 16 MiB",
+            ),
+            (r#"[{"name":"a","port":1,"tasks_max":2}]"#, "below 8"),
+            (r#"[{"name":"a","port":1,"limit_nofile":3}]"#, "below 16"),
+            (
+                r#"[{"name":"a","port":1,"memory_max":"lots"}]"#,
+                "expected an array",
+            ),
         ] {
             std::fs::write(&cfg, text).unwrap();
-            let err = load_config(&cfg, dir.path()).unwrap_err().to_string();
+            let err = load_config(&cfg, dir.path(), None).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn config_ceilings_and_keys_of_an_earlier_install_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("circles.json");
+        std::fs::write(
+            &cfg,
+            r#"[{"name":"a","port":9001,"memory_max":"infinity","tasks_max":32},{"name":"b","port":9002}]"#,
+        )
+        .unwrap();
+        let earlier = dir.path().join("old");
+        let first = load_config(&cfg, &earlier, None).unwrap();
+        first.persist_new_keys().unwrap();
+        assert_eq!(
+            first.circles[0].ceilings.memory_max,
+            Some(Ceiling::Infinity)
+        );
+        assert_eq!(
+            first.circles[0].ceilings.tasks_max,
+            Some(Ceiling::Limit(32))
+        );
+        assert_eq!(first.circles[1].ceilings, WorkerCeilings::default());
+
+        // A new data directory: the identities come from the earlier one and
+        // are copied over once validation passed, never regenerated.
+        let data = dir.path().join("new");
+        let taken = load_config(&cfg, &data, Some(&earlier)).unwrap();
+        assert_eq!(taken.circles[0].key, first.circles[0].key);
+        assert_eq!(taken.circles[1].key, first.circles[1].key);
+        assert!(!key_file(&data, "a").exists());
+        taken.persist_new_keys().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(key_file(&data, "a")).unwrap(),
+            std::fs::read_to_string(key_file(&earlier, "a")).unwrap()
+        );
     }
 }

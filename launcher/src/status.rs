@@ -7,8 +7,12 @@
 //! same words for the same situation (and `supervisor ctl status` too).
 //! Rendering is a pure function of rows, snapshot-tested; gathering what
 //! Redis knows is [`redis_view`].
+//!
+//! The fleet table ([`render_fleet_table`]) is the same kind of view over
+//! every circle registered in Redis, on every host
+//! ([`circles_dispatcher::fleet`]).
 
-use circles_dispatcher::WorkerHeartbeat;
+use circles_dispatcher::{CircleState, FleetEntry, WorkerHeartbeat};
 use circles_supervise::{ChildStatus, ExitStatus};
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
@@ -261,6 +265,78 @@ pub fn render_report(rows: &[StatusRow]) -> String {
     }
 }
 
+/// Renders the fleet (every circle in Redis) as a table.
+pub fn render_fleet_table(entries: &[FleetEntry]) -> Table {
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    table.set_content_arrangement(ContentArrangement::Disabled);
+    table.set_header([
+        "Public key",
+        "Host",
+        "State",
+        "PID",
+        "Queue",
+        "Heartbeat",
+        "Tasks done",
+        "Lease",
+    ]);
+    for e in entries {
+        let state = match (e.state, &e.last_seen) {
+            (CircleState::Offline, Some(at)) => format!("offline since {}", date_time(at)),
+            _ => e.state_text(),
+        };
+        table.add_row([
+            circles_deploy::address::abbreviate_key(&e.circle),
+            e.host.clone().unwrap_or_else(|| "-".into()),
+            state,
+            opt(e.pid),
+            match e.in_hand {
+                0 => e.queue.to_string(),
+                n => format!("{} (+{n} running)", e.queue),
+            },
+            e.heartbeat_age_ms.map_or_else(
+                || "-".into(),
+                |ms| format!("{:.1}s ago", ms as f64 / 1000.0),
+            ),
+            opt(e.tasks_done),
+            e.owner
+                .as_ref()
+                .map_or_else(|| "-".into(), |o| format!("#{}", o.token)),
+        ]);
+    }
+    table
+}
+
+/// One line under the fleet table: `3 circles: 2 live, 1 offline`.
+pub fn fleet_summary(entries: &[FleetEntry]) -> String {
+    let count = |state| entries.iter().filter(|e| e.state == state).count();
+    let mut parts = vec![format!("{} live", count(CircleState::Live))];
+    for state in [CircleState::Starting, CircleState::Offline] {
+        let n = count(state);
+        if n > 0 {
+            parts.push(format!("{n} {}", state.as_str()));
+        }
+    }
+    let hosts: std::collections::BTreeSet<&str> =
+        entries.iter().filter_map(|e| e.host.as_deref()).collect();
+    format!(
+        "{} circle{} on {} host{}: {}",
+        entries.len(),
+        if entries.len() == 1 { "" } else { "s" },
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+        parts.join(", ")
+    )
+}
+
+/// `2026-11-26T11:16:46.049Z` → `2026-11-26 11:16:46 UTC`.
+fn date_time(rfc3339: &str) -> String {
+    match (rfc3339.get(0..10), rfc3339.get(11..19)) {
+        (Some(d), Some(t)) => format!("{d} {t} UTC"),
+        _ => rfc3339.to_string(),
+    }
+}
+
 /// `2026-11-26T11:16:46.049Z` → `11:16:46 UTC`: the date is today's in a
 /// table of live services.
 fn time_of_day(rfc3339: &str) -> String {
@@ -454,5 +530,60 @@ mod tests {
         assert!(a.same_picture(&b));
         b.restarts = Some(1);
         assert!(!a.same_picture(&b));
+    }
+
+    #[test]
+    fn fleet_table_snapshot() {
+        use circles_dispatcher::CircleOwner;
+        let live = FleetEntry {
+            circle: "02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5".into(),
+            state: CircleState::Live,
+            host: Some("bravo".into()),
+            pid: Some(4242),
+            db_dir: Some("/var/lib/circles".into()),
+            queue: 3,
+            in_hand: 1,
+            heartbeat_age_ms: Some(1234),
+            beat_at: Some("2026-11-26T11:16:46.049Z".into()),
+            started_at: Some("2026-11-26T10:00:00.000Z".into()),
+            tasks_done: Some(17),
+            version: Some("0.1.0".into()),
+            last_seen: Some("2026-11-26T11:16:46.049Z".into()),
+            owner: Some(CircleOwner {
+                host: "bravo".into(),
+                pid: 4242,
+                pid_namespace: "pid:[4026531836]".into(),
+                instance: "i".into(),
+                token: 7,
+                since: "2026-11-26T10:00:00.000Z".into(),
+            }),
+        };
+        let offline = FleetEntry {
+            circle: "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
+            state: CircleState::Offline,
+            host: None,
+            pid: None,
+            db_dir: None,
+            queue: 0,
+            in_hand: 0,
+            heartbeat_age_ms: None,
+            beat_at: None,
+            started_at: None,
+            tasks_done: None,
+            version: None,
+            last_seen: Some("2026-11-25T09:05:00.000Z".into()),
+            owner: None,
+        };
+        let never = FleetEntry {
+            circle: "03ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff".into(),
+            last_seen: None,
+            ..offline.clone()
+        };
+        let entries = [live, offline, never];
+        insta::assert_snapshot!(format!(
+            "{}\n{}",
+            render_fleet_table(&entries),
+            fleet_summary(&entries)
+        ));
     }
 }

@@ -13,145 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use circles_test_support::ws::Client;
-use circles_test_support::{
-    KEY_ONE, KEY_TWO, RedisServer, TargetScratch, binary, free_port, systemd_or_skip, wait_until,
-};
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const SERVER_UNIT: &str = "tf.ourworld.circles.circle-ws-server.service";
-
-fn worker_unit(key: &str) -> String {
-    format!("tf.ourworld.circles.circle-worker-{key}.service")
-}
-
-/// One test's world: a Redis, a data directory under target/, a port, and a
-/// cleanup of every circle unit when it ends (even on panic).
-struct World {
-    redis: RedisServer,
-    dir: TargetScratch,
-    port: String,
-    env: Vec<(String, String)>,
-    scope_flag: &'static str,
-}
-
-impl World {
-    fn new(name: &str) -> Self {
-        Self {
-            redis: RedisServer::start(),
-            dir: TargetScratch::new(name),
-            port: free_port().to_string(),
-            env: Vec::new(),
-            scope_flag: "--system",
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// `launcher ARGS…` with this world's Redis, data dir and scope.
-    fn launcher(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        self.launcher_with_redis(&self.redis.url(), args)
-    }
-
-    /// [`Self::launcher`] pointed at another Redis.
-    fn launcher_with_redis(&self, redis_url: &str, args: &[&str]) -> (Option<i32>, String, String) {
-        let mut cmd = Command::new(binary("launcher"));
-        cmd.args(args)
-            .args(["--redis-url", redis_url, "--data-dir"])
-            .arg(self.data())
-            .arg(self.scope_flag)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        let out = cmd.output().expect("run launcher");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// `launcher --use-service-manager --worker-binary W -p PORT -c …`, which must succeed.
-    fn install(&self, worker: &Path, circles: &[String], extra: &[&str]) -> String {
-        let mut args = vec![
-            "--use-service-manager",
-            "--worker-binary",
-            worker.to_str().unwrap(),
-            "-p",
-            &self.port,
-        ];
-        for c in circles {
-            args.extend(["-c", c]);
-        }
-        args.extend(extra);
-        let (code, out, err) = self.launcher(&args);
-        assert_eq!(
-            code,
-            Some(0),
-            "install failed:\nstdout:\n{out}\nstderr:\n{err}"
-        );
-        out
-    }
-
-    /// The `launcher status --json` row of a circle.
-    fn status_row(&self, key: &str) -> serde_json::Value {
-        let (code, out, err) = self.launcher(&["status", "--json"]);
-        assert_eq!(code, Some(0), "{err}");
-        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["public_key"] == key)
-            .expect("circle in status")
-            .clone()
-    }
-
-    fn systemctl(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("systemctl");
-        if self.scope_flag == "--user" {
-            cmd.arg("--user");
-        }
-        let out = cmd
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn prop(&self, unit: &str, prop: &str) -> String {
-        self.systemctl(&["show", "-p", prop, "--value", unit])
-    }
-
-    fn main_pid(&self, unit: &str) -> u32 {
-        self.prop(unit, "MainPID").parse().unwrap()
-    }
-
-    fn url(&self, key: &str) -> String {
-        format!("ws://127.0.0.1:{}/{key}", self.port)
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = self.launcher(&["cleanup"]);
-    }
-}
-
-fn worker() -> PathBuf {
-    binary("worker")
-}
-
-fn script(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-fn executable(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-}
+use circles_test_support::{KEY_ONE, KEY_TWO, free_port, systemd_or_skip, wait_until};
+use common::world::{SERIAL, SERVER_UNIT, World, executable, script, worker, worker_unit};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
@@ -448,10 +311,9 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
     let _serial = SERIAL.lock().await;
     let w = World::new("svc-limit");
     // Starts fine once (so the install succeeds), then fails on every
-    // restart. The marker goes in the data directory: the only place the
-    // unit may write (ProtectSystem=strict).
-    std::fs::create_dir_all(w.data()).unwrap();
-    let marker = w.data().join("started-once");
+    // restart. The marker goes in the circle's database directory: the only
+    // place the unit may write (its StateDirectory=).
+    let marker = w.data().join("db").join(KEY_ONE).join("started-once");
     let wrapper = w.dir.path().join("flaky-worker");
     executable(
         &wrapper,
@@ -653,6 +515,26 @@ async fn refusals_happen_before_anything_is_installed() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is not executable"), "{err}");
     assert!(!installed());
+
+    // A data directory systemd cannot hand to the services' users.
+    let elsewhere = w.dir.path().join("data");
+    let out = Command::new(circles_test_support::binary("launcher"))
+        .args([
+            "--use-service-manager",
+            "--worker-binary",
+            wb,
+            "-c",
+            KEY_ONE,
+        ])
+        .args(["--system", "--redis-url", &w.redis.url(), "--data-dir"])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("must lie under /var/lib"), "{err}");
+    assert!(!installed());
+    assert!(!elsewhere.exists());
     assert!(!w.data().exists(), "no data directory made by refused runs");
 }
 
@@ -788,4 +670,62 @@ async fn a_failing_init_script_fails_the_run_and_leaves_the_circle_running() {
     assert_eq!(w.prop(&worker_unit(KEY_ONE), "ActiveState"), "active");
     let mut c = Client::connect(&w.url(KEY_ONE)).await;
     assert_eq!(c.play("1 + 1").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_cleanup_find_the_default_data_directory_from_anywhere() {
+    if !systemd_or_skip("status_and_cleanup_find_the_default_data_directory") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let w = World::new("svc-default-dir");
+    let default = Path::new("/var/lib/circles");
+    assert!(
+        !default.join("services.json").exists(),
+        "a circles install in this sandbox already"
+    );
+    // Without --data-dir, from one directory…
+    let init = script(w.dir.path(), "init.rhai", r#""from the default""#);
+    let launcher = |cwd: &Path, args: &[&str]| {
+        let out = Command::new(circles_test_support::binary("launcher"))
+            .current_dir(cwd)
+            .args(args)
+            .args(["--redis-url", &w.redis.url(), "--system"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let worker = worker();
+    let (code, out, err) = launcher(
+        w.dir.path(),
+        &[
+            "--use-service-manager",
+            "--worker-binary",
+            worker.to_str().unwrap(),
+            "-p",
+            &w.port,
+            "-c",
+            &format!("{KEY_ONE}:{init}"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(default.join("services.json").is_file());
+    assert!(
+        !w.dir.path().join("launch_data").exists(),
+        "not ./launch_data"
+    );
+    // …status and cleanup from another find what it installed.
+    let (code, out, err) = launcher(Path::new("/"), &["status", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok: from the default"), "{out}");
+    let (code, out, err) = launcher(Path::new("/"), &["cleanup"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 circle service(s) removed"), "{out}");
+    assert!(!default.join("services.json").exists());
+    let _ = std::fs::remove_dir_all(default);
+    let _ = std::fs::remove_dir_all("/var/lib/private/circles");
 }

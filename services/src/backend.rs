@@ -26,7 +26,37 @@ pub struct Rendered {
     pub path: PathBuf,
     /// The file's full text.
     pub contents: String,
+    /// Its permission bits: 0644, or 0600 when it holds a secret (a launchd
+    /// plist with secret environment values).
+    pub mode: u32,
+    /// The service's secret environment file, for backends that keep one
+    /// beside the unit (systemd `EnvironmentFile=`).
+    pub secret: Option<SecretFile>,
 }
+
+/// A file of mode 0600 holding secret values; `Debug` does not show them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    /// Where it is installed.
+    pub path: PathBuf,
+    /// Its full text.
+    pub contents: String,
+}
+
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFile")
+            .field("path", &self.path)
+            .field("contents", &"<secret>")
+            .finish()
+    }
+}
+
+/// Mode of service files without secrets (launchd refuses group- or
+/// world-writable plists).
+pub const PUBLIC_FILE_MODE: u32 = 0o644;
+/// Mode of every file holding a secret.
+pub const SECRET_FILE_MODE: u32 = 0o600;
 
 /// What apply will do with one rendered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +67,11 @@ pub enum PlannedAction {
     Update {
         /// The installed text, restored if the apply fails.
         previous: String,
+        /// The installed file's permission bits, restored with it.
+        previous_mode: u32,
+        /// The installed secret file (restored if the apply fails), `None`
+        /// when there was none.
+        previous_secret: Option<SecretFile>,
     },
     /// Same text on disk: only start the service if it is not running.
     Unchanged,
@@ -296,6 +331,30 @@ impl ServiceBackend {
             ServiceBackend::Systemd(b) => b.stop(names).await,
             ServiceBackend::Launchd(b) => b.stop(names).await,
             ServiceBackend::Fallback(b) => b.stop(names).await,
+        }
+    }
+
+    /// The services whose files (unit, plist, record) are in our directory,
+    /// without asking the service manager.
+    pub async fn list_installed_files(&self) -> Result<Vec<ServiceName>, ServiceError> {
+        match self {
+            ServiceBackend::Systemd(b) => b.list_installed_files().await,
+            ServiceBackend::Launchd(b) => b.list_installed_files().await,
+            ServiceBackend::Fallback(b) => b.list_installed().await,
+        }
+    }
+
+    /// The working directory our installed file of `name` gives the
+    /// service (`None` when there is no such file of ours, or the fallback
+    /// backend): where an earlier install ran it.
+    pub async fn installed_working_directory(
+        &self,
+        name: &ServiceName,
+    ) -> Result<Option<PathBuf>, ServiceError> {
+        match self {
+            ServiceBackend::Systemd(b) => b.installed_working_directory(name).await,
+            ServiceBackend::Launchd(b) => b.installed_working_directory(name).await,
+            ServiceBackend::Fallback(_) => Ok(None),
         }
     }
 

@@ -20,7 +20,7 @@ use service_manager::{
     ServiceUninstallCtx, TypedServiceManager,
 };
 
-use crate::backend::{ApplyReport, Plan, PlannedAction, Rendered, ServiceStatus};
+use crate::backend::{ApplyReport, PUBLIC_FILE_MODE, Plan, PlannedAction, Rendered, ServiceStatus};
 use crate::error::{Rollback, ServiceError};
 use crate::files;
 use crate::host::HostEnv;
@@ -123,6 +123,17 @@ impl FallbackBackend {
     /// Refuses specs that `service-manager`'s unquoted templates would mangle.
     pub fn render(&self, spec: &ServiceSpec) -> Result<Rendered, ServiceError> {
         spec.validate()?;
+        if let Some(key) = spec.secret_env.0.keys().next() {
+            return Err(ServiceError::InvalidSpec {
+                name: spec.name.clone(),
+                reason: format!(
+                    "the fallback service backend cannot keep the secret {key} out of \
+                     world-readable files (service-manager writes the environment into the \
+                     service file it generates); use systemd or launchd, or a Redis without \
+                     credentials"
+                ),
+            });
+        }
         let needs_quoting = |s: &str| {
             s.is_empty()
                 || s.chars().any(|c| {
@@ -187,6 +198,8 @@ impl FallbackBackend {
             name: spec.name.clone(),
             path: self.record_path(&spec.name),
             contents,
+            mode: PUBLIC_FILE_MODE,
+            secret: None,
         })
     }
 
@@ -268,7 +281,7 @@ impl FallbackBackend {
     /// Writes the record, then installs (enabled at boot) and starts.
     async fn install(&self, rendered: &Rendered) -> Result<(), ServiceError> {
         let record = Record::parse(rendered)?;
-        files::write_file(&rendered.name, &rendered.path, &rendered.contents).await?;
+        files::write_rendered(rendered).await?;
         let ctx = ServiceInstallCtx {
             label: label(&rendered.name),
             program: record.program,

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod account;
 mod backend;
 mod error;
 pub mod fallback;
@@ -39,14 +40,17 @@ pub mod systemd;
 mod templates;
 
 pub use backend::{
-    ApplyReport, CLD_DUMPED, CLD_EXITED, CLD_KILLED, Plan, PlannedAction, Rendered, ServiceBackend,
-    ServiceStatus,
+    ApplyReport, CLD_DUMPED, CLD_EXITED, CLD_KILLED, PUBLIC_FILE_MODE, Plan, PlannedAction,
+    Rendered, SECRET_FILE_MODE, SecretFile, ServiceBackend, ServiceStatus,
 };
 pub use error::{Rollback, ServiceError};
 pub use fallback::FallbackBackend;
 pub use host::HostEnv;
 pub use launchd::LaunchdBackend;
 pub use name::{MAX_NAME_LEN, SERVICE_PREFIX, ServiceName};
-pub use spec::{BackendKind, RestartPolicy, ServiceScope, ServiceSpec, ServiceTemplate};
+pub use spec::{
+    BackendKind, ResourceLimits, RestartPolicy, SecretEnv, ServiceAccount, ServiceScope,
+    ServiceSpec, ServiceTemplate,
+};
 pub use systemd::SystemdBackend;
 pub use templates::{Template, Templates};

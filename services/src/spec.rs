@@ -72,6 +72,62 @@ impl Default for RestartPolicy {
     }
 }
 
+/// Which account a service runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceAccount {
+    /// The service manager's own: root for system services, the user for
+    /// user services. For services that must manage other services.
+    Manager,
+    /// System services: an account with no privileges. systemd allocates a
+    /// fresh one per service (`DynamicUser=yes`), owning only the service's
+    /// [`ServiceSpec::state_dir`]; launchd daemons run as `user`/`group`
+    /// (`UserName`/`GroupName`), which must exist. User services run as the
+    /// user either way.
+    Unprivileged {
+        /// launchd `UserName`.
+        user: String,
+        /// launchd `GroupName`.
+        group: String,
+    },
+}
+
+/// OS-enforced ceilings on a service's resources; `None` is no ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ResourceLimits {
+    /// Memory of the whole service in bytes (systemd `MemoryMax=`, with
+    /// `MemorySwapMax=0` so the ceiling is real memory). launchd cannot
+    /// enforce one.
+    pub memory_max: Option<u64>,
+    /// Processes and threads (systemd `TasksMax=`). launchd cannot enforce
+    /// one per service.
+    pub tasks_max: Option<u64>,
+    /// Open file descriptors (systemd `LimitNOFILE=`, launchd
+    /// `NumberOfFiles`).
+    pub nofile: Option<u64>,
+}
+
+/// Environment values that must stay out of world-readable places (a Redis
+/// URL with a password): never in a unit file (systemd shows `Environment=`
+/// to every user over D-Bus), only in a file of mode 0600. `Debug` hides the
+/// values.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretEnv(pub BTreeMap<String, String>);
+
+impl SecretEnv {
+    /// Whether there is nothing secret.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<secret>")))
+            .finish()
+    }
+}
+
 /// One service to install. Pure data; every path absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -87,6 +143,23 @@ pub struct ServiceSpec {
     pub args: Vec<String>,
     /// Environment of the process.
     pub env: BTreeMap<String, String>,
+    /// Environment of the process that must not appear in world-readable
+    /// files: systemd reads it from `<secrets_dir>/<name>.env` (mode 0600,
+    /// `EnvironmentFile=`); a launchd plist that holds it is written 0600.
+    pub secret_env: SecretEnv,
+    /// Where the systemd backend keeps the 0600 environment file of a
+    /// service with [`ServiceSpec::secret_env`] (created mode 0700).
+    pub secrets_dir: PathBuf,
+    /// The account the service runs as.
+    pub account: ServiceAccount,
+    /// The one directory the service writes (a worker's database). systemd
+    /// system services with an unprivileged account get it as
+    /// `StateDirectory=`, owned by their dynamic user, so it must lie under
+    /// `/var/lib`; elsewhere it is added to `ReadWritePaths=`. launchd
+    /// daemons get it owned by their account.
+    pub state_dir: Option<PathBuf>,
+    /// OS-enforced resource ceilings.
+    pub limits: ResourceLimits,
     /// Working directory of the process.
     pub working_directory: PathBuf,
     /// Paths the service may write to (systemd `ReadWritePaths=`; the rest of
@@ -120,6 +193,42 @@ impl ServiceSpec {
         for path in &self.read_write_paths {
             check_path("read-write path", path).map_err(invalid)?;
         }
+        check_path("secrets directory", &self.secrets_dir).map_err(invalid)?;
+        if let Some(dir) = &self.state_dir {
+            check_path("state directory", dir).map_err(invalid)?;
+        }
+        if let ServiceAccount::Unprivileged { user, group } = &self.account {
+            let valid = |n: &str| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            };
+            if !valid(user) || !valid(group) {
+                return Err(invalid(format!(
+                    "the account {user:?}:{group:?} is not a plain user and group name"
+                )));
+            }
+        }
+        for (key, value) in &self.secret_env.0 {
+            if self.env.contains_key(key) {
+                return Err(invalid(format!(
+                    "environment variable {key} is given both as secret and as plain"
+                )));
+            }
+            if value.contains('\0') || value.contains('\n') || value.contains('\r') {
+                return Err(invalid(format!(
+                    "secret environment variable {key} must be one line without NUL bytes"
+                )));
+            }
+        }
+        if self.limits.memory_max == Some(0)
+            || self.limits.tasks_max == Some(0)
+            || self.limits.nofile == Some(0)
+        {
+            return Err(invalid(
+                "a resource ceiling of 0 would stop the service from running at all".into(),
+            ));
+        }
         if self.description.trim().is_empty() {
             return Err(invalid("the description is empty".into()));
         }
@@ -134,7 +243,7 @@ impl ServiceSpec {
                 return Err(invalid(format!("argument {arg:?} contains a NUL byte")));
             }
         }
-        for (key, value) in &self.env {
+        for (key, value) in self.env.iter().chain(self.secret_env.0.iter()) {
             let mut chars = key.chars();
             let valid_key = chars
                 .next()

@@ -488,3 +488,93 @@ async fn detect_child() {
         .unwrap();
     assert_eq!(backend.cleanup().await.unwrap().len(), 1);
 }
+
+/// A daemon (system domain) with an unprivileged account and a secret: its
+/// plist is 0600 with `UserName`/`GroupName`, and before launchd loads it
+/// its state directory exists, owned by that account, mode 0700 — also a
+/// database an earlier root-run install left there.
+#[tokio::test]
+async fn daemons_get_their_account_and_their_state_directory() {
+    if !rustix::process::geteuid().is_root() {
+        util::loud_skip("daemons_get_their_account: changing owners needs root");
+        return;
+    }
+    let fake = FakeLaunchctl::new("launchctl-daemon");
+    let daemons = fake.dir.join("LaunchDaemons");
+    let backend = circles_services::LaunchdBackend::with_paths(
+        ServiceScope::System,
+        &daemons,
+        "system",
+        Templates::embedded(),
+        &fake.host(),
+    );
+    let home = fake.home();
+    let state = home.join("data/db/circle");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("circle_db.redb"), "root's data").unwrap();
+    let mut s = test_spec("launchd-daemon", &home);
+    s.account = circles_services::ServiceAccount::Unprivileged {
+        user: "nobody".into(),
+        group: "nogroup".into(),
+    };
+    s.state_dir = Some(state.clone());
+    s.secret_env
+        .0
+        .insert("REDIS_URL".into(), "redis://:s3cret@127.0.0.1:6379".into());
+
+    let plan = backend.plan(std::slice::from_ref(&s)).await.unwrap();
+    backend.apply(&plan).await.unwrap();
+    let plist = daemons.join("tf.ourworld.circles.launchd-daemon.plist");
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    assert_eq!(
+        std::fs::metadata(&plist).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let dict = Value::from_file(&plist).unwrap().into_dictionary().unwrap();
+    assert_eq!(dict["UserName"].as_string(), Some("nobody"));
+    assert_eq!(dict["GroupName"].as_string(), Some("nogroup"));
+    let nobody = uid_of("nobody");
+    for path in [state.clone(), state.join("circle_db.redb")] {
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), nobody, "{path:?}");
+    }
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // launchd opens the log files as the daemon's user: they are its own.
+    for key in ["StandardOutPath", "StandardErrorPath"] {
+        let log = dict[key].as_string().unwrap();
+        assert_eq!(std::fs::metadata(log).unwrap().uid(), nobody, "{log}");
+    }
+    assert_eq!(
+        fake.take_calls(),
+        [
+            "enable system/tf.ourworld.circles.launchd-daemon".to_string(),
+            format!("bootstrap system {}", plist.display()),
+        ]
+    );
+    // An account that does not exist is an error naming it, before launchd
+    // is asked anything.
+    let mut other = test_spec("launchd-daemon-2", &home);
+    other.account = circles_services::ServiceAccount::Unprivileged {
+        user: "no-such-circles-user".into(),
+        group: "nogroup".into(),
+    };
+    other.state_dir = Some(home.join("data/db/other"));
+    let err = backend
+        .apply(&backend.plan(std::slice::from_ref(&other)).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-circles-user"), "{err}");
+    assert!(fake.take_calls().is_empty());
+    backend.remove(&[s.name.clone()]).await.unwrap();
+}
+
+/// The uid of a user, from `id -u`.
+fn uid_of(user: &str) -> u32 {
+    let out = std::process::Command::new("id")
+        .args(["-u", user])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

@@ -6,37 +6,57 @@
 mod util;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use circles_services::{
-    BackendKind, FallbackBackend, HostEnv, LaunchdBackend, PlannedAction, RestartPolicy,
-    ServiceBackend, ServiceError, ServiceScope, ServiceSpec, ServiceTemplate, SystemdBackend,
-    Templates,
+    BackendKind, FallbackBackend, HostEnv, LaunchdBackend, PlannedAction, ResourceLimits,
+    RestartPolicy, SecretEnv, ServiceAccount, ServiceBackend, ServiceError, ServiceScope,
+    ServiceSpec, ServiceTemplate, SystemdBackend, Templates,
 };
 use util::{ScratchDir, env_flag, name, spec, write_executable};
 
 const KEY: &str = circles_test_support::KEY_ONE;
 
-/// The specs the launcher will hand us, rooted at `dir`.
+/// Where the launcher keeps system services' data (a StateDirectory= root).
+const DATA: &str = "/var/lib/circles";
+
+/// A Redis URL with a password, as the launcher hands it over.
+const SECRET_URL: &str = "redis://:s3cret$\"pw@127.0.0.1:6379";
+
+/// The specs the launcher will hand us, with programs under `dir`.
 fn launcher_like_specs(dir: &Path) -> [ServiceSpec; 2] {
-    let data = dir.join("launch_data");
+    let data = Path::new(DATA);
+    let db = data.join("db").join(KEY);
+    let secret_env = SecretEnv(BTreeMap::from([("REDIS_URL".into(), SECRET_URL.into())]));
+    let account = ServiceAccount::Unprivileged {
+        user: "nobody".into(),
+        group: "nogroup".into(),
+    };
     let worker = ServiceSpec {
         name: name(&format!("circle-worker-{KEY}")),
         template: ServiceTemplate::Worker,
         description: format!("circles worker for circle {KEY}"),
         program: dir.join("bin/worker"),
         args: vec![
-            "--redis-url".into(),
-            "redis://127.0.0.1:6379".into(),
             "--circle-public-key".into(),
             KEY.into(),
             "--db-path".into(),
-            data.to_str().unwrap().into(),
+            db.to_str().unwrap().into(),
             "--keep-queued-on-stop".into(),
         ],
         env: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
-        working_directory: data.clone(),
-        read_write_paths: vec![data.clone()],
+        secret_env: secret_env.clone(),
+        secrets_dir: data.join("secrets"),
+        account: account.clone(),
+        state_dir: Some(db.clone()),
+        limits: ResourceLimits {
+            memory_max: Some(1 << 30),
+            tasks_max: Some(64),
+            nofile: Some(1024),
+        },
+        working_directory: db.clone(),
+        read_write_paths: Vec::new(),
         log_dir: data.join("logs"),
         notify_ready: true,
         restart: RestartPolicy::default(),
@@ -56,15 +76,18 @@ fn launcher_like_specs(dir: &Path) -> [ServiceSpec; 2] {
         template: ServiceTemplate::WsServer,
         description: "circles WebSocket server".into(),
         program: dir.join("bin/server"),
-        args: vec![
-            "--port".into(),
-            "8080".into(),
-            "--redis-url".into(),
-            "redis://127.0.0.1:6379".into(),
-        ],
+        args: vec!["--port".into(), "8080".into()],
         env: BTreeMap::new(),
-        working_directory: data.clone(),
-        read_write_paths: vec![data.clone()],
+        secret_env,
+        secrets_dir: data.join("secrets"),
+        account,
+        state_dir: None,
+        limits: ResourceLimits {
+            nofile: Some(65536),
+            ..ResourceLimits::default()
+        },
+        working_directory: data.to_path_buf(),
+        read_write_paths: Vec::new(),
         log_dir: data.join("logs"),
         notify_ready: true,
         restart: RestartPolicy::default(),
@@ -309,7 +332,11 @@ fn systemd_analyze_verify_accepts_every_rendered_unit() {
 async fn plan_compares_with_the_files_on_disk() {
     let dir = ScratchDir::new("plan");
     let backend = systemd_backend(ServiceScope::System, &dir.join("units"));
-    let [worker, server] = launcher_like_specs(dir.path());
+    let [mut worker, mut server] = launcher_like_specs(dir.path());
+    // Secret files are planned like units; see
+    // `a_changed_secret_alone_updates_the_service`.
+    worker.secret_env = SecretEnv::default();
+    server.secret_env = SecretEnv::default();
     let specs = vec![worker.clone(), server.clone()];
 
     let plan = backend.plan(&specs).await.unwrap();
@@ -325,6 +352,7 @@ async fn plan_compares_with_the_files_on_disk() {
     std::fs::create_dir_all(dir.join("units")).unwrap();
     for (r, _) in &plan.items {
         std::fs::write(&r.path, &r.contents).unwrap();
+        std::fs::set_permissions(&r.path, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let plan = backend.plan(&specs).await.unwrap();
     assert!(
@@ -342,7 +370,14 @@ async fn plan_compares_with_the_files_on_disk() {
         .fingerprint
         .insert("worker-sha256".into(), "a new hash".into());
     let plan = backend.plan(&[new_worker, server.clone()]).await.unwrap();
-    assert_eq!(plan.items[0].1, PlannedAction::Update { previous });
+    assert_eq!(
+        plan.items[0].1,
+        PlannedAction::Update {
+            previous,
+            previous_mode: 0o644,
+            previous_secret: None,
+        }
+    );
     assert_eq!(plan.items[1].1, PlannedAction::Unchanged);
 
     // A file with our name that we did not write.
@@ -597,4 +632,223 @@ async fn detect_honours_the_backend_override() {
             .unwrap_err();
         assert!(err.to_string().contains("systemd is not running"), "{err}");
     }
+}
+
+fn line_of<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter(|l| l.starts_with(&format!("{key}=")))
+        .collect()
+}
+
+#[test]
+fn unprivileged_system_units_get_a_dynamic_user_and_their_state_directory() {
+    let dir = FixedDir(Path::new("/opt/circles"));
+    let [worker, server] = launcher_like_specs(dir.path());
+    let system = systemd_backend(ServiceScope::System, Path::new("/etc/systemd/system"));
+    let unit = system.render(&worker).unwrap().contents;
+    for line in [
+        "DynamicUser=yes",
+        "PrivateUsers=yes",
+        "CapabilityBoundingSet=",
+        &format!("StateDirectory=\"circles/db/{KEY}\""),
+        "StateDirectoryMode=0700",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "MemoryMax=1073741824",
+        "MemorySwapMax=0",
+        "TasksMax=64",
+        "LimitNOFILE=1024",
+        "UMask=0077",
+        "EnvironmentFile=/var/lib/circles/secrets/tf.ourworld.circles.circle-worker-0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798.env",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "no `{line}` in\n{unit}");
+    }
+    // The state directory is systemd's to hand over, not a ReadWritePaths=.
+    assert_eq!(line_of(&unit, "ReadWritePaths"), ["ReadWritePaths="]);
+    let server_unit = system.render(&server).unwrap().contents;
+    assert!(server_unit.contains("\nDynamicUser=yes\n"));
+    assert!(!server_unit.contains("StateDirectory"), "{server_unit}");
+    assert!(server_unit.contains("\nLimitNOFILE=65536\n"));
+    assert!(server_unit.contains("\nMemoryMax=infinity\n"));
+
+    // User units keep the user, and write their data through ReadWritePaths.
+    let user = systemd_backend(ServiceScope::User, Path::new("/root/.config/systemd/user"));
+    let unit = user.render(&worker).unwrap().contents;
+    assert!(!unit.contains("DynamicUser"), "{unit}");
+    assert!(!unit.contains("StateDirectory"), "{unit}");
+    assert_eq!(
+        line_of(&unit, "ReadWritePaths"),
+        [format!("ReadWritePaths=\"/var/lib/circles/db/{KEY}\"").as_str()]
+    );
+    assert_eq!(line_of(&unit, "ProtectHome"), ["ProtectHome=read-only"]);
+
+    // A state directory systemd cannot own is refused, naming the rule.
+    let mut elsewhere = worker.clone();
+    elsewhere.state_dir = Some("/srv/circles/db".into());
+    let err = system.render(&elsewhere).unwrap_err();
+    assert!(err.to_string().contains("must lie under /var/lib"), "{err}");
+    elsewhere.state_dir = Some("/var/lib/../etc".into());
+    assert!(system.render(&elsewhere).is_err());
+
+    // A binary under a home directory stays reachable, read-only.
+    let mut in_home = worker.clone();
+    in_home.program = "/home/me/circles/target/release/worker".into();
+    let unit = system.render(&in_home).unwrap().contents;
+    assert_eq!(line_of(&unit, "ProtectHome"), ["ProtectHome=read-only"]);
+    // A binary under /tmp (a CI checkout) is bound into the private /tmp
+    // that DynamicUser= implies.
+    let mut in_tmp = worker;
+    in_tmp.program = "/tmp/ci/target/worker".into();
+    let unit = system.render(&in_tmp).unwrap().contents;
+    assert_eq!(
+        line_of(&unit, "BindReadOnlyPaths"),
+        ["BindReadOnlyPaths=\"/tmp/ci/target/worker\""]
+    );
+}
+
+#[test]
+fn secret_environment_stays_out_of_the_unit() {
+    let dir = FixedDir(Path::new("/opt/circles"));
+    let [worker, _] = launcher_like_specs(dir.path());
+    let backend = systemd_backend(ServiceScope::System, Path::new("/etc/systemd/system"));
+    let rendered = backend.render(&worker).unwrap();
+    assert!(
+        !rendered.contents.contains("s3cret"),
+        "{}",
+        rendered.contents
+    );
+    assert_eq!(rendered.mode, 0o644);
+    let secret = rendered.secret.as_ref().expect("a secret file");
+    assert_eq!(
+        secret.path,
+        Path::new(DATA).join(format!("secrets/{}.env", worker.name))
+    );
+    // Quoted for EnvironmentFile=: `$`, `"`, `\` and backquote escaped.
+    assert!(
+        secret
+            .contents
+            .ends_with("\nREDIS_URL=\"redis://:s3cret\\$\\\"pw@127.0.0.1:6379\"\n"),
+        "{:?}",
+        secret.contents
+    );
+    assert!(
+        !format!("{rendered:?}").contains("s3cret"),
+        "Debug hides it"
+    );
+    assert!(!format!("{worker:?}").contains("s3cret"), "Debug hides it");
+    // A secret that is also plain, or spans lines, is refused.
+    let mut both = worker.clone();
+    both.env.insert("REDIS_URL".into(), "x".into());
+    assert!(backend.render(&both).is_err());
+    let mut lines = worker;
+    lines
+        .secret_env
+        .0
+        .insert("REDIS_URL".into(), "a\nExecStartPre=/bin/evil".into());
+    let err = backend.render(&lines).unwrap_err();
+    assert!(!err.to_string().contains("evil"), "{err}");
+}
+
+#[tokio::test]
+async fn a_changed_secret_alone_updates_the_service() {
+    let dir = ScratchDir::new("plan-secret");
+    let backend = systemd_backend(ServiceScope::System, &dir.join("units"));
+    let [mut worker, _] = launcher_like_specs(dir.path());
+    worker.secrets_dir = dir.join("secrets");
+    let plan = backend.plan(std::slice::from_ref(&worker)).await.unwrap();
+    let (rendered, _) = &plan.items[0];
+    std::fs::create_dir_all(dir.join("units")).unwrap();
+    std::fs::write(&rendered.path, &rendered.contents).unwrap();
+    std::fs::set_permissions(&rendered.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = rendered.secret.as_ref().unwrap();
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    std::fs::write(&secret.path, &secret.contents).unwrap();
+    let plan = backend.plan(std::slice::from_ref(&worker)).await.unwrap();
+    assert_eq!(plan.items[0].1, PlannedAction::Unchanged);
+
+    // A new password: same unit text, new secret file, so a restart.
+    worker
+        .secret_env
+        .0
+        .insert("REDIS_URL".into(), "redis://:new@127.0.0.1:6379".into());
+    let plan = backend.plan(std::slice::from_ref(&worker)).await.unwrap();
+    assert_eq!(plan.items[0].0.contents, rendered.contents);
+    match &plan.items[0].1 {
+        PlannedAction::Update {
+            previous_secret, ..
+        } => assert_eq!(previous_secret.as_ref(), Some(secret)),
+        other => panic!("expected an update, got {other:?}"),
+    }
+}
+
+#[test]
+fn launchd_daemons_run_as_their_account_with_limits() {
+    let dir = FixedDir(Path::new("/opt/circles"));
+    let [worker, _] = launcher_like_specs(dir.path());
+    let daemons = LaunchdBackend::with_paths(
+        ServiceScope::System,
+        "/Library/LaunchDaemons",
+        "system",
+        Templates::embedded(),
+        &host(),
+    );
+    let rendered = daemons.render(&worker).unwrap();
+    // The Redis password is in the plist (launchd has no environment file),
+    // so the plist is written 0600.
+    assert_eq!(rendered.mode, 0o600);
+    let dict = plist::Value::from_reader_xml(rendered.contents.as_bytes())
+        .unwrap()
+        .into_dictionary()
+        .unwrap();
+    assert_eq!(dict["UserName"].as_string(), Some("nobody"));
+    assert_eq!(dict["GroupName"].as_string(), Some("nogroup"));
+    assert_eq!(dict["Umask"].as_signed_integer(), Some(0o077));
+    for key in ["SoftResourceLimits", "HardResourceLimits"] {
+        let limits = dict[key].as_dictionary().unwrap();
+        assert_eq!(limits["NumberOfFiles"].as_signed_integer(), Some(1024));
+        assert_eq!(limits["Core"].as_signed_integer(), Some(0));
+    }
+    assert_eq!(
+        dict["EnvironmentVariables"].as_dictionary().unwrap()["REDIS_URL"].as_string(),
+        Some(SECRET_URL)
+    );
+    // No password on the command line.
+    assert!(
+        dict["ProgramArguments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| !a.as_string().unwrap().contains("s3cret"))
+    );
+
+    // Agents run as the user: no UserName.
+    let agents = LaunchdBackend::with_paths(
+        ServiceScope::User,
+        "/Users/me/Library/LaunchAgents",
+        "gui/501",
+        Templates::embedded(),
+        &host(),
+    );
+    let mut plain = worker;
+    plain.secret_env = SecretEnv::default();
+    let rendered = agents.render(&plain).unwrap();
+    assert_eq!(rendered.mode, 0o644);
+    assert!(!rendered.contents.contains("UserName"));
+}
+
+#[test]
+fn the_fallback_backend_refuses_secrets() {
+    let dir = ScratchDir::new("fallback-secret");
+    let backend = FallbackBackend::with_registry_dir(
+        ServiceScope::System,
+        service_manager::ServiceManagerKind::OpenRc,
+        dir.path(),
+    );
+    let mut s = spec(name("fb"), "/usr/bin/worker", &[], Path::new("/srv"));
+    s.secret_env
+        .0
+        .insert("REDIS_URL".into(), "redis://:s3cret@h".into());
+    let err = backend.render(&s).unwrap_err().to_string();
+    assert!(err.contains("cannot keep the secret REDIS_URL"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
 }

@@ -20,6 +20,21 @@ use crate::policy::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::spec::ChildSpec;
 use crate::status::{ChildState, ChildStatus, ExitStatus};
 
+/// Environment variables a child inherits from its supervisor; everything
+/// else it gets only through its spec.
+const INHERITED_ENV: [&str; 9] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    // The worker's documented switch, set by operators for a whole launch.
+    "PRESERVE_TASKS",
+];
+
 /// What the handle asks of the supervision task.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Control {
@@ -330,6 +345,16 @@ impl Supervision {
         };
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args);
+        // A fresh environment: the parent's may hold secrets (the
+        // supervisor's own API secrets, a Redis URL, anything an operator
+        // exported) that a child has no business inheriting. Only what a
+        // program generally needs is passed on, then the spec's own.
+        cmd.env_clear();
+        for key in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(key) {
+                cmd.env(key, value);
+            }
+        }
         for key in &spec.env_remove {
             cmd.env_remove(key);
         }

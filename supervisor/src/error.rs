@@ -1,5 +1,6 @@
 //! The one error type of the supervisor library, and the JSON-RPC code each
-//! variant answers with (SPEC: -32010 … -32016). Every message names the
+//! variant answers with (SPEC: -32010 … -32016, and the WebSocket server's
+//! -32004 for a runner that is not running). Every message names the
 //! runner, unit or path at fault and says what to do.
 
 use circles_dispatcher::{DispatchError, TaskId};
@@ -24,6 +25,9 @@ pub mod codes {
     pub const JOB_NOT_FOUND: i32 = -32015;
     /// The job did not end within its timeout.
     pub const JOB_TIMED_OUT: i32 = -32016;
+    /// The runner is not running (no live worker serves its circle); the
+    /// job was not queued. The same code as the WebSocket server's.
+    pub const CIRCLE_OFFLINE: i32 = -32004;
 }
 
 /// Everything a supervisor operation can refuse or fail at.
@@ -132,10 +136,8 @@ impl SupervisorError {
             Self::RunnerExists(_) | Self::CircleTaken { .. } => RUNNER_EXISTS,
             Self::InvalidKey(_) => INVALID_CIRCLE_KEY,
             Self::InvalidInput(_) => INVALID_PARAMS,
-            Self::Manager { .. }
-            | Self::NotStarted { .. }
-            | Self::RunnerNotRunning { .. }
-            | Self::CircleOffline(_) => MANAGER_FAILURE,
+            Self::Manager { .. } | Self::NotStarted { .. } => MANAGER_FAILURE,
+            Self::RunnerNotRunning { .. } | Self::CircleOffline(_) => CIRCLE_OFFLINE,
             Self::Unauthorized(_) => UNAUTHORIZED,
             Self::JobNotFound(_) => JOB_NOT_FOUND,
             Self::JobTimedOut(..) => JOB_TIMED_OUT,

@@ -17,7 +17,9 @@
 //!   `supervisor/openrpc.json`;
 //! - [`secrets`]: admin and user secrets, from a 0600 file or the
 //!   environment, compared in constant time;
-//! - [`store`]: runners and their target state, kept across restarts.
+//! - [`store`]: runners and their target state, kept across restarts;
+//! - [`console`]: the web console served on `GET /` of the same port, a
+//!   client of the API like any other.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), circles_supervisor::SupervisorError> {
@@ -35,6 +37,7 @@
 
 mod app;
 mod builder;
+pub mod console;
 mod error;
 pub mod manager;
 pub mod procfs;
@@ -53,6 +56,6 @@ pub use error::{SupervisorError, codes};
 pub use runner::{ManagerKind, RunnerConfig, RunnerInfo, TargetState};
 pub use secrets::{Scope, Secrets, SecretsFile};
 pub use supervisor::{
-    AddRunner, BulkResult, JobRequest, JobResult, JobStatus, Supervisor, SupervisorSettings,
-    SupervisorStatus,
+    AddRunner, BulkResult, GeneratedKey, JobRequest, JobResult, JobStatus, Supervisor,
+    SupervisorSettings, SupervisorStatus,
 };

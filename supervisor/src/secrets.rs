@@ -238,21 +238,43 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// From the header value, if any.
+    /// From the `Authorization` header value, if any.
     pub fn from_header(secrets: &Secrets, header: Option<&str>) -> Self {
-        if secrets.is_empty() {
-            return Self::Open;
-        }
         let Some(value) = header else {
-            return Self::Missing;
+            return Self::from_bearer(secrets, None);
         };
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim);
-        match token.and_then(|t| secrets.scope_of(t)) {
+        // A header that is not `Bearer …` is a wrong credential, not a
+        // missing one.
+        Self::from_bearer(secrets, Some(token.unwrap_or("")))
+    }
+
+    /// From a bearer token however it came (the `Authorization` header, or
+    /// the WebSocket subprotocol a browser can set): the same constant-time
+    /// comparison and the same scopes.
+    pub fn from_bearer(secrets: &Secrets, token: Option<&str>) -> Self {
+        if secrets.is_empty() {
+            return Self::Open;
+        }
+        let Some(token) = token else {
+            return Self::Missing;
+        };
+        match secrets.scope_of(token) {
             Some(scope) => Self::Authorized(scope),
             None => Self::Invalid,
+        }
+    }
+
+    /// The scope this caller has: everything when no secrets are
+    /// configured, none without a valid secret.
+    pub fn scope(self) -> Option<Scope> {
+        match self {
+            Self::Open => Some(Scope::Admin),
+            Self::Authorized(scope) => Some(scope),
+            Self::Missing | Self::Invalid => None,
         }
     }
 

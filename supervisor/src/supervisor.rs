@@ -153,6 +153,21 @@ pub struct JobStatus {
     pub updated_at: Option<String>,
 }
 
+/// `generate_keypair`'s result: the new circle's public key, and where its
+/// secret key is kept (never sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeneratedKey {
+    /// The public key (canonical hex): give it to `add_runner`.
+    pub circle_public_key: String,
+    /// The file holding the secret key, mode 0600, on the supervisor's host.
+    pub secret_key_file: PathBuf,
+}
+
+/// Most generated keys kept in `<data>/keys`; past it, generating is
+/// refused until unused ones are removed (a bound on what a caller can make
+/// the supervisor write).
+pub const MAX_GENERATED_KEYS: usize = 1000;
+
 /// One runner's outcome in `start_all`/`stop_all`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BulkResult {
@@ -331,6 +346,7 @@ impl Supervisor {
             log_level: self.settings.worker_log_level.clone(),
             init_script: config.init_script.clone(),
             extra_env: config.env.clone(),
+            limits: circles_deploy::DEFAULT_WORKER_LIMITS,
         })
     }
 
@@ -387,6 +403,43 @@ impl Supervisor {
     }
 
     // ----- runners ---------------------------------------------------------
+
+    /// Makes a new circle identity: a secp256k1 keypair whose secret key is
+    /// written to `<data>/keys/<public key>.json` (mode 0600, the shape of
+    /// the launcher's generated keys) and never returned or logged.
+    pub async fn generate_keypair(&self) -> Result<GeneratedKey, SupervisorError> {
+        let dir = self.settings.data_dir.join("keys");
+        tokio::task::spawn_blocking(move || {
+            let io = |what: String, e| SupervisorError::io(what, e);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| io(format!("creating {}", dir.display()), e))?;
+            let kept = std::fs::read_dir(&dir)
+                .map_err(|e| io(format!("reading {}", dir.display()), e))?
+                .count();
+            if kept >= MAX_GENERATED_KEYS {
+                return Err(SupervisorError::InvalidInput(format!(
+                    "{kept} generated keys are kept in {}; remove the unused ones before generating more",
+                    dir.display()
+                )));
+            }
+            let pair = circles_dispatcher::CircleKeypair::generate();
+            let public = pair.public.to_hex();
+            let path = dir.join(format!("{public}.json"));
+            let stored = serde_json::json!({
+                "public_key": public,
+                "secret_key": pair.secret_hex(),
+            });
+            circles_deploy::fs::write_atomically(&path, stored.to_string().as_bytes(), 0o600)
+                .map_err(|e| io(format!("writing {}", path.display()), e))?;
+            tracing::info!(circle = %public, file = %path.display(), "generated a circle keypair");
+            Ok(GeneratedKey {
+                circle_public_key: public,
+                secret_key_file: path,
+            })
+        })
+        .await
+        .map_err(|e| SupervisorError::io("generating a keypair", std::io::Error::other(e)))?
+    }
 
     /// Adds a runner: validates everything, installs it with its manager
     /// (starting it when asked), records it. On any failure nothing stays
@@ -857,6 +910,14 @@ impl Supervisor {
             namespace: self.settings.namespace.clone(),
             default_manager: self.settings.default_manager,
         }
+    }
+
+    /// Every circle registered in the Redis this supervisor uses, on every
+    /// host sharing it — the view of `launcher status --fleet`, read the
+    /// same way ([`circles_dispatcher::fleet`]).
+    pub async fn fleet(&self) -> Result<Vec<circles_dispatcher::FleetEntry>, SupervisorError> {
+        let d = self.dispatcher().await?;
+        d.fleet().await.map_err(SupervisorError::Dispatch)
     }
 
     async fn ping(&self) -> Result<(), SupervisorError> {

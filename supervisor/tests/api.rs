@@ -227,6 +227,21 @@ async fn every_method_over_raw_http_and_a_raw_websocket() {
     assert_eq!(status["redis"], "ok");
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
 
+    // The fleet: every circle in Redis with its host (issue 9), as
+    // `launcher status --fleet` shows it.
+    let fleet = http.ok("get_fleet", json!({})).await;
+    let fleet = fleet.as_array().unwrap();
+    assert_eq!(fleet.len(), 2, "{fleet:?}");
+    for (entry, name) in fleet.iter().zip(["over-http", "over-ws"]) {
+        let info = ws.ok("get_runner_status", json!({ "name": name })).await;
+        assert_eq!(entry["circle"], info["circle_public_key"], "{entry}");
+        assert_eq!(entry["state"], "live", "{entry}");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(entry["host"], host.trim());
+        assert_eq!(entry["pid"], info["pid"], "{entry}");
+        assert!(entry["owner"]["token"].as_u64().unwrap() >= 1, "{entry}");
+    }
+
     // Log subscription over the WebSocket: a restart writes new lines.
     let Client::Ws(w) = &mut ws else {
         unreachable!()
@@ -497,7 +512,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         json!({"name": "idle", "circle_public_key": KEY_TWO}),
     );
     let r = h.call("run_job", json!({"runner": "idle", "script": "1"}));
-    assert_eq!(error_code(&r), -32013, "{r}");
+    assert_eq!(error_code(&r), -32004, "{r}");
     assert!(
         error_message(&r).contains("runner `idle` is stopped: start it first"),
         "{r}"

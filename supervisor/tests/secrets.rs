@@ -73,7 +73,7 @@ async fn wrong_missing_and_user_on_admin_are_refused_over_http_and_websocket() {
     // The job methods are the user's too (a stopped runner: refused by state,
     // not by scope).
     let r = user.call("run_job", json!({"runner": "alpha", "script": "1"}));
-    assert_eq!(error_code(&r), -32013, "{r}");
+    assert_eq!(error_code(&r), -32004, "{r}");
 
     // WebSocket: the secret goes on the upgrade.
     for (who, secret) in [

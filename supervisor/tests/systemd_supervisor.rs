@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -61,6 +61,10 @@ struct Cleanup<'a>(&'a Path, String);
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         let _ = launcher(self.0, &self.1, &["cleanup"]);
+        let _ = std::fs::remove_dir_all(self.0);
+        if let Ok(rel) = self.0.strip_prefix("/var/lib") {
+            let _ = std::fs::remove_dir_all(Path::new("/var/lib/private").join(rel));
+        }
     }
 }
 
@@ -72,9 +76,18 @@ fn systemd_runners_outlive_the_supervisor_and_the_launcher_sees_and_removes_them
         return;
     }
     let redis = RedisServer::start();
-    // Under target/: the sandbox's /tmp is private, units could not see it.
+    // Under target/: the sandbox's /tmp is private, units could not see it;
+    // searchable, since the workers' own users run the scripts here.
     let scratch = TargetScratch::new("supervisor-systemd");
-    let data = scratch.path().join("data");
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // Worker services keep their databases in a StateDirectory=, under
+    // /var/lib (a private overlay inside the sandbox).
+    let unique = scratch.path().file_name().unwrap().to_string_lossy();
+    let data = PathBuf::from(format!("/var/lib/circles-test-{unique}"));
     let _cleanup = Cleanup(&data, redis.url());
     let port = free_port();
     let args = ["--manager", "systemd"];

@@ -4,7 +4,10 @@
 //! private temporary directory and stops it when dropped, so every test talks
 //! to a real Redis and no test can see another's keys. [`binary`] finds the
 //! workspace's built binaries (`worker`, `server`, `launcher`, ...).
+//! [`hosts`] makes several hosts on one machine (network namespaces) for
+//! tests of circles spread over hosts.
 
+pub mod hosts;
 pub mod ws;
 
 use std::net::{TcpListener, TcpStream};
@@ -57,6 +60,11 @@ impl RedisServer {
             });
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The port it listens on.

@@ -17,6 +17,8 @@ use clap::Parser;
 use crate::{Limits, WorkerConfig};
 
 const MIB: usize = 1024 * 1024;
+/// A day: longer would be a mistake, and a huge value would not fit a timer.
+const MAX_WALL_TIME_SECS: f64 = 86_400.0;
 
 const WORKER_EXAMPLES: &str = "\
 Examples:
@@ -110,8 +112,18 @@ pub fn main_with(cli: WorkerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !(cli.max_wall_time_secs > 0.0 && cli.heartbeat_interval_secs > 0.0) {
-        eprintln!("error: --max-wall-time-secs and --heartbeat-interval-secs must be positive");
+    // The heartbeat also renews the circle's lease: beating less often than
+    // half its life would let it lapse and another worker take a live circle.
+    let max_interval = circles_dispatcher::protocol::HEARTBEAT_TTL_SECS as f64 / 2.0;
+    if !(cli.heartbeat_interval_secs > 0.0 && cli.heartbeat_interval_secs <= max_interval) {
+        eprintln!(
+            "error: --heartbeat-interval-secs must be above 0 and at most {max_interval} (half the heartbeat's {}s life)",
+            circles_dispatcher::protocol::HEARTBEAT_TTL_SECS
+        );
+        return ExitCode::from(2);
+    }
+    if !(cli.max_wall_time_secs > 0.0 && cli.max_wall_time_secs <= MAX_WALL_TIME_SECS) {
+        eprintln!("error: --max-wall-time-secs must be above 0 and at most {MAX_WALL_TIME_SECS}");
         return ExitCode::from(2);
     }
     let preserve_tasks = env_flag(ENV_PRESERVE_TASKS);

@@ -56,9 +56,13 @@ end
 return 0
 "#;
 
-/// Deletes the lease if it is exactly `ARGV[1]`. KEYS: lease.
+/// Deletes the lease if it is exactly `ARGV[1]`, and then (only then) the
+/// other keys given — the heartbeat on a clean stop, which must not be
+/// deleted by a worker whose circle another one owns now.
+/// KEYS: lease, then keys to delete with it.
 const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -204,16 +208,22 @@ impl Lease {
         since > u128::from(OWNER_LEASE_MS / 2)
     }
 
-    /// Gives the lease up, if still ours.
-    pub async fn release(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-        let _: i64 = redis::cmd("EVAL")
+    /// Gives the lease up, if still ours, deleting `with` (the heartbeat)
+    /// in the same step; `false` when it was not ours any more.
+    pub async fn release(
+        &self,
+        conn: &mut ConnectionManager,
+        with: &[String],
+    ) -> redis::RedisResult<bool> {
+        let released: i64 = redis::cmd("EVAL")
             .arg(RELEASE)
-            .arg(1)
+            .arg(1 + with.len())
             .arg(&self.key)
+            .arg(with)
             .arg(self.value())
             .query_async(conn)
             .await?;
-        Ok(())
+        Ok(released == 1)
     }
 
     /// How long a lease lives without renewal.
@@ -229,21 +239,35 @@ fn is_stale(holder: &CircleOwner, me: &CircleOwner, circle: &CirclePublicKey) ->
         && holder.pid_namespace == me.pid_namespace
         && !holder.pid_namespace.is_empty()
         && holder.pid != me.pid
-        && !process_serves(holder.pid, circle)
+        && !process_may_serve(holder.pid, circle)
 }
 
-/// Whether process `pid` on this host is a worker for `circle` (its command
-/// line names the circle). Linux only; elsewhere a lease is never judged
-/// stale early and simply runs out.
-fn process_serves(pid: u32, circle: &CirclePublicKey) -> bool {
+/// Whether process `pid` on this host is, or may be, a worker for `circle`.
+/// Only a process that does not exist, or whose command line can be read
+/// and does not name the circle (the pid was reused), is known not to be:
+/// a process we may not look at (another user's under `ProtectProc=`,
+/// `hidepid`) is taken to be the owner, so a live owner is never displaced.
+/// Linux only; elsewhere a lease is never judged stale early and simply
+/// runs out.
+fn process_may_serve(pid: u32, circle: &CirclePublicKey) -> bool {
     if !cfg!(target_os = "linux") {
         return true;
     }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+    let Some(pid_value) = rustix::process::Pid::from_raw(pid as i32) else {
         return false;
     };
-    let cmdline = String::from_utf8_lossy(&cmdline).to_lowercase();
-    cmdline.contains(&circle.to_hex()) || cmdline.contains(&circle.to_uncompressed_hex())
+    match rustix::process::test_kill_process(pid_value) {
+        Err(e) if e == rustix::io::Errno::SRCH => return false,
+        Ok(()) | Err(_) => {}
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) if !cmdline.is_empty() => {
+            let cmdline = String::from_utf8_lossy(&cmdline).to_lowercase();
+            cmdline.contains(&circle.to_hex()) || cmdline.contains(&circle.to_uncompressed_hex())
+        }
+        // Alive but not ours to read (or a zombie's empty command line).
+        _ => true,
+    }
 }
 
 /// This host's name.

@@ -11,6 +11,10 @@
 //! errors); SIGTERM finishes the task in hand; Redis outages are ridden out
 //! with backoff; readiness is announced with `sd_notify` (`READY=1`) after
 //! the worker is registered and its heartbeat key written.
+//!
+//! Besides scripts it answers one internal task kind, a snapshot of its
+//! database for backups ([`snapshot`]), which only trusted Redis clients
+//! can ask for.
 
 pub mod cli;
 pub mod engine;
@@ -18,11 +22,12 @@ pub mod lease;
 pub mod memory;
 pub mod queue;
 mod run;
+pub mod snapshot;
 pub mod store;
 
 pub use engine::{Limits, ScriptEngine};
 pub use run::{WorkerConfig, run};
-pub use store::{CircleStore, StoreError};
+pub use store::{CircleStore, RecordCounts, StoreError, StoreRecord};
 
 /// Why a worker could not run.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use circles_dispatcher::protocol::{
     task_queue_key, task_reply_key,
 };
 use circles_dispatcher::task::{field, now_rfc3339};
-use circles_dispatcher::{CirclePublicKey, TaskId, TaskOutcome, TaskRecord, TaskStatus};
+use circles_dispatcher::{CirclePublicKey, TaskId, TaskKind, TaskOutcome, TaskRecord, TaskStatus};
 use redis::aio::ConnectionManager;
 use redis::{Direction, RedisResult};
 
@@ -92,6 +92,21 @@ end
 return {1, id, fields}
 "#;
 
+/// Puts ids this worker took back at the front of the queue (the end
+/// `BLMOVE` takes from), for whoever owns the circle now — each only if it
+/// is still in the processing list (a successor's recovery may have ended
+/// it already). KEYS: processing list, queue. ARGV: the ids.
+const GIVE_BACK_SCRIPT: &str = r#"
+local n = 0
+for i = 1, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"#;
+
 /// What [`TaskQueue::finish`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
@@ -112,11 +127,12 @@ fn unexpected(what: &str, e: impl std::fmt::Display) -> redis::RedisError {
 }
 
 impl Finished {
-    fn from_code(code: i64) -> Self {
+    fn from_code(code: i64) -> RedisResult<Self> {
         match code {
-            1 => Self::Done,
-            0 => Self::NotOwner,
-            _ => Self::NotInHand,
+            1 => Ok(Self::Done),
+            0 => Ok(Self::NotOwner),
+            2 => Ok(Self::NotInHand),
+            other => Err(unexpected("finish code", other)),
         }
     }
 }
@@ -126,6 +142,9 @@ impl Finished {
 pub enum Taken {
     /// A runnable task.
     Task(TaskRecord),
+    /// A request for a snapshot of the circle's database (see
+    /// [`crate::snapshot`]).
+    Snapshot(TaskRecord),
     /// The id is not a UUID or its hash is missing or has no script; it must
     /// be ended as an error with this message.
     Broken(String),
@@ -195,6 +214,11 @@ impl TaskQueue {
             ));
         }
         let record = TaskRecord::from_fields(id, fields);
+        match record.kind.as_deref().map(str::parse::<TaskKind>) {
+            None | Some(Ok(TaskKind::Script)) => {}
+            Some(Ok(TaskKind::Snapshot)) => return Taken::Snapshot(record),
+            Some(Err(e)) => return Taken::Broken(format!("task {id}: {e}")),
+        }
         match &record.script {
             Some(s) if !s.trim().is_empty() => Taken::Task(record),
             _ => Taken::Broken(format!("task {id} has no script")),
@@ -229,7 +253,7 @@ impl TaskQueue {
             }
             _ => None,
         };
-        Ok((Finished::from_code(done), next))
+        Ok((Finished::from_code(done)?, next))
     }
 
     /// The ids in the processing list other than `except`, oldest first:
@@ -263,7 +287,27 @@ impl TaskQueue {
             .finish_cmd(FINISH_SCRIPT, lease, raw_id, outcome, false)
             .query_async(conn)
             .await?;
-        Ok(Finished::from_code(done))
+        Finished::from_code(done)
+    }
+
+    /// Gives `ids` (taken by this worker, not run) back to the queue, for
+    /// the circle's owner now; returns how many were still ours to give.
+    pub async fn give_back(
+        &self,
+        conn: &mut ConnectionManager,
+        ids: &[String],
+    ) -> RedisResult<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        redis::cmd("EVAL")
+            .arg(GIVE_BACK_SCRIPT)
+            .arg(2)
+            .arg(&self.processing_key)
+            .arg(&self.queue_key)
+            .arg(ids)
+            .query_async(conn)
+            .await
     }
 
     /// The `EVAL` of `script` (one of the finish scripts) for this task.
@@ -352,15 +396,21 @@ impl TaskQueue {
             else {
                 return Ok(n);
             };
-            self.finish(
-                conn,
-                lease,
-                &id,
-                &TaskOutcome::Error {
-                    error: reason.to_string(),
-                },
-            )
-            .await?;
+            let finished = self
+                .finish(
+                    conn,
+                    lease,
+                    &id,
+                    &TaskOutcome::Error {
+                        error: reason.to_string(),
+                    },
+                )
+                .await?;
+            if finished == Finished::NotOwner {
+                // The queue is another worker's now: hand the id back.
+                self.give_back(conn, std::slice::from_ref(&id)).await?;
+                return Ok(n);
+            }
             n += 1;
         }
     }

@@ -144,6 +144,11 @@ pub async fn run(
     // a worker that refuses to start must not leave a database behind.
     let store = Arc::new(CircleStore::open(&config.db_file())?);
     tracing::info!(db = %store.path().display(), circle = %config.circle, "circle database open");
+    let snapshots = Snapshots {
+        store: store.clone(),
+        db_dir: config.db_dir.clone(),
+        host: host_name(),
+    };
     let engine = Arc::new(ScriptEngine::new(store, config.limits.clone()));
     if config.limits.max_memory > 0 {
         // The per-task budget stops scripts between operations; this
@@ -209,6 +214,7 @@ pub async fn run(
     // Tasks already taken and waiting to run: the next one a finish took
     // in the same round trip, or ones a broken connection lost track of.
     let mut in_hand: VecDeque<(String, Option<Taken>)> = VecDeque::new();
+    let mut lost_outcomes = LostOutcomes::default();
     loop {
         let (raw_id, taken) = match in_hand.pop_front() {
             // Ours already: run it even if a stop came meanwhile.
@@ -227,7 +233,19 @@ pub async fn run(
                 )
                 .await
                 {
-                    Take::Task(id) => (id, None),
+                    Take::Task(id) => {
+                        // A pause between the lease check and BLMOVE's
+                        // answer: confirm before running anything.
+                        if lease.needs_confirming()
+                            && !matches!(lease.renew(&mut conn).await, Ok(true))
+                            && lease.is_lost()
+                        {
+                            give_back(&queue, &mut conn, vec![id]).await;
+                            lost = Some(lost_ownership(&mut conn, &config.circle).await);
+                            break;
+                        }
+                        (id, None)
+                    }
                     Take::Again => continue,
                     Take::Stop => break,
                     Take::Lost => {
@@ -237,6 +255,9 @@ pub async fn run(
                 }
             }
         };
+        // A task whose outcome this worker already has (Redis lost it after
+        // the run, and its client submitted it again): answer, do not rerun.
+        let cached = lost_outcomes.take(&raw_id);
         // From here on the task is ours: finish it even if asked to stop.
         let taken = match taken {
             Some(taken) => taken,
@@ -248,7 +269,13 @@ pub async fn run(
                 .await
             }
         };
-        let outcome = run_task(&queue, &engine, &raw_id, taken);
+        let outcome = match cached {
+            Some(outcome) => {
+                tracing::info!(task_id = %raw_id, "answering a resubmitted task with the outcome of its earlier run");
+                outcome
+            }
+            None => run_task(&queue, &engine, &snapshots, &raw_id, taken),
+        };
         // Finish, and take the next task in the same round trip unless
         // stopping or holding more already.
         let take_next = !*stop_rx.borrow()
@@ -292,15 +319,20 @@ pub async fn run(
             Finished::Done => {
                 tasks_done.fetch_add(1, Ordering::Relaxed);
             }
-            Finished::NotInHand => tracing::warn!(
-                task_id = %raw_id,
-                "the task is no longer in the processing list (a successor ended it, or Redis lost it); its result here is discarded"
-            ),
+            Finished::NotInHand => {
+                tracing::warn!(
+                    task_id = %raw_id,
+                    "the task is no longer in the processing list (a successor ended it, or Redis lost it); its result is kept for a while in case its client submits it again"
+                );
+                lost_outcomes.keep(raw_id, outcome);
+            }
             Finished::NotOwner => {
-                tracing::error!(task_id = %raw_id, "this worker lost its circle to another worker; the task's result here is discarded");
+                tracing::error!(task_id = %raw_id, "this worker lost its circle to another worker; giving its tasks back to the queue");
                 lease.mark_lost();
-                // Whatever else we hold is the new owner's to recover.
-                in_hand.clear();
+                // The owner now runs them, on the circle's database.
+                let mut ids = vec![raw_id];
+                ids.extend(in_hand.drain(..).map(|(id, _)| id));
+                give_back(&queue, &mut conn, ids).await;
                 lost = Some(lost_ownership(&mut conn, &config.circle).await);
                 break;
             }
@@ -309,6 +341,9 @@ pub async fn run(
 
     notify_stopping();
     heartbeat_thread.stop();
+    if lost.is_none() && lease.is_lost() {
+        lost = Some(lost_ownership(&mut conn, &config.circle).await);
+    }
     if let Some(lost) = lost {
         // The circle is somebody else's now: its queue, heartbeat and lease
         // are not ours to touch.
@@ -334,11 +369,15 @@ pub async fn run(
                 );
             }
         }
-        redis::cmd("DEL")
-            .arg(worker_heartbeat_key(&config.circle))
-            .query_async::<()>(&mut conn)
-            .await?;
-        lease.release(&mut conn).await
+        // The heartbeat goes with the lease, and only if the lease is
+        // still ours: otherwise both belong to the circle's new owner.
+        if !lease
+            .release(&mut conn, &[worker_heartbeat_key(&config.circle)])
+            .await?
+        {
+            tracing::warn!("the circle's lease was not ours any more; leaving its heartbeat");
+        }
+        Ok(())
     };
     if let Err(e) = tokio::time::timeout(Duration::from_secs(10), cleanup)
         .await
@@ -347,6 +386,71 @@ pub async fn run(
         tracing::warn!(error = %e, "could not tidy the queue on shutdown; the next worker will");
     }
     Ok(())
+}
+
+/// Gives taken ids back to the queue (logged, never fatal: if Redis fails
+/// here, the ids stay in the processing list for the next owner's recovery).
+async fn give_back(queue: &TaskQueue, conn: &mut ConnectionManager, ids: Vec<String>) {
+    match queue.give_back(conn, &ids).await {
+        Ok(n) if n > 0 => tracing::warn!(
+            count = n,
+            "gave tasks back to the queue for the circle's owner"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not give tasks back; the next owner's recovery ends them")
+        }
+    }
+}
+
+/// Outcomes of tasks this worker ran but could not deliver because Redis
+/// had lost the task (it restarted empty). A client whose wait broke with
+/// that restart submits the task again under the same id; the worker then
+/// answers with the outcome it has instead of running the script twice.
+/// Bounded in entries and bytes, and short-lived.
+#[derive(Default)]
+struct LostOutcomes {
+    entries: VecDeque<(String, TaskOutcome, std::time::Instant)>,
+    bytes: usize,
+}
+
+impl LostOutcomes {
+    const MAX_ENTRIES: usize = 256;
+    const MAX_BYTES: usize = 16 * 1024 * 1024;
+    const KEEP_FOR: Duration = Duration::from_secs(300);
+
+    fn keep(&mut self, id: String, outcome: TaskOutcome) {
+        self.bytes += outcome_size(&outcome);
+        self.entries
+            .push_back((id, outcome, std::time::Instant::now()));
+        while self.entries.len() > Self::MAX_ENTRIES || self.bytes > Self::MAX_BYTES {
+            match self.entries.pop_front() {
+                Some((_, o, _)) => self.bytes -= outcome_size(&o),
+                None => break,
+            }
+        }
+    }
+
+    fn take(&mut self, id: &str) -> Option<TaskOutcome> {
+        while let Some((_, o, at)) = self.entries.front() {
+            if at.elapsed() < Self::KEEP_FOR {
+                break;
+            }
+            self.bytes -= outcome_size(o);
+            self.entries.pop_front();
+        }
+        let at = self.entries.iter().position(|(i, _, _)| i == id)?;
+        let (_, outcome, _) = self.entries.remove(at)?;
+        self.bytes -= outcome_size(&outcome);
+        Some(outcome)
+    }
+}
+
+fn outcome_size(outcome: &TaskOutcome) -> usize {
+    match outcome {
+        TaskOutcome::Completed { output } => output.len(),
+        TaskOutcome::Error { error } => error.len(),
+    }
 }
 
 /// The error for a worker whose circle was taken over, naming the new owner.
@@ -444,10 +548,46 @@ async fn take_one(
     }
 }
 
+/// What a snapshot task needs: the store, where to write, who we are.
+struct Snapshots {
+    store: Arc<CircleStore>,
+    db_dir: PathBuf,
+    host: String,
+}
+
 /// Runs one loaded task, turning every failure into an error outcome.
-fn run_task(queue: &TaskQueue, engine: &ScriptEngine, raw_id: &str, taken: Taken) -> TaskOutcome {
+fn run_task(
+    queue: &TaskQueue,
+    engine: &ScriptEngine,
+    snapshots: &Snapshots,
+    raw_id: &str,
+    taken: Taken,
+) -> TaskOutcome {
     let record = match taken {
         Taken::Task(record) => record,
+        Taken::Snapshot(record) => {
+            if let Some(expired) = expired_before_run(&record) {
+                return TaskOutcome::Error { error: expired };
+            }
+            let started = std::time::Instant::now();
+            return match crate::snapshot::write_snapshot(
+                &snapshots.store,
+                &snapshots.db_dir,
+                raw_id,
+                &snapshots.host,
+            ) {
+                Ok(report) => {
+                    tracing::info!(task_id = %raw_id, file = %report.file, values = report.values, elapsed = ?started.elapsed(), "database snapshot written");
+                    TaskOutcome::Completed {
+                        output: serde_json::to_string(&report).expect("report serialises"),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(task_id = %raw_id, %error, "database snapshot failed");
+                    TaskOutcome::Error { error }
+                }
+            };
+        }
         Taken::Broken(reason) => {
             tracing::warn!(task_id = %raw_id.escape_debug(), %reason, "broken task");
             return TaskOutcome::Error { error: reason };
@@ -647,7 +787,11 @@ async fn connect(
             Ok(conn) => return Ok(Some(conn)),
             Err(e) => {
                 if !backoff
-                    .wait(&format!("connecting to {url}"), &e, stop)
+                    .wait(
+                        &format!("connecting to {}", circles_dispatcher::RedisUrl::new(url)),
+                        &e,
+                        stop,
+                    )
                     .await
                 {
                     return Ok(None);

@@ -6,10 +6,19 @@
 //! disk before the script's next statement runs, so a crash never loses an
 //! acknowledged write. Auto-increment ids come from a counter table updated in
 //! the same transaction as the value, so ids are never reused.
+//!
+//! [`CircleStore::export`] and [`CircleStore::import`] move a database
+//! between hosts as [`StoreRecord`]s (JSON, one a line): a portable form,
+//! independent of redb's file format, that keeps the auto-increment counters
+//! so ids continue where they were. An export reads inside one read
+//! transaction, so it is a consistent snapshot even while tasks write.
 
+use std::fmt::Display;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 
 /// Key → JSON value.
 const VALUES: TableDefinition<'_, &str, &str> = TableDefinition::new("values");
@@ -41,6 +50,12 @@ pub enum StoreError {
         /// `another process` when the system does not say.
         holder: String,
     },
+    /// An import would replace a database that is already there.
+    #[error("circle database {path} already exists; not overwriting it")]
+    Exists {
+        /// The database file.
+        path: PathBuf,
+    },
     /// A read or write failed.
     #[error("circle database {path}: {message}")]
     Access {
@@ -56,6 +71,15 @@ pub enum StoreError {
 pub struct CircleStore {
     db: Database,
     path: PathBuf,
+}
+
+/// [`StoreError::InUse`] for `path`, naming the holder where the system
+/// tells.
+fn in_use(path: &Path) -> StoreError {
+    StoreError::InUse {
+        path: path.to_path_buf(),
+        holder: lock_holder(path).unwrap_or_else(|| "another process".into()),
+    }
 }
 
 /// The process holding the whole-file lock of `path`, from `/proc/locks`
@@ -100,6 +124,66 @@ fn lock_holder(path: &Path) -> Option<String> {
     })
 }
 
+/// One entry of a circle database, as exported and imported (one JSON
+/// object a line: `{"t":"counter","collection":"users","last_id":3}`,
+/// `{"t":"value","key":"users:1","json":"{\"name\":\"a\"}"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreRecord {
+    /// The last id [`CircleStore::insert`] handed out in `collection`.
+    Counter {
+        /// The collection.
+        collection: String,
+        /// Its last id; the next insert gets this plus one.
+        last_id: u64,
+    },
+    /// A stored value: `key` → the JSON text as stored.
+    Value {
+        /// The key.
+        key: String,
+        /// The value's JSON text.
+        json: String,
+    },
+}
+
+/// How many records an export wrote or an import read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordCounts {
+    /// Values.
+    pub values: u64,
+    /// Auto-increment counters.
+    pub counters: u64,
+}
+
+impl std::fmt::Display for RecordCounts {
+    /// `3 values, 1 counter`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} value{}, {} counter{}",
+            self.values,
+            s(self.values),
+            self.counters,
+            s(self.counters)
+        )
+    }
+}
+
+impl RecordCounts {
+    fn add(&mut self, record: &StoreRecord) {
+        match record {
+            StoreRecord::Counter { .. } => self.counters += 1,
+            StoreRecord::Value { .. } => self.values += 1,
+        }
+    }
+}
+
+/// Longest record line [`read_records`] accepts: a value is bounded by the
+/// worker's memory budget, so a longer line is a damaged file, and reading
+/// it whole would only exhaust memory.
+pub const MAX_RECORD_LINE: usize = 512 * 1024 * 1024;
+
 /// File name of a circle's database inside the data directory.
 pub fn database_file_name(circle_hex: &str) -> String {
     format!("circle_db_{circle_hex}.redb")
@@ -118,10 +202,7 @@ impl CircleStore {
             })?;
         }
         let db = Database::create(path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
-                path: path.to_path_buf(),
-                holder: lock_holder(path).unwrap_or_else(|| "another process".into()),
-            },
+            redb::DatabaseError::DatabaseAlreadyOpen => in_use(path),
             source => StoreError::Open {
                 path: path.to_path_buf(),
                 source: Box::new(source),
@@ -197,6 +278,95 @@ impl CircleStore {
         })
     }
 
+    /// Calls `each` with every record — counters, then values, each in key
+    /// order — read inside one read transaction: a consistent snapshot,
+    /// whatever tasks write meanwhile. Stops at the first error of `each`.
+    pub fn export(
+        &self,
+        each: impl FnMut(StoreRecord) -> std::io::Result<()>,
+    ) -> Result<RecordCounts, StoreError> {
+        export_from(&self.db, &self.path, each)
+    }
+
+    /// [`Self::export`] as JSON lines into `out`.
+    pub fn export_jsonl(&self, out: &mut impl Write) -> Result<RecordCounts, StoreError> {
+        self.export(|record| write_record(out, &record))
+    }
+
+    /// Creates the database at `path` holding exactly `records`, or nothing:
+    /// it is built in a temporary file beside `path`, committed once, and
+    /// linked into place only if nothing is at `path` by then (an existing
+    /// database is never replaced). The first `Err` in `records` aborts the
+    /// import and removes the temporary file.
+    pub fn import<E: Display>(
+        path: &Path,
+        records: impl IntoIterator<Item = Result<StoreRecord, E>>,
+    ) -> Result<RecordCounts, StoreError> {
+        let access = |message: String| StoreError::Access {
+            path: path.to_path_buf(),
+            message,
+        };
+        if path.exists() {
+            return Err(StoreError::Exists {
+                path: path.to_path_buf(),
+            });
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| access(format!("cannot create directory {}: {e}", dir.display())))?;
+        let tmp = dir.join(format!(
+            ".{}.import-{}",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let result = (|| {
+            let store = Self::open(&tmp)?;
+            let mut counts = RecordCounts::default();
+            store.write(|txn| {
+                let mut values = txn.open_table(VALUES)?;
+                let mut counters = txn.open_table(COUNTERS)?;
+                for record in records {
+                    let record = record.map_err(|e| {
+                        redb::Error::Io(std::io::Error::other(format!("bad record: {e}")))
+                    })?;
+                    counts.add(&record);
+                    match &record {
+                        StoreRecord::Counter {
+                            collection,
+                            last_id,
+                        } => {
+                            counters.insert(collection.as_str(), *last_id)?;
+                        }
+                        StoreRecord::Value { key, json } => {
+                            values.insert(key.as_str(), json.as_str())?;
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            drop(store);
+            // A hard link fails if `path` appeared meanwhile: never replace.
+            std::fs::hard_link(&tmp, path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    StoreError::Exists {
+                        path: path.to_path_buf(),
+                    }
+                } else {
+                    access(format!("cannot move the imported database into place: {e}"))
+                }
+            })?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(counts)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+
     fn write<T>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
@@ -211,6 +381,167 @@ impl CircleStore {
         StoreError::Access {
             path: self.path.clone(),
             message: e.into().to_string(),
+        }
+    }
+}
+
+/// [`CircleStore::export`] of the database file at `path`, for when no
+/// worker has it open: read-only when the file allows, else (a file left by
+/// a crash needs redb's repair first) opened for writing, as the next worker
+/// would. Fails with [`StoreError::InUse`] while a process holds the file.
+pub fn export_file(
+    path: &Path,
+    each: impl FnMut(StoreRecord) -> std::io::Result<()>,
+) -> Result<RecordCounts, StoreError> {
+    let open_err = |source: redb::DatabaseError| match source {
+        redb::DatabaseError::DatabaseAlreadyOpen => in_use(path),
+        source => StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        },
+    };
+    if !path.is_file() {
+        return Err(StoreError::Access {
+            path: path.to_path_buf(),
+            message: "no such database file".into(),
+        });
+    }
+    match ReadOnlyDatabase::open(path) {
+        Ok(db) => export_from(&db, path, each),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(in_use(path)),
+        Err(e) => {
+            tracing::debug!(error = %e, "read-only open refused; opening for repair");
+            let db = Database::open(path).map_err(open_err)?;
+            export_from(&db, path, each)
+        }
+    }
+}
+
+fn export_from(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    mut each: impl FnMut(StoreRecord) -> std::io::Result<()>,
+) -> Result<RecordCounts, StoreError> {
+    let err = |message: String| StoreError::Access {
+        path: path.to_path_buf(),
+        message,
+    };
+    let txn = db
+        .begin_read()
+        .map_err(|e| err(redb::Error::from(e).to_string()))?;
+    let mut counts = RecordCounts::default();
+    let mut emit = |record: StoreRecord| {
+        counts.add(&record);
+        each(record).map_err(|e| err(format!("writing the export: {e}")))
+    };
+    let redb_err = |e: redb::Error| err(e.to_string());
+    // A database no worker ever finished opening may lack a table: nothing
+    // to export from it.
+    match txn.open_table(COUNTERS) {
+        Ok(table) => {
+            for entry in table.iter().map_err(|e| redb_err(e.into()))? {
+                let (k, v) = entry.map_err(|e| redb_err(e.into()))?;
+                emit(StoreRecord::Counter {
+                    collection: k.value().to_string(),
+                    last_id: v.value(),
+                })?;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(redb_err(e.into())),
+    }
+    match txn.open_table(VALUES) {
+        Ok(table) => {
+            for entry in table.iter().map_err(|e| redb_err(e.into()))? {
+                let (k, v) = entry.map_err(|e| redb_err(e.into()))?;
+                emit(StoreRecord::Value {
+                    key: k.value().to_string(),
+                    json: v.value().to_string(),
+                })?;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(redb_err(e.into())),
+    }
+    Ok(counts)
+}
+
+/// Writes one record as a JSON line.
+pub fn write_record(out: &mut impl Write, record: &StoreRecord) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
+}
+
+/// Reads JSON-line records, one a line, refusing lines over
+/// [`MAX_RECORD_LINE`]; each error names its line number.
+pub fn read_records(input: impl BufRead) -> impl Iterator<Item = Result<StoreRecord, String>> {
+    let mut lines = BoundedLines::new(input, MAX_RECORD_LINE);
+    std::iter::from_fn(move || {
+        let (n, line) = match lines.next_line()? {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(
+            serde_json::from_slice::<StoreRecord>(&line)
+                .map_err(|e| format!("line {n}: not a database record: {e}")),
+        )
+    })
+}
+
+/// Lines of a reader, each at most `max` bytes (without the newline), with
+/// their 1-based numbers; a longer line is an error instead of a growing
+/// buffer.
+#[derive(Debug)]
+pub struct BoundedLines<R> {
+    input: R,
+    max: usize,
+    number: u64,
+    done: bool,
+}
+
+impl<R: BufRead> BoundedLines<R> {
+    /// Lines of `input`, each at most `max` bytes.
+    pub fn new(input: R, max: usize) -> Self {
+        Self {
+            input,
+            max,
+            number: 0,
+            done: false,
+        }
+    }
+
+    /// The next line without its newline (`None` at the end), or an error
+    /// naming the line.
+    pub fn next_line(&mut self) -> Option<Result<(u64, Vec<u8>), String>> {
+        if self.done {
+            return None;
+        }
+        self.number += 1;
+        let mut line = Vec::new();
+        let limit = u64::try_from(self.max)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        match std::io::Read::take(&mut self.input, limit).read_until(b'\n', &mut line) {
+            Ok(0) => {
+                self.done = true;
+                None
+            }
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                } else if line.len() > self.max {
+                    self.done = true;
+                    return Some(Err(format!(
+                        "line {} is longer than {} bytes",
+                        self.number, self.max
+                    )));
+                }
+                Some(Ok((self.number, line)))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(format!("line {}: {e}", self.number)))
+            }
         }
     }
 }
@@ -263,5 +594,90 @@ mod tests {
         assert_eq!(keys, ["b:1", "b:2"]);
         assert_eq!(store.insert("users", "{}").unwrap(), 3);
         assert_eq!(store.list("users:").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn export_import_roundtrip_keeps_values_and_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("a.redb");
+        let store = CircleStore::open(&src).unwrap();
+        store.set("greeting", "\"hé\\nllo\"").unwrap();
+        assert_eq!(store.insert("users", r#"{"n":1}"#).unwrap(), 1);
+        assert_eq!(store.insert("users", r#"{"n":2}"#).unwrap(), 2);
+        assert!(store.delete("users:2").unwrap());
+        let mut lines = Vec::new();
+        let counts = store.export_jsonl(&mut lines).unwrap();
+        assert_eq!(
+            counts,
+            RecordCounts {
+                values: 2,
+                counters: 1
+            }
+        );
+        let text = String::from_utf8(lines.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"t":"counter","collection":"users","last_id":2}"#),
+            "{text}"
+        );
+
+        let dst = dir.path().join("b.redb");
+        let imported = CircleStore::import(&dst, read_records(&lines[..])).unwrap();
+        assert_eq!(imported, counts);
+        let restored = CircleStore::open(&dst).unwrap();
+        assert_eq!(
+            restored.get("greeting").unwrap(),
+            store.get("greeting").unwrap()
+        );
+        assert_eq!(restored.list("").unwrap(), store.list("").unwrap());
+        // The counter came along: a deleted id is not handed out again.
+        assert_eq!(restored.insert("users", "{}").unwrap(), 3);
+        drop(restored);
+
+        // Never over an existing database, and a bad record leaves nothing.
+        let err = CircleStore::import(&dst, read_records(&lines[..])).unwrap_err();
+        assert!(matches!(err, StoreError::Exists { .. }), "{err}");
+        let third = dir.path().join("c.redb");
+        let broken = [lines.as_slice(), b"{\"t\":\"value\"}\n"].concat();
+        let err = CircleStore::import(&third, read_records(&broken[..])).unwrap_err();
+        assert!(err.to_string().contains("line 4"), "{err}");
+        assert!(!third.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 2, "no temporary file left: {leftovers:?}");
+    }
+
+    #[test]
+    fn export_file_reads_a_closed_database_and_refuses_an_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.redb");
+        let store = CircleStore::open(&path).unwrap();
+        store.set("k", "1").unwrap();
+        let err = export_file(&path, |_| Ok(())).unwrap_err();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        drop(store);
+        let mut records = Vec::new();
+        export_file(&path, |r| {
+            records.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            records,
+            [StoreRecord::Value {
+                key: "k".into(),
+                json: "1".into()
+            }]
+        );
+        let err = export_file(&dir.path().join("missing.redb"), |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("no such database file"), "{err}");
+    }
+
+    #[test]
+    fn long_lines_are_refused_not_buffered() {
+        let input = b"{}\n0123456789\nxyz".to_vec();
+        let mut lines = BoundedLines::new(&input[..], 5);
+        assert_eq!(lines.next_line().unwrap().unwrap(), (1, b"{}".to_vec()));
+        let err = lines.next_line().unwrap().unwrap_err();
+        assert!(err.contains("line 2 is longer than 5 bytes"), "{err}");
+        assert!(lines.next_line().is_none());
     }
 }

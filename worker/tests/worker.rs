@@ -502,3 +502,133 @@ fn with_redis_down_the_worker_says_so_at_once_and_stops_at_once() {
     // Nothing was created for a circle it never served.
     assert_eq!(std::fs::read_dir(db.path()).unwrap().count(), 0);
 }
+
+/// A worker whose lease another worker took (it was paused or cut off past
+/// the lease's life) must not finish what it holds: it gives the tasks back
+/// to the queue for the owner, leaves the owner's heartbeat alone, and stops
+/// naming the owner. Nothing is ended as an error, nothing is stuck in the
+/// processing list, and the owner runs everything once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_lost_its_circle_gives_its_tasks_back_and_stops() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let args = ["--max-operations", "0"];
+    let mut a = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    let slow = d.submit(&c, &slow_script(1.5), T).await.unwrap();
+    let queued = submit_numbers(&d, &c, 2).await;
+    wait_taken(&redis, &slow);
+
+    // Another host takes the circle over while A runs the slow task.
+    let owner_key = format!("rhai_owner:{KEY_ONE}");
+    let other = r#"{"host":"elsewhere","pid":4242,"pid_namespace":"pid:[1]","instance":"other","token":99,"since":"2026-12-01T00:00:00.000Z"}"#;
+    redis.cli(&["SET", &owner_key, other, "PX", "60000"]);
+
+    let code = tokio::task::block_in_place(|| a.wait_exit(T));
+    assert_eq!(
+        code,
+        Some(1),
+        "the worker that lost its circle stops with an error"
+    );
+    let processing = redis.cli(&["LLEN", &format!("rhai_processing:{KEY_ONE}")]);
+    assert_eq!(
+        processing,
+        "0",
+        "left in the processing list: {}",
+        redis.cli(&["LRANGE", &format!("rhai_processing:{KEY_ONE}"), "0", "-1"])
+    );
+    assert_eq!(redis.cli(&["LLEN", &format!("rhai_tasks:{KEY_ONE}")]), "3");
+    for id in std::iter::once(&slow).chain(&queued) {
+        let status = redis.cli(&["HGET", &format!("rhai_task_details:{id}"), "status"]);
+        assert_ne!(status, "error", "task {id} was ended as an error");
+        assert_ne!(
+            status, "completed",
+            "task {id} was finished by a worker without the lease"
+        );
+    }
+    // The owner's lease is untouched.
+    assert_eq!(redis.cli(&["GET", &owner_key]), other);
+
+    // The owner (here: the lease freed, a new worker) runs them all.
+    redis.cli(&["DEL", &owner_key]);
+    let _b = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let all: Vec<_> = std::iter::once(slow)
+        .chain(queued.iter().copied())
+        .collect();
+    wait_until("all tasks completed", T, || {
+        all.iter()
+            .all(|id| {
+                redis.cli(&["HGET", &format!("rhai_task_details:{id}"), "status"]) == "completed"
+            })
+            .then_some(())
+    });
+    // Exactly one reply each: the worker that lost the circle pushed none.
+    for id in &all {
+        assert_eq!(redis.cli(&["LLEN", &format!("rhai_reply:{id}")]), "1");
+    }
+    assert_eq!(d.await_result(&slow, T).await.unwrap(), "slept");
+    for (i, id) in queued.iter().enumerate() {
+        assert_eq!(d.await_result(id, T).await.unwrap(), i.to_string());
+    }
+}
+
+/// Issue 9 (backups of live circles): a snapshot task writes the whole
+/// database, read in one transaction, to a private file under the worker's
+/// own `snapshots/` directory and says where; an unknown task kind is
+/// refused without running the task's script.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_tasks_write_the_database_where_the_worker_chooses() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    d.run(
+        &c,
+        r#"db_insert("n", 1); db_insert("n", 2); db_set("k", "v")"#,
+        T,
+    )
+    .await
+    .unwrap();
+
+    let report = d.snapshot(&c, T).await.unwrap();
+    assert_eq!((report.values, report.counters), (3, 1));
+    let file = std::path::PathBuf::from(&report.file);
+    assert_eq!(file.parent().unwrap(), db.path().join("snapshots"));
+    assert_eq!(report.host, circles_worker::lease::host_name());
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(
+        text.contains(r#"{"t":"counter","collection":"n","last_id":2}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""key":"k","json":"\"v\"""#), "{text}");
+
+    // A kind this worker does not know: refused, and the script is not run.
+    let id = uuid_like(9);
+    redis.cli(&[
+        "HSET",
+        &format!("rhai_task_details:{id}"),
+        "kind",
+        "format-disk",
+        "script",
+        r#"db_set("ran", true)"#,
+        "status",
+        "pending",
+    ]);
+    redis.cli(&["LPUSH", &format!("rhai_tasks:{KEY_ONE}"), &id]);
+    let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{id}"), "10"]);
+    assert!(reply.contains("unknown task kind `format-disk`"), "{reply}");
+    assert_eq!(d.run(&c, r#"db_get("ran")"#, T).await.unwrap(), "");
+
+    // Offline circles get no snapshot request queued.
+    let err = d.snapshot(&circle(KEY_TWO), T).await.unwrap_err();
+    assert!(matches!(err, DispatchError::CircleOffline { .. }), "{err}");
+    assert_eq!(redis.cli(&["LLEN", &format!("rhai_tasks:{KEY_TWO}")]), "0");
+}

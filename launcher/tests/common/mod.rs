@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use circles_test_support::{RedisServer, binary, wait_until};
 
+pub mod world;
+
 /// A launcher process with its output captured; SIGKILLed when dropped.
 pub struct Launcher {
     pub child: Child,

@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::{ApplyReport, Plan, PlannedAction, Rendered, ServiceStatus};
+use crate::backend::{
+    ApplyReport, PUBLIC_FILE_MODE, Plan, PlannedAction, Rendered, SECRET_FILE_MODE, ServiceStatus,
+};
 use crate::error::{Rollback, ServiceError};
 use crate::files;
 use crate::host::HostEnv;
@@ -116,13 +118,50 @@ impl LaunchdBackend {
         format!("{}/{}", self.domain, name)
     }
 
-    /// The plist for `spec`; pure.
+    /// The plist for `spec`; pure. A plist that carries secret environment
+    /// values is written with mode 0600 (launchd reads it as root, or as
+    /// the user for agents).
     pub fn render(&self, spec: &ServiceSpec) -> Result<Rendered, ServiceError> {
         Ok(Rendered {
             name: spec.name.clone(),
             path: self.plist_path(&spec.name),
-            contents: render::render_plist(spec, &self.templates)?,
+            contents: render::render_plist(spec, self.scope, &self.templates)?,
+            mode: if spec.secret_env.is_empty() {
+                PUBLIC_FILE_MODE
+            } else {
+                SECRET_FILE_MODE
+            },
+            secret: None,
         })
+    }
+
+    /// Our service files in the plist directory.
+    pub async fn list_installed_files(&self) -> Result<Vec<ServiceName>, ServiceError> {
+        files::list_names(&self.agents_dir, PLIST_SUFFIX).await
+    }
+
+    /// The `WorkingDirectory` of our installed plist of `name`.
+    pub async fn installed_working_directory(
+        &self,
+        name: &ServiceName,
+    ) -> Result<Option<PathBuf>, ServiceError> {
+        let path = self.plist_path(name);
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(text) if render::is_ours(&text) => text,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ServiceError::Read {
+                    name: name.clone(),
+                    path,
+                    source,
+                });
+            }
+        };
+        Ok(plist::Value::from_reader_xml(text.as_bytes())
+            .ok()
+            .and_then(plist::Value::into_dictionary)
+            .and_then(|d| d.get("WorkingDirectory")?.as_string().map(PathBuf::from)))
     }
 
     /// Renders every spec and compares it with the plist on disk.
@@ -137,7 +176,7 @@ impl LaunchdBackend {
     /// ones get their previous text back and are bootstrapped again.
     pub async fn apply(&self, plan: &Plan) -> Result<ApplyReport, ServiceError> {
         let mut created: Vec<&Rendered> = Vec::new();
-        let mut updated: Vec<(&Rendered, &str)> = Vec::new();
+        let mut updated: Vec<(&Rendered, &PlannedAction)> = Vec::new();
         let mut unchanged: Vec<&Rendered> = Vec::new();
 
         for (rendered, action) in &plan.items {
@@ -150,7 +189,10 @@ impl LaunchdBackend {
                 for dir in log_dirs(&rendered.contents) {
                     files::create_dir(&dir).await?;
                 }
-                files::write_file(&rendered.name, &rendered.path, &rendered.contents).await
+                if self.scope == ServiceScope::System {
+                    prepare_state_dir(rendered).await?;
+                }
+                files::write_rendered(rendered).await
             }
             .await;
             if let Err(e) = written {
@@ -158,7 +200,7 @@ impl LaunchdBackend {
                 return Err(self.fail(step, e, &created, &updated).await);
             }
             match action {
-                PlannedAction::Update { previous } => updated.push((rendered, previous.as_str())),
+                PlannedAction::Update { .. } => updated.push((rendered, action)),
                 _ => created.push(rendered),
             }
         }
@@ -206,7 +248,7 @@ impl LaunchdBackend {
         step: String,
         source: ServiceError,
         created: &[&Rendered],
-        updated: &[(&Rendered, &str)],
+        updated: &[(&Rendered, &PlannedAction)],
     ) -> ServiceError {
         tracing::warn!("apply failed while {step}: {source}; rolling back");
         let mut rollback = Rollback::default();
@@ -216,14 +258,23 @@ impl LaunchdBackend {
                     .failures
                     .push(format!("booting out `{}`: {e}", r.name));
             }
-            match files::remove_file(&r.name, &r.path).await {
+            match files::remove_rendered(r).await {
                 Ok(_) => rollback.removed.push(r.name.clone()),
                 Err(e) => rollback.failures.push(e.to_string()),
             }
         }
-        for (r, previous) in updated {
+        for (r, action) in updated {
+            let PlannedAction::Update {
+                previous,
+                previous_mode,
+                previous_secret,
+            } = action
+            else {
+                continue;
+            };
             let restored = async {
-                files::write_file(&r.name, &r.path, previous).await?;
+                files::restore_previous(r, previous, *previous_mode, previous_secret.as_ref())
+                    .await?;
                 let was_loaded = self.bootout(&r.name).await?;
                 self.load(&r.name, &r.path, was_loaded).await
             }
@@ -482,6 +533,39 @@ fn command_error(args: &[&str], output: &std::process::Output) -> ServiceError {
         status: output.status.to_string(),
         output: text,
     }
+}
+
+/// For a daemon with an unprivileged account: creates its state directory
+/// and hands it, with everything in it, to that account — launchd does
+/// neither, and a database left root-owned by an earlier install must become
+/// writable (mode 0700: no other account reads a circle's data); and makes
+/// its log files that account's, since launchd opens them as the daemon's
+/// user.
+async fn prepare_state_dir(rendered: &Rendered) -> Result<(), ServiceError> {
+    let Some(daemon) = render::daemon_files(&rendered.contents) else {
+        return Ok(());
+    };
+    if let Some(dir) = &daemon.state_dir {
+        files::create_dir(dir).await?;
+    }
+    let name = rendered.name.clone();
+    let path = daemon
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| rendered.path.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = &daemon.state_dir {
+            crate::account::hand_over(dir, &daemon.user, &daemon.group)?;
+        }
+        for log in &daemon.logs {
+            crate::account::hand_over_file(log, &daemon.user, &daemon.group)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r)
+    .map_err(|source| ServiceError::Write { name, path, source })
 }
 
 /// Directories of `StandardOutPath` and `StandardErrorPath` in a rendered plist.

@@ -9,7 +9,7 @@
 use plist::{Dictionary, Value};
 
 use crate::error::ServiceError;
-use crate::spec::ServiceSpec;
+use crate::spec::{ServiceAccount, ServiceScope, ServiceSpec};
 use crate::templates::Templates;
 
 /// Our marker key: a plist with our label but without this key was not written
@@ -20,8 +20,14 @@ pub const MANAGED_KEY: &str = "TfOurworldCirclesManaged";
 /// The note stored under [`MANAGED_KEY`].
 pub const MANAGED_NOTE: &str = "Managed by circles launcher — do not edit; changes are overwritten";
 
-/// The keys the renderer owns; template values for them are replaced.
-pub const OWNED_KEYS: [&str; 11] = [
+/// The keys the renderer owns; template values for them are replaced
+/// (`SoftResourceLimits`/`HardResourceLimits` are merged: the template's
+/// entries stay unless the spec sets the same limit).
+pub const OWNED_KEYS: [&str; 15] = [
+    "UserName",
+    "GroupName",
+    "SoftResourceLimits",
+    "HardResourceLimits",
     "Label",
     "ProgramArguments",
     "EnvironmentVariables",
@@ -52,8 +58,12 @@ pub fn log_paths(spec: &ServiceSpec) -> (std::path::PathBuf, std::path::PathBuf)
     )
 }
 
-/// Renders the plist for `spec` from `templates`, as XML text.
-pub fn render_plist(spec: &ServiceSpec, templates: &Templates) -> Result<String, ServiceError> {
+/// Renders the plist for `spec` in `scope` from `templates`, as XML text.
+pub fn render_plist(
+    spec: &ServiceSpec,
+    scope: ServiceScope,
+    templates: &Templates,
+) -> Result<String, ServiceError> {
     spec.validate()?;
     check_xml_text(spec)?;
     let template = templates.launchd(spec.template);
@@ -76,10 +86,27 @@ pub fn render_plist(spec: &ServiceSpec, templates: &Templates) -> Result<String,
     let mut argv = vec![path(&spec.program)];
     argv.extend(spec.args.iter().map(|a| text(a)));
     dict.insert("ProgramArguments".into(), Value::Array(argv));
-    if !spec.env.is_empty() {
-        let env: Dictionary = spec.env.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+    if !spec.env.is_empty() || !spec.secret_env.is_empty() {
+        // Secret values too: launchd has no environment file; the plist
+        // that holds them is written 0600 (see `LaunchdBackend::render`).
+        let env: Dictionary = spec
+            .env
+            .iter()
+            .chain(spec.secret_env.0.iter())
+            .map(|(k, v)| (k.clone(), text(v)))
+            .collect();
         dict.insert("EnvironmentVariables".into(), Value::Dictionary(env));
     }
+    // Daemons run as root unless told otherwise; agents always run as the
+    // user (launchd ignores UserName there).
+    let account = match (&spec.account, scope) {
+        (ServiceAccount::Unprivileged { user, group }, ServiceScope::System) => {
+            dict.insert("UserName".into(), text(user));
+            dict.insert("GroupName".into(), text(group));
+            Some((user, group))
+        }
+        _ => None,
+    };
     dict.insert("WorkingDirectory".into(), path(&spec.working_directory));
     dict.insert("RunAtLoad".into(), Value::Boolean(true));
     dict.insert("KeepAlive".into(), Value::Boolean(true));
@@ -99,7 +126,35 @@ pub fn render_plist(spec: &ServiceSpec, templates: &Templates) -> Result<String,
         .map(|(k, v)| (k.clone(), text(v)))
         .collect();
     managed.insert("Fingerprint".into(), Value::Dictionary(fingerprint));
+    if let Some((user, group)) = account {
+        // What the backend prepares before loading: the log files and the
+        // state directory, owned by the daemon's account.
+        managed.insert("Account".into(), text(&format!("{user}:{group}")));
+        if let Some(dir) = &spec.state_dir {
+            managed.insert("StateDirectory".into(), path(dir));
+        }
+    }
     dict.insert(MANAGED_KEY.into(), Value::Dictionary(managed));
+
+    // Ceilings launchd enforces (setrlimit): open files; and no core dumps,
+    // which would write a process's memory — its Redis password — to disk.
+    // launchd cannot cap a job's memory or its threads (see the README).
+    let mut limits = Dictionary::new();
+    if let Some(nofile) = spec.limits.nofile {
+        limits.insert("NumberOfFiles".into(), Value::Integer(nofile.into()));
+    }
+    limits.insert("Core".into(), Value::Integer(0.into()));
+    for key in ["SoftResourceLimits", "HardResourceLimits"] {
+        let mut merged = template_dict
+            .get(key)
+            .and_then(Value::as_dictionary)
+            .cloned()
+            .unwrap_or_default();
+        for (k, v) in &limits {
+            merged.insert(k.clone(), v.clone());
+        }
+        dict.insert(key.into(), Value::Dictionary(merged));
+    }
 
     for (key, value) in template_dict {
         if !OWNED_KEYS.contains(&key.as_str()) {
@@ -108,6 +163,43 @@ pub fn render_plist(spec: &ServiceSpec, templates: &Templates) -> Result<String,
     }
 
     to_xml(&spec.name, dict)
+}
+
+/// What a daemon with an unprivileged account needs prepared before
+/// launchd loads it, as recorded in its rendered plist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DaemonFiles {
+    /// `UserName`.
+    pub user: String,
+    /// `GroupName`.
+    pub group: String,
+    /// The directory it writes, if any.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// `StandardOutPath` and `StandardErrorPath`: launchd opens them as the
+    /// daemon's user.
+    pub logs: Vec<std::path::PathBuf>,
+}
+
+/// The [`DaemonFiles`] of a rendered plist; `None` for agents and daemons
+/// that run as root.
+pub(crate) fn daemon_files(contents: &str) -> Option<DaemonFiles> {
+    let dict = Value::from_reader_xml(contents.as_bytes())
+        .ok()?
+        .into_dictionary()?;
+    let managed = dict.get(MANAGED_KEY)?.as_dictionary()?;
+    let (user, group) = managed.get("Account")?.as_string()?.split_once(':')?;
+    Some(DaemonFiles {
+        user: user.to_string(),
+        group: group.to_string(),
+        state_dir: managed
+            .get("StateDirectory")
+            .and_then(Value::as_string)
+            .map(Into::into),
+        logs: ["StandardOutPath", "StandardErrorPath"]
+            .iter()
+            .filter_map(|k| dict.get(k)?.as_string().map(Into::into))
+            .collect(),
+    })
 }
 
 /// A plist dictionary as XML text with a final newline.
@@ -139,11 +231,20 @@ fn check_xml_text(spec: &ServiceSpec) -> Result<(), ServiceError> {
         .iter()
         .map(|a| ("argument", a))
         .chain(spec.env.values().map(|v| ("environment value", v)))
-        .find(|(_, s)| bad(s));
+        .find(|(_, s)| bad(s))
+        .map(|(what, value)| format!("the {what} {value:?}"))
+        .or_else(|| {
+            // Named, never shown.
+            spec.secret_env
+                .0
+                .iter()
+                .find(|(_, v)| bad(v))
+                .map(|(k, _)| format!("the secret environment variable {k}"))
+        });
     match offending {
-        Some((what, value)) => Err(ServiceError::InvalidSpec {
+        Some(what) => Err(ServiceError::InvalidSpec {
             name: spec.name.clone(),
-            reason: format!("the {what} {value:?} has control characters a plist cannot hold"),
+            reason: format!("{what} has control characters a plist cannot hold"),
         }),
         None => Ok(()),
     }

@@ -22,7 +22,9 @@ use tokio::sync::OnceCell;
 use zbus::message::Type as MessageType;
 use zbus::{Connection, MatchRule, MessageStream, OwnedObjectPath};
 
-use crate::backend::{ApplyReport, Plan, PlannedAction, Rendered, ServiceStatus};
+use crate::backend::{
+    ApplyReport, PUBLIC_FILE_MODE, Plan, PlannedAction, Rendered, SecretFile, ServiceStatus,
+};
 use crate::error::{Rollback, ServiceError};
 use crate::files;
 use crate::host::HostEnv;
@@ -161,13 +163,65 @@ impl SystemdBackend {
         dbus::manager(conn).await.map_err(dbus_error("Manager"))
     }
 
-    /// The unit for `spec`; pure.
+    /// The unit for `spec`, and its secret environment file if it has
+    /// secrets; pure.
     pub fn render(&self, spec: &ServiceSpec) -> Result<Rendered, ServiceError> {
         Ok(Rendered {
             name: spec.name.clone(),
             path: self.unit_path(&spec.name),
             contents: render::render_unit(spec, self.scope, &self.templates)?,
+            mode: PUBLIC_FILE_MODE,
+            secret: (!spec.secret_env.is_empty()).then(|| SecretFile {
+                path: render::secret_env_path(spec),
+                contents: render::render_secret_env(spec),
+            }),
         })
+    }
+
+    /// Our service files in the unit directory.
+    pub async fn list_installed_files(&self) -> Result<Vec<ServiceName>, ServiceError> {
+        files::list_names(&self.unit_dir, UNIT_SUFFIX).await
+    }
+
+    /// The `WorkingDirectory=` of the installed unit of `name`, when it has
+    /// one of ours.
+    pub async fn installed_working_directory(
+        &self,
+        name: &ServiceName,
+    ) -> Result<Option<PathBuf>, ServiceError> {
+        let Some(text) = self.installed_unit(name).await? else {
+            return Ok(None);
+        };
+        Ok(unit_setting(&text, "WorkingDirectory")
+            .last()
+            .map(|v| PathBuf::from(v.replace("%%", "%"))))
+    }
+
+    /// The text of our installed unit file of `name`.
+    async fn installed_unit(&self, name: &ServiceName) -> Result<Option<String>, ServiceError> {
+        let path = self.unit_path(name);
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) if render::is_ours(&text) => Ok(Some(text)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ServiceError::Read {
+                name: name.clone(),
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// The secret environment file our installed unit of `name` reads
+    /// (`<secrets_dir>/<name>.env`), so removing the unit removes it too.
+    async fn installed_secret_file(
+        &self,
+        name: &ServiceName,
+    ) -> Result<Option<PathBuf>, ServiceError> {
+        Ok(self
+            .installed_unit(name)
+            .await?
+            .and_then(|text| secret_file_of(&text, name)))
     }
 
     fn unit_path(&self, name: &ServiceName) -> PathBuf {
@@ -196,7 +250,7 @@ impl SystemdBackend {
     pub async fn apply(&self, plan: &Plan) -> Result<ApplyReport, ServiceError> {
         let mut report = ApplyReport::default();
         let mut created: Vec<&Rendered> = Vec::new();
-        let mut updated: Vec<(&Rendered, &str)> = Vec::new();
+        let mut updated: Vec<(&Rendered, &PlannedAction)> = Vec::new();
         let mut unchanged: Vec<&Rendered> = Vec::new();
 
         // 1. Files.
@@ -207,20 +261,14 @@ impl SystemdBackend {
                     Ok(())
                 }
                 PlannedAction::Create => {
-                    let r =
-                        files::write_file(&rendered.name, &rendered.path, &rendered.contents).await;
-                    if r.is_ok() {
-                        created.push(rendered);
-                    }
-                    r
+                    // Recorded before writing: a half-written pair (secret
+                    // file without unit) is removed by the rollback too.
+                    created.push(rendered);
+                    files::write_rendered(rendered).await
                 }
-                PlannedAction::Update { previous } => {
-                    let r =
-                        files::write_file(&rendered.name, &rendered.path, &rendered.contents).await;
-                    if r.is_ok() {
-                        updated.push((rendered, previous.as_str()));
-                    }
-                    r
+                PlannedAction::Update { .. } => {
+                    updated.push((rendered, action));
+                    files::write_rendered(rendered).await
                 }
             } {
                 let step = format!("writing `{}` to {}", rendered.name, rendered.path.display());
@@ -275,6 +323,18 @@ impl SystemdBackend {
             return Err(self.fail(step, error, &created, &updated, true).await);
         }
 
+        // A service that no longer has secrets (a Redis URL without a
+        // password now) leaves no stale secret file behind. Only now: had
+        // the apply failed, the restored unit would still read it.
+        for (rendered, action) in &updated {
+            if let (None, PlannedAction::Update { previous, .. }) = (&rendered.secret, action)
+                && let Some(stale) = secret_file_of(previous, &rendered.name)
+                && let Err(e) = files::remove_file(&rendered.name, &stale).await
+            {
+                tracing::warn!("{e}");
+            }
+        }
+
         report.created = created.iter().map(|r| r.name.clone()).collect();
         report.updated = updated.iter().map(|(r, _)| r.name.clone()).collect();
         report.unchanged = unchanged.iter().map(|r| r.name.clone()).collect();
@@ -287,7 +347,7 @@ impl SystemdBackend {
         step: String,
         source: ServiceError,
         created: &[&Rendered],
-        updated: &[(&Rendered, &str)],
+        updated: &[(&Rendered, &PlannedAction)],
         restart_updated: bool,
     ) -> ServiceError {
         tracing::warn!("apply failed while {step}: {source}; rolling back");
@@ -306,7 +366,7 @@ impl SystemdBackend {
     async fn rollback(
         &self,
         created: &[&Rendered],
-        updated: &[(&Rendered, &str)],
+        updated: &[(&Rendered, &PlannedAction)],
         restart_updated: bool,
     ) -> Rollback {
         let mut rollback = Rollback::default();
@@ -336,13 +396,23 @@ impl SystemdBackend {
             }
         }
         for r in created {
-            match files::remove_file(&r.name, &r.path).await {
+            match files::remove_rendered(r).await {
                 Ok(_) => rollback.removed.push(r.name.clone()),
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        for (r, previous) in updated {
-            match files::write_file(&r.name, &r.path, previous).await {
+        for (r, action) in updated {
+            let PlannedAction::Update {
+                previous,
+                previous_mode,
+                previous_secret,
+            } = action
+            else {
+                continue;
+            };
+            match files::restore_previous(r, previous, *previous_mode, previous_secret.as_ref())
+                .await
+            {
                 Ok(()) => rollback.restored.push(r.name.clone()),
                 Err(e) => failures.push(e.to_string()),
             }
@@ -556,6 +626,9 @@ impl SystemdBackend {
             let units: Vec<String> = with_file.iter().map(ServiceName::unit_name).collect();
             self.disable(&units).await?;
             for name in &with_file {
+                if let Some(secret) = self.installed_secret_file(name).await? {
+                    files::remove_file(name, &secret).await?;
+                }
                 files::remove_file(name, &self.unit_path(name)).await?;
             }
             self.reload().await?;
@@ -788,6 +861,24 @@ impl SystemdBackend {
                 .join("\n")
         })
     }
+}
+
+/// The secret environment file (`<secrets_dir>/<name>.env`) a unit's text
+/// names in `EnvironmentFile=`.
+fn secret_file_of(unit: &str, name: &ServiceName) -> Option<PathBuf> {
+    let file_name = format!("{name}.env");
+    unit_setting(unit, "EnvironmentFile")
+        .into_iter()
+        .map(|v| PathBuf::from(v.trim_start_matches('-').replace("%%", "%")))
+        .find(|p| p.file_name().is_some_and(|f| f == file_name.as_str()))
+}
+
+/// The values of `key=` lines in a unit file's text, in order.
+fn unit_setting<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+        .collect()
 }
 
 fn capitalize(word: &str) -> String {

@@ -19,9 +19,18 @@
 
 use std::fmt::Write as _;
 
+use std::path::{Path, PathBuf};
+
 use crate::error::ServiceError;
-use crate::spec::{ServiceScope, ServiceSpec};
+use crate::spec::{ServiceAccount, ServiceScope, ServiceSpec};
 use crate::templates::Templates;
+
+/// Where `StateDirectory=` paths are relative to (system services).
+pub const STATE_ROOT: &str = "/var/lib";
+
+/// systemd's own default hard limit of open files (since v240), used when a
+/// spec sets no `nofile` ceiling: `infinity` would fail at exec time.
+const DEFAULT_NOFILE: u64 = 524_288;
 
 /// First line of every unit we write; a unit file without it is not ours and
 /// is never overwritten.
@@ -63,23 +72,69 @@ pub fn render_unit(
         .chain(spec.args.iter().map(|a| quote_word(a, true)))
         .collect::<Vec<_>>()
         .join(" ");
-    let read_write_paths = spec
-        .read_write_paths
+    let unprivileged_system = scope == ServiceScope::System
+        && matches!(spec.account, ServiceAccount::Unprivileged { .. });
+    let mut writable: Vec<&Path> = spec.read_write_paths.iter().map(PathBuf::as_path).collect();
+    if !unprivileged_system && let Some(dir) = &spec.state_dir {
+        writable.push(dir);
+    }
+    let read_write_paths = writable
         .iter()
         .map(|p| quote_word(path_text(p), false))
         .collect::<Vec<_>>()
         .join(" ");
-    // A private /tmp would hide a binary or data that lives in the host's
-    // /tmp or /var/tmp (the unit would fail with 226/NAMESPACE): keep the
-    // hardening only where it breaks nothing.
-    let in_tmp = |p: &std::path::Path| p.starts_with("/tmp") || p.starts_with("/var/tmp");
-    let private_tmp = !(in_tmp(&spec.program)
-        || in_tmp(&spec.working_directory)
-        || spec.read_write_paths.iter().any(|p| in_tmp(p)));
-    let values: [(&str, String); 10] = [
+    let in_tmp = |p: &Path| p.starts_with("/tmp") || p.starts_with("/var/tmp");
+    // `DynamicUser=yes` implies a private /tmp; elsewhere a private /tmp
+    // would hide a binary or data in the host's /tmp or /var/tmp (the unit
+    // would fail with 226/NAMESPACE): keep the hardening where it breaks
+    // nothing.
+    let private_tmp = unprivileged_system
+        || !(in_tmp(&spec.program)
+            || in_tmp(&spec.working_directory)
+            || writable.iter().any(|p| in_tmp(p)));
+    // ProtectHome=yes hides /home, /root and /run/user entirely; a service
+    // whose binary or files live there can still get them read-only (and
+    // its writable paths writable, by ReadWritePaths=).
+    let in_home = |p: &Path| {
+        ["/home", "/root", "/run/user"]
+            .iter()
+            .any(|h| p.starts_with(h))
+    };
+    let protect_home = if scope == ServiceScope::User
+        || in_home(&spec.program)
+        || in_home(&spec.working_directory)
+        || writable.iter().any(|p| in_home(p))
+    {
+        "read-only"
+    } else {
+        "yes"
+    };
+    let account = account_lines(
+        spec,
+        unprivileged_system,
+        private_tmp && in_tmp(&spec.program),
+    )?;
+    let limit = |v: Option<u64>| v.map_or_else(|| "infinity".to_string(), |v| v.to_string());
+    let values: [(&str, String); 15] = [
         (
             "private_tmp",
             if private_tmp { "yes" } else { "no" }.to_string(),
+        ),
+        ("protect_home", protect_home.to_string()),
+        ("memory_max", limit(spec.limits.memory_max)),
+        (
+            "memory_swap_max",
+            if spec.limits.memory_max.is_some() {
+                "0"
+            } else {
+                "infinity"
+            }
+            .to_string(),
+        ),
+        ("tasks_max", limit(spec.limits.tasks_max)),
+        (
+            "limit_nofile",
+            spec.limits.nofile.unwrap_or(DEFAULT_NOFILE).to_string(),
         ),
         ("description", escape_specifiers(&spec.description)),
         (
@@ -129,6 +184,18 @@ pub fn render_unit(
             for (key, value) in &spec.env {
                 let _ = writeln!(out, "Environment={}", quote_env(key, value));
             }
+            if !spec.secret_env.is_empty() {
+                let file = secret_env_path(spec);
+                let _ = writeln!(
+                    out,
+                    "EnvironmentFile={}",
+                    escape_specifiers(path_text(&file))
+                );
+            }
+            continue;
+        }
+        if line.trim() == "{{account}}" {
+            out.push_str(&account);
             continue;
         }
         let mut rest = line;
@@ -139,10 +206,10 @@ pub fn render_unit(
                 .find("}}")
                 .ok_or_else(|| template_error(format!("unclosed `{{{{` in line {line:?}")))?;
             let key = after[..end].trim();
-            if key == "environment" {
-                return Err(template_error(
-                    "{{environment}} must stand alone on its line".into(),
-                ));
+            if key == "environment" || key == "account" {
+                return Err(template_error(format!(
+                    "{{{{{key}}}}} must stand alone on its line"
+                )));
             }
             let value = values
                 .iter()
@@ -162,6 +229,82 @@ pub fn render_unit(
         ));
     }
     Ok(out)
+}
+
+/// The lines `{{account}}` stands for: who the service runs as and what
+/// it may write. An unprivileged system service gets a dynamic user of its
+/// own (no entry in /etc/passwd, gone when the service stops), no
+/// capabilities, and its state directory owned by that user; everything
+/// else runs as the manager's account, writing only `ReadWritePaths=`.
+fn account_lines(
+    spec: &ServiceSpec,
+    unprivileged_system: bool,
+    bind_program: bool,
+) -> Result<String, ServiceError> {
+    let mut out = String::new();
+    if !unprivileged_system {
+        return Ok(out);
+    }
+    out.push_str(
+        "DynamicUser=yes\nPrivateUsers=yes\nCapabilityBoundingSet=\nAmbientCapabilities=\n",
+    );
+    if let Some(dir) = &spec.state_dir {
+        let rel = state_directory(dir).ok_or_else(|| ServiceError::InvalidSpec {
+            name: spec.name.clone(),
+            reason: format!(
+                "the state directory {} of an unprivileged system service must lie under \
+                 {STATE_ROOT} (systemd's StateDirectory=, owned by the service's dynamic user)",
+                dir.display()
+            ),
+        })?;
+        let _ = writeln!(out, "StateDirectory={}", quote_word(&rel, false));
+        out.push_str("StateDirectoryMode=0700\n");
+    }
+    if bind_program {
+        // The private /tmp that DynamicUser= implies would hide it.
+        let _ = writeln!(
+            out,
+            "BindReadOnlyPaths={}",
+            quote_word(path_text(&spec.program), false)
+        );
+    }
+    Ok(out)
+}
+
+/// `dir` relative to [`STATE_ROOT`], when it lies strictly below it without
+/// `.` or `..` components.
+pub fn state_directory(dir: &Path) -> Option<String> {
+    let rel = dir.strip_prefix(STATE_ROOT).ok()?;
+    let plain = rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    (plain && !rel.as_os_str().is_empty()).then(|| rel.to_str().map(str::to_string))?
+}
+
+/// `<secrets_dir>/<name>.env`: the 0600 `EnvironmentFile=` of a service with
+/// secret environment values.
+pub fn secret_env_path(spec: &ServiceSpec) -> PathBuf {
+    spec.secrets_dir.join(format!("{}.env", spec.name))
+}
+
+/// The text of the environment file for `spec`'s secret values, in the
+/// syntax `EnvironmentFile=` reads: double quotes, with `\`, `"`, `` ` ``
+/// and `$` escaped (see `systemd.exec(5)`, "EnvironmentFile=").
+pub fn render_secret_env(spec: &ServiceSpec) -> String {
+    let mut out = String::new();
+    out.push_str(MARKER);
+    out.push('\n');
+    for (key, value) in &spec.secret_env.0 {
+        let _ = write!(out, "{key}=\"");
+        for c in value.chars() {
+            if matches!(c, '\\' | '"' | '`' | '$') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push_str("\"\n");
+    }
+    out
 }
 
 /// Paths were checked to be UTF-8 by [`ServiceSpec::validate`].

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use circles_services::{RestartPolicy, ServiceName, ServiceSpec, ServiceTemplate};
+use circles_services::{
+    ResourceLimits, RestartPolicy, SecretEnv, ServiceAccount, ServiceName, ServiceSpec,
+    ServiceTemplate,
+};
 
 /// A directory under `target/debug/circles-services-tests/`, removed on drop.
 #[derive(Debug)]
@@ -62,6 +65,13 @@ pub fn spec(
         program: program.into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         env: BTreeMap::new(),
+        secret_env: SecretEnv::default(),
+        secrets_dir: dir.join("secrets"),
+        // Test programs are shell scripts and test binaries under target/:
+        // they run as the manager's account, as the supervisor's unit would.
+        account: ServiceAccount::Manager,
+        state_dir: None,
+        limits: ResourceLimits::default(),
         working_directory: dir.to_path_buf(),
         read_write_paths: vec![dir.to_path_buf()],
         log_dir: dir.join("logs"),

@@ -112,6 +112,19 @@ fn supervisor_spec(args: &InstallArgs, backend: &ServiceBackend) -> anyhow::Resu
         program: program.clone(),
         args: cli_args,
         env,
+        // The supervisor refuses a Redis password here (above): secrets
+        // come from its own 0600 secrets file.
+        secret_env: circles_services::SecretEnv::default(),
+        secrets_dir: data_dir.join(circles_deploy::SECRETS_DIR),
+        // Root (or the user): it installs and removes units over D-Bus,
+        // writes unit files and spawns `child` runners.
+        account: circles_services::ServiceAccount::Manager,
+        state_dir: None,
+        // No memory or task ceiling: `child` runners live in its cgroup.
+        limits: circles_services::ResourceLimits {
+            nofile: Some(65_536),
+            ..Default::default()
+        },
         working_directory: data_dir.clone(),
         read_write_paths,
         log_dir: data_dir.join("logs"),

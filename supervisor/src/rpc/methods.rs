@@ -37,7 +37,9 @@ pub const LOG_NOTIFICATION: &str = "runner_log";
 /// Ends a log subscription.
 pub const UNSUBSCRIBE_LOGS: &str = "unsubscribe_runner_logs";
 
-/// Every method, as SPEC lists them.
+/// Every method: SPEC's, then `whoami` (the caller's scope, so a client
+/// such as the console knows which controls to offer) and
+/// `generate_keypair` (a new circle identity for `add_runner`).
 pub const METHODS: &[MethodSpec] = &[
     m(DISCOVER, Scope::User, &[]),
     m(
@@ -67,7 +69,10 @@ pub const METHODS: &[MethodSpec] = &[
     m("start_all", Scope::Admin, &[]),
     m("stop_all", Scope::Admin, &[]),
     m("get_all_status", Scope::User, &[]),
+    m("get_fleet", Scope::User, &[]),
     m(SUBSCRIBE_LOGS, Scope::User, NAME),
+    m("whoami", Scope::User, &[]),
+    m("generate_keypair", Scope::Admin, &[]),
 ];
 
 /// The entry for `name`.

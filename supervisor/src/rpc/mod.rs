@@ -4,19 +4,22 @@
 //! kept in the repository (`supervisor/openrpc.json`), and log
 //! subscriptions over WebSocket.
 //!
-//! Authorization: an HTTP layer ([`AuthLayer`]) turns the request's
-//! `Authorization` header into a [`Caller`] in the request's extensions —
-//! for a WebSocket, the upgrade request's, which every call on the
-//! connection inherits — and each method checks it against its scope
-//! before anything else, answering -32014 when it falls short.
+//! Authorization: an HTTP layer ([`AuthLayer`], in [`auth`]) turns the
+//! request's `Authorization` header — or, on a WebSocket upgrade from a
+//! browser, its bearer subprotocol — into a [`Caller`] in the request's
+//! extensions (for a WebSocket, the upgrade request's, which every call on
+//! the connection inherits), and refuses cross-origin and rebound browser
+//! requests; each method checks the caller against its scope before
+//! anything else, answering -32014 when it falls short. In front of the
+//! API, [`crate::console`] serves the web console's files on `GET`.
 
+pub mod auth;
 pub mod methods;
 pub mod params;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use jsonrpsee::server::{RpcModule, Server, ServerHandle, SubscriptionMessage};
 use jsonrpsee::types::ErrorObjectOwned;
@@ -24,9 +27,11 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::console::ConsoleLayer;
 use crate::error::SupervisorError;
-use crate::secrets::{Caller, Secrets};
+use crate::secrets::{Caller, Scope, Secrets};
 use crate::supervisor::{AddRunner, JobRequest, Supervisor};
+pub use auth::{AuthLayer, AuthService};
 use methods::{LOG_NOTIFICATION, MethodSpec, SUBSCRIBE_LOGS, UNSUBSCRIBE_LOGS, method};
 use params::parse;
 
@@ -86,6 +91,15 @@ struct LogParams {
 #[serde(deny_unknown_fields)]
 struct JobIdParams {
     job_id: String,
+}
+
+/// `whoami`'s result.
+#[derive(Debug, Clone, Serialize)]
+struct Whoami {
+    /// `admin` or `user`.
+    scope: &'static str,
+    /// Whether the API asks for secrets at all.
+    secrets_configured: bool,
 }
 
 fn caller(ext: &http::Extensions) -> Caller {
@@ -196,6 +210,24 @@ fn module(supervisor: Arc<Supervisor>) -> RpcModule<RpcContext> {
     register(&mut m, "get_all_status", |ctx, NoParams {}| async move {
         Ok(ctx.supervisor.status().await)
     });
+    register(&mut m, "get_fleet", |ctx, NoParams {}| async move {
+        ctx.supervisor.fleet().await
+    });
+    register(&mut m, "generate_keypair", |ctx, NoParams {}| async move {
+        ctx.supervisor.generate_keypair().await
+    });
+    // `whoami` needs the caller, which `register` keeps to itself.
+    let spec: &'static MethodSpec = method("whoami").expect("listed");
+    m.register_method(spec.name, move |params, _ctx, ext| {
+        let caller = caller(ext);
+        caller.allow(spec.scope, spec.name).map_err(to_rpc_error)?;
+        let NoParams {} = parse(&params, spec)?;
+        Ok::<_, ErrorObjectOwned>(Whoami {
+            scope: caller.scope().map_or("none", Scope::as_str),
+            secrets_configured: caller != Caller::Open,
+        })
+    })
+    .expect("method names are unique");
     let spec: &'static MethodSpec = method(SUBSCRIBE_LOGS).expect("listed");
     m.register_subscription(
         SUBSCRIBE_LOGS,
@@ -240,57 +272,18 @@ fn module(supervisor: Arc<Supervisor>) -> RpcModule<RpcContext> {
     m
 }
 
-/// Puts the caller's [`Caller`] (from `Authorization: Bearer …`) into each
-/// HTTP request's extensions; see the module docs.
-#[derive(Debug, Clone)]
-pub struct AuthLayer {
-    secrets: Arc<Secrets>,
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            secrets: self.secrets.clone(),
-        }
-    }
-}
-
-/// The service [`AuthLayer`] makes.
-#[derive(Debug, Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    secrets: Arc<Secrets>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let header = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let caller = Caller::from_header(&self.secrets, header);
-        req.extensions_mut().insert(caller);
-        self.inner.call(req)
-    }
-}
+/// The HTTP layers in front of the API, outermost first: who is calling
+/// and from where ([`AuthLayer`]), then the console's files
+/// ([`ConsoleLayer`]).
+type HttpLayers = tower::layer::util::Stack<
+    ConsoleLayer,
+    tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>,
+>;
 
 /// A bound, not yet serving, API server.
 #[derive(Debug)]
 pub struct BoundServer {
-    server: Server<tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>>,
+    server: Server<HttpLayers>,
     local_addr: SocketAddr,
 }
 
@@ -307,9 +300,9 @@ pub async fn bind(addr: SocketAddr, secrets: Secrets) -> Result<BoundServer, Sup
             "no secrets configured: every caller is admin; listening on loopback ({addr}) only"
         );
     }
-    let middleware = tower::ServiceBuilder::new().layer(AuthLayer {
-        secrets: Arc::new(secrets),
-    });
+    let middleware = tower::ServiceBuilder::new()
+        .layer(AuthLayer::new(secrets))
+        .layer(ConsoleLayer);
     let config = jsonrpsee::server::ServerConfig::builder()
         .max_request_body_size(MAX_REQUEST_BODY)
         .max_connections(MAX_CONNECTIONS)

@@ -253,6 +253,38 @@ impl Ws {
         }
     }
 
+    /// Connects with extra upgrade headers (`Origin`, `Sec-WebSocket-Protocol`,
+    /// …); the handshake's answer, or why it failed.
+    pub async fn connect_with(
+        port: u16,
+        headers: &[(&str, &str)],
+    ) -> Result<
+        (
+            Self,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let mut req = format!("ws://127.0.0.1:{port}/")
+            .into_client_request()
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (socket, response) = tokio_tungstenite::connect_async(req).await?;
+        Ok((
+            Self {
+                socket,
+                next_id: 1,
+                notifications: Vec::new(),
+            },
+            response,
+        ))
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.socket
             .send(Message::text(text.to_string()))

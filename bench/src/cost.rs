@@ -1,0 +1,341 @@
+//! What a play and a circle cost, each figure beside its baseline from the
+//! same run: WebSocket plays/s against the engine-less floor loop, the CPU
+//! each process spends per play (from `/proc/<pid>/stat`), Redis commands per
+//! task (`INFO commandstats`), and worker memory per circle, idle and after
+//! load (anonymous memory and PSS: the binary's pages are shared by every
+//! worker, so plain RSS counts them once per worker).
+//!
+//! Every process is a real one — `redis-server`, `worker`s, the `server`
+//! binary — so that CPU time can be told apart per process.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use circles_dispatcher::{CircleKeypair, CirclePublicKey, Dispatcher};
+use circles_test_support::{RedisServer, WorkerProcess, free_port, wait_for_port, ws};
+use comfy_table::Table;
+use tokio::sync::watch;
+
+use crate::stats::{Samples, fmt_duration, ratio};
+use crate::tasks::{drive_with, floor_worker};
+
+/// Circles, and connections (one per circle), of the throughput figures.
+const CIRCLES: usize = 8;
+/// Tasks run to count Redis commands.
+const COUNTED_TASKS: usize = 2000;
+
+/// Runs the section and returns its tables.
+pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec<Table>> {
+    let redis = RedisServer::start();
+    let redis_pid = redis.pid().unwrap_or(0);
+    let circles: Vec<CirclePublicKey> = (0..CIRCLES)
+        .map(|_| CircleKeypair::generate().public)
+        .collect();
+
+    // Floor first (it holds the circles' leases while it runs).
+    let floor = {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut floors = Vec::new();
+        for c in &circles {
+            floors.push(tokio::spawn(floor_worker(redis.url(), *c, stop_rx.clone())));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let d = Dispatcher::connect(&redis.url(), "bench").await?;
+        let samples =
+            drive_with(&d, &circles, CIRCLES, Duration::from_millis(300), per_run).await?;
+        let _ = stop_tx.send(true);
+        for f in floors {
+            f.await??;
+        }
+        samples
+    };
+
+    let data = tempfile::tempdir()?;
+    let workers: Vec<WorkerProcess> = circles
+        .iter()
+        .map(|c| WorkerProcess::start(&redis, &c.to_hex(), data.path(), &[], &[]))
+        .collect();
+    let idle_anon = workers.iter().map(|w| anon_kib(w.pid())).sum::<u64>() / CIRCLES as u64;
+
+    // The server binary as a process of its own, circles learnt from Redis.
+    let port = free_port();
+    let mut server = tokio::process::Command::new(circles_test_support::binary("server"))
+        .args(["--port", &port.to_string()])
+        .env("REDIS_URL", redis.url())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let server_pid = server.id().unwrap_or(0);
+    tokio::task::block_in_place(|| wait_for_port(port, Duration::from_secs(10)));
+    let mut clients = Vec::new();
+    for c in &circles {
+        clients.push(ws::Client::connect(&format!("ws://127.0.0.1:{port}/{c}")).await);
+    }
+    // Warm up, then measure plays and CPU together.
+    let (_, back) = play_loops(clients, Duration::from_millis(300)).await?;
+    clients = back;
+    let worker_pids: Vec<u32> = workers.iter().map(WorkerProcess::pid).collect();
+    let before = cpu_ticks(&[server_pid], &[redis_pid], &worker_pids);
+    let started = Instant::now();
+    let (plays, back) = play_loops(clients, per_run).await?;
+    let elapsed = started.elapsed();
+    let after = cpu_ticks(&[server_pid], &[redis_pid], &worker_pids);
+    drop(back);
+    let n_plays = plays.count() as f64;
+    let per_play = |i: usize| (after[i] - before[i]) * 1e6 / n_plays;
+    let after_load_anon = workers.iter().map(|w| anon_kib(w.pid())).sum::<u64>() / CIRCLES as u64;
+    let pss = workers.iter().map(|w| pss_kib(w.pid())).sum::<u64>() / CIRCLES as u64;
+
+    let mut throughput = Table::new();
+    throughput.load_style(comfy_table::presets::ASCII_MARKDOWN);
+    throughput.set_header([
+        "figure",
+        "measured",
+        "baseline (same run)",
+        "baseline",
+        "ratio",
+    ]);
+    throughput.add_row([
+        format!("WebSocket plays/s, {CIRCLES} connections over {CIRCLES} circles"),
+        format!("{:.0}", n_plays / elapsed.as_secs_f64()),
+        format!("floor loop: {CIRCLES} dispatcher clients, {CIRCLES} engine-less workers, tasks/s"),
+        format!("{:.0}", floor.throughput()),
+        ratio(n_plays / elapsed.as_secs_f64(), floor.throughput()),
+    ]);
+    throughput.add_row([
+        "play p50 at that load".to_string(),
+        fmt_duration(plays.percentile(50.0)),
+        "floor p50".to_string(),
+        fmt_duration(floor.percentile(50.0)),
+        ratio(
+            plays.percentile(50.0).as_secs_f64(),
+            floor.percentile(50.0).as_secs_f64(),
+        ),
+    ]);
+    let total = per_play(0) + per_play(1) + per_play(2);
+    for (what, value) in [
+        ("CPU per play: server", per_play(0)),
+        ("CPU per play: Redis", per_play(1)),
+        ("CPU per play: workers", per_play(2)),
+        ("CPU per play: all three", total),
+    ] {
+        throughput.add_row([
+            what.to_string(),
+            format!("{value:.0} µs"),
+            "—".to_string(),
+            "—".to_string(),
+            "—".to_string(),
+        ]);
+    }
+    let _ = server.kill().await;
+
+    // Redis commands per task, one client, then eight.
+    let mut commands = Table::new();
+    commands.load_style(comfy_table::presets::ASCII_MARKDOWN);
+    commands.set_header([
+        "clients",
+        "commands per task (all, incl. inside scripts)",
+        "by command",
+        "BLMOVE per task",
+        "worker scripts per task",
+    ]);
+    for clients in [1usize, CIRCLES] {
+        let d = Dispatcher::connect(&redis.url(), "bench").await?;
+        redis.cli(&["CONFIG", "RESETSTAT"]);
+        count_tasks(&d, &circles, clients, COUNTED_TASKS).await?;
+        let stats = commandstats(&redis);
+        let per = |name: &str| stats.get(name).copied().unwrap_or(0) as f64 / COUNTED_TASKS as f64;
+        let all: u64 = stats
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "info" | "config|resetstat" | "config"))
+            .map(|(_, v)| v)
+            .sum();
+        let by: Vec<String> = stats
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "info" | "config|resetstat" | "config"))
+            .filter(|(_, v)| **v as f64 / COUNTED_TASKS as f64 >= 0.05)
+            .map(|(k, v)| format!("{k} {:.2}", *v as f64 / COUNTED_TASKS as f64))
+            .collect();
+        commands.add_row([
+            clients.to_string(),
+            format!("{:.2}", all as f64 / COUNTED_TASKS as f64),
+            by.join(", "),
+            format!("{:.2}", per("blmove")),
+            // One EVAL per task is the dispatcher's submission.
+            format!("{:.2}", per("eval") - 1.0),
+        ]);
+    }
+
+    // Memory per worker: the eight above, then `memory_circles` more.
+    let mut memory = Table::new();
+    memory.load_style(comfy_table::presets::ASCII_MARKDOWN);
+    memory.set_header([
+        "workers",
+        "anonymous memory per worker, idle",
+        "after load",
+        "PSS per worker",
+        "RSS per worker (counts shared pages once per worker)",
+    ]);
+    memory.add_row([
+        CIRCLES.to_string(),
+        format!("{idle_anon} KiB"),
+        format!("{after_load_anon} KiB"),
+        format!("{pss} KiB"),
+        format!(
+            "{} KiB",
+            workers
+                .iter()
+                .map(|w| crate::tasks::rss_kib(w.pid()))
+                .sum::<u64>()
+                / CIRCLES as u64
+        ),
+    ]);
+    drop(workers);
+    if memory_circles > 0 {
+        let many: Vec<CirclePublicKey> = (0..memory_circles)
+            .map(|_| CircleKeypair::generate().public)
+            .collect();
+        let workers: Vec<WorkerProcess> = tokio::task::block_in_place(|| {
+            many.iter()
+                .map(|c| WorkerProcess::start(&redis, &c.to_hex(), data.path(), &[], &[]))
+                .collect()
+        });
+        let idle = workers.iter().map(|w| anon_kib(w.pid())).sum::<u64>() / memory_circles as u64;
+        let d = Dispatcher::connect(&redis.url(), "bench").await?;
+        count_tasks(&d, &many, 16, memory_circles * 20).await?;
+        let loaded = workers.iter().map(|w| anon_kib(w.pid())).sum::<u64>() / memory_circles as u64;
+        let pss = workers.iter().map(|w| pss_kib(w.pid())).sum::<u64>() / memory_circles as u64;
+        let rss = workers
+            .iter()
+            .map(|w| crate::tasks::rss_kib(w.pid()))
+            .sum::<u64>()
+            / memory_circles as u64;
+        memory.add_row([
+            memory_circles.to_string(),
+            format!("{idle} KiB"),
+            format!("{loaded} KiB"),
+            format!("{pss} KiB"),
+            format!("{rss} KiB"),
+        ]);
+    }
+    Ok(vec![throughput, commands, memory])
+}
+
+/// `n` tasks of `40 + 2`, from `clients` concurrent callers over `circles`.
+async fn count_tasks(
+    d: &Dispatcher,
+    circles: &[CirclePublicKey],
+    clients: usize,
+    n: usize,
+) -> anyhow::Result<()> {
+    let per_client = n / clients;
+    let mut loops = Vec::new();
+    for i in 0..clients {
+        let (d, c) = (d.clone(), circles[i % circles.len()]);
+        loops.push(tokio::spawn(async move {
+            for _ in 0..per_client {
+                anyhow::ensure!(d.run(&c, "40 + 2", Duration::from_secs(10)).await? == "42");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for l in loops {
+        l.await??;
+    }
+    Ok(())
+}
+
+/// Each client plays `40 + 2` in a loop, one call at a time, for `time`.
+async fn play_loops(
+    clients: Vec<ws::Client>,
+    time: Duration,
+) -> anyhow::Result<(Samples, Vec<ws::Client>)> {
+    let end = Instant::now() + time;
+    let mut loops = Vec::new();
+    for mut client in clients {
+        loops.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                let out = client.play("40 + 2").await;
+                anyhow::ensure!(out == "42", "unexpected output {out}");
+                lat.push(t0.elapsed());
+            }
+            anyhow::Ok((lat, client))
+        }));
+    }
+    let (mut all, mut back) = (Vec::new(), Vec::new());
+    for l in loops {
+        let (lat, client) = l.await??;
+        all.extend(lat);
+        back.push(client);
+    }
+    Ok((Samples::new(all, time), back))
+}
+
+/// CPU seconds so far of three groups of processes: `[a, b, c]`.
+fn cpu_ticks(a: &[u32], b: &[u32], c: &[u32]) -> [f64; 3] {
+    let ticks = |pids: &[u32]| pids.iter().map(|p| process_cpu_secs(*p)).sum::<f64>();
+    [ticks(a), ticks(b), ticks(c)]
+}
+
+/// utime + stime of a process, in seconds (`/proc/<pid>/stat`).
+fn process_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (field(11) + field(12)) / clock_ticks_per_sec()
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `INFO commandstats` as command → calls.
+fn commandstats(redis: &RedisServer) -> BTreeMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
+}
