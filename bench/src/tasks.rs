@@ -187,7 +187,9 @@ pub(crate) async fn floor_worker(
         .await?
         .map_err(|held| anyhow::anyhow!("circle owned by {:?}", held.0))?;
     let result = floor_loop(&queue, &lease.value(), &mut conn, &mut blocking, &mut stop).await;
-    lease.release(&mut conn, std::slice::from_ref(&heartbeat)).await?;
+    lease
+        .release(&mut conn, std::slice::from_ref(&heartbeat))
+        .await?;
     redis::cmd("DEL")
         .arg(&heartbeat)
         .query_async::<()>(&mut conn)
