@@ -35,6 +35,10 @@ use crate::{CirclePublicKey, FleetEntry, RedisUrl};
 
 /// Idle blocking connections kept for reuse; more are opened on demand.
 const MAX_IDLE_WAITERS: usize = 64;
+/// Blocking waits (each a Redis connection) one dispatcher has in flight at
+/// once; more callers wait their turn. A tenth of Redis's default
+/// `maxclients`.
+pub const MAX_BLOCKING_WAITS: usize = 1000;
 /// Extra client-side slack over the server-side `BLPOP` timeout before we
 /// decide the connection itself is dead.
 const TRANSPORT_SLACK: Duration = Duration::from_secs(5);
@@ -55,6 +59,11 @@ struct Inner {
     commands: ConnectionManager,
     /// Idle connections for blocking waits; taken for one wait, then returned.
     waiters: Mutex<Vec<MultiplexedConnection>>,
+    /// Bounds the blocking waits in flight, each of which holds a Redis
+    /// connection of its own: without it, many callers (a server full of
+    /// clients) could open more connections than Redis accepts
+    /// (`maxclients`), locking the workers out with everybody else.
+    wait_slots: tokio::sync::Semaphore,
     /// Recorded as `caller_id` on every task this dispatcher submits.
     caller_id: String,
 }
@@ -163,6 +172,7 @@ impl Dispatcher {
                 client,
                 commands,
                 waiters: Mutex::new(Vec::new()),
+                wait_slots: tokio::sync::Semaphore::new(MAX_BLOCKING_WAITS),
                 caller_id: caller_id.into(),
             }),
             policy: Policy::default(),
@@ -464,6 +474,14 @@ impl Dispatcher {
         timeout: Duration,
         pipe: Pipeline,
     ) -> Result<String, DispatchError> {
+        // Waiting for a slot counts against the caller's timeout.
+        let _slot = tokio::time::timeout(timeout, self.inner.wait_slots.acquire())
+            .await
+            .map_err(|_| DispatchError::Timeout {
+                task_id: *task_id,
+                waited: timeout,
+            })?
+            .expect("the semaphore is never closed");
         let mut conn = self.take_waiter().await?;
         let query = pipe.query_async::<Vec<redis::Value>>(&mut conn);
         let values = match tokio::time::timeout(timeout + TRANSPORT_SLACK, query).await {

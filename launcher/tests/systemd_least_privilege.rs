@@ -413,6 +413,14 @@ async fn a_redis_password_reaches_no_world_readable_place() {
 /// (launcher at 9d2973b): root, `--redis-url` in argv, the database flat in
 /// the data directory.
 fn legacy_worker_unit(worker: &Path, redis: &str, key: &str, data: &Path) -> String {
+    // As the earlier renderer did: no private /tmp when the binary or the
+    // data live in /tmp (a CI checkout), which it would hide.
+    let in_tmp = |p: &Path| p.starts_with("/tmp") || p.starts_with("/var/tmp");
+    let private_tmp = if in_tmp(worker) || in_tmp(data) {
+        "no"
+    } else {
+        "yes"
+    };
     let (worker, data) = (worker.display(), data.display());
     format!(
         "# Managed by circles launcher — do not edit; changes are overwritten
@@ -438,7 +446,7 @@ StandardError=journal
 NoNewPrivileges=yes
 ProtectSystem=strict
 ReadWritePaths=\"{data}\"
-PrivateTmp=yes
+PrivateTmp={private_tmp}
 
 [Install]
 WantedBy=multi-user.target
@@ -566,8 +574,19 @@ async fn services_reach_a_redis_on_a_unix_socket() {
     let w = World::new("lp-socket");
     // The socket where the services' own users may connect (mode 0777 on the
     // socket, a world-searchable directory), as an operator would set
-    // `unixsocketperm` for them.
-    let socket = w.dir.path().join("redis.sock");
+    // `unixsocketperm` for them. Under /run, where Redis keeps it: units get
+    // a private /tmp, so a socket in /tmp (where a CI checkout may live) is
+    // out of their sight — the README says so.
+    let socket_dir = tempfile::Builder::new()
+        .prefix("circles-lp-socket-")
+        .tempdir_in("/run")
+        .unwrap();
+    std::fs::set_permissions(
+        socket_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let socket = socket_dir.path().join("redis.sock");
     let _redis = SocketRedis(
         Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])

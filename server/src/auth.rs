@@ -14,6 +14,7 @@
 //! two connections of the same user can authenticate concurrently.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,10 @@ pub const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(5 * 60);
 pub const ETH_MESSAGE_PREFIX: &str = "\x19Ethereum Signed Message:\n";
 /// Unredeemed nonces kept per key; fetching more drops the oldest.
 const MAX_NONCES_PER_KEY: usize = 8;
+/// Nonces one client address may be issued within one nonce lifetime: one
+/// address cannot fill the store (and lock everybody else out of
+/// authenticating) by reconnecting to reset its per-connection allowance.
+pub const MAX_NONCES_PER_ADDRESS: usize = 256;
 /// Below this many keys the store never sweeps expired nonces.
 const MIN_SWEEP_THRESHOLD: usize = 1024;
 
@@ -67,6 +72,10 @@ pub enum AuthError {
     /// some are redeemed or expire.
     #[error("too many outstanding nonces; try again in a moment")]
     TooManyNonces,
+    /// This client address asked for too many nonces within one nonce
+    /// lifetime: no new one for it until that window ends.
+    #[error("too many nonces for this address; try again in a few minutes")]
+    TooManyFromAddress,
 }
 
 /// A recoverable signature as sent by a client.
@@ -138,6 +147,9 @@ struct NonceMap {
     by_key: HashMap<CirclePublicKey, Vec<PendingNonce>>,
     /// Nonces in `by_key`, all keys together.
     count: usize,
+    /// Per client address: when its current window began, and how many
+    /// nonces it was issued in it.
+    by_address: HashMap<IpAddr, (Instant, usize)>,
     /// Key count at which the next sweep of expired nonces happens. Doubling
     /// it after each sweep keeps the sweeps' cost proportional to the
     /// insertions, however many distinct keys clients make up.
@@ -147,7 +159,7 @@ struct NonceMap {
 impl NonceMap {
     /// Drops expired nonces and keys left without any, then gives the
     /// memory back (a `HashMap` keeps its capacity otherwise).
-    fn sweep(&mut self, now: Instant) {
+    fn sweep(&mut self, now: Instant, ttl: Duration) {
         let mut count = 0;
         self.by_key.retain(|_, pending| {
             pending.retain(|p| p.expires > now);
@@ -156,6 +168,9 @@ impl NonceMap {
         });
         self.count = count;
         self.by_key.shrink_to_fit();
+        self.by_address
+            .retain(|_, (since, _)| now.duration_since(*since) < ttl);
+        self.by_address.shrink_to_fit();
         self.sweep_at = (self.by_key.len() * 2).max(MIN_SWEEP_THRESHOLD);
     }
 }
@@ -180,6 +195,7 @@ impl NonceStore {
             max_nonces,
             state: Mutex::new(NonceMap {
                 by_key: HashMap::new(),
+                by_address: HashMap::new(),
                 count: 0,
                 sweep_at: MIN_SWEEP_THRESHOLD,
             }),
@@ -190,7 +206,7 @@ impl NonceStore {
     pub fn sweep(&self) -> usize {
         let mut map = self.state.lock().expect("nonce store poisoned");
         let before = map.count;
-        map.sweep(Instant::now());
+        map.sweep(Instant::now(), self.ttl);
         before - map.count
     }
 
@@ -199,8 +215,9 @@ impl NonceStore {
         self.ttl
     }
 
-    /// Issues a fresh random nonce for `key`, unless the store is full.
-    pub fn issue(&self, key: CirclePublicKey) -> Result<IssuedNonce, AuthError> {
+    /// Issues a fresh random nonce for `key` to a client at `from`, unless
+    /// the store is full or `from` had its share.
+    pub fn issue(&self, key: CirclePublicKey, from: IpAddr) -> Result<IssuedNonce, AuthError> {
         let nonce = hex::encode(secp256k1::rand::random::<[u8; 32]>());
         let now = Instant::now();
         let expires_at = SystemTime::now()
@@ -210,12 +227,20 @@ impl NonceStore {
 
         let mut map = self.state.lock().expect("nonce store poisoned");
         if map.by_key.len() >= map.sweep_at || map.count >= self.max_nonces {
-            map.sweep(now);
+            map.sweep(now, self.ttl);
         }
         if map.count >= self.max_nonces {
             return Err(AuthError::TooManyNonces);
         }
         let map = &mut *map;
+        let window = map.by_address.entry(from).or_insert((now, 0));
+        if now.duration_since(window.0) >= self.ttl {
+            *window = (now, 0);
+        }
+        if window.1 >= MAX_NONCES_PER_ADDRESS {
+            return Err(AuthError::TooManyFromAddress);
+        }
+        window.1 += 1;
         let pending = map.by_key.entry(key).or_default();
         let before = pending.len();
         pending.retain(|p| p.expires > now);
@@ -290,6 +315,8 @@ impl NonceStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     use circles_dispatcher::CircleKeypair;
 
     /// Signs like a wallet does, with this crate's own secp256k1 (the
@@ -366,7 +393,7 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         for v_offset in [0, 27] {
-            let issued = store.issue(pair.public).unwrap();
+            let issued = store.issue(pair.public, LOCAL).unwrap();
             assert_eq!(issued.nonce.len(), 64);
             let sig = EthSignature::parse(&eth_sign(&pair, &issued.nonce, v_offset)).unwrap();
             store.redeem(&pair.public, &sig).unwrap();
@@ -384,7 +411,9 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let issued = store.issue(CircleKeypair::generate().public).unwrap();
+        let issued = store
+            .issue(CircleKeypair::generate().public, LOCAL)
+            .unwrap();
         assert!((now + 299..=now + 301).contains(&issued.expires_at));
     }
 
@@ -393,7 +422,7 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         let other = CircleKeypair::generate();
-        let issued = store.issue(pair.public).unwrap();
+        let issued = store.issue(pair.public, LOCAL).unwrap();
 
         let by_other = EthSignature::parse(&eth_sign(&other, &issued.nonce, 27)).unwrap();
         assert_eq!(
@@ -416,7 +445,7 @@ mod tests {
         store.redeem(&pair.public, &good).unwrap();
 
         let expired_store = NonceStore::new(Duration::ZERO);
-        let issued = expired_store.issue(pair.public).unwrap();
+        let issued = expired_store.issue(pair.public, LOCAL).unwrap();
         let sig = EthSignature::parse(&eth_sign(&pair, &issued.nonce, 0)).unwrap();
         assert!(matches!(
             expired_store.redeem(&pair.public, &sig),
@@ -429,7 +458,7 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         let issued: Vec<_> = (0..MAX_NONCES_PER_KEY + 1)
-            .map(|_| store.issue(pair.public).unwrap())
+            .map(|_| store.issue(pair.public, LOCAL).unwrap())
             .collect();
         let oldest = EthSignature::parse(&eth_sign(&pair, &issued[0].nonce, 0)).unwrap();
         assert_eq!(
@@ -447,7 +476,9 @@ mod tests {
     fn expired_nonces_of_abandoned_keys_are_swept() {
         let store = NonceStore::new(Duration::ZERO);
         for _ in 0..MIN_SWEEP_THRESHOLD * 3 {
-            store.issue(CircleKeypair::generate().public).unwrap();
+            store
+                .issue(CircleKeypair::generate().public, LOCAL)
+                .unwrap();
         }
         // Without sweeping there would be one entry per key.
         assert!(
@@ -458,18 +489,37 @@ mod tests {
     }
 
     #[test]
+    fn one_address_gets_its_share_and_others_still_get_theirs() {
+        let store = NonceStore::new(Duration::from_secs(60));
+        let key = CircleKeypair::generate().public;
+        let flooder = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+        for _ in 0..MAX_NONCES_PER_ADDRESS {
+            store.issue(key, flooder).unwrap();
+        }
+        assert_eq!(
+            store.issue(key, flooder),
+            Err(AuthError::TooManyFromAddress)
+        );
+        // Everybody else is unaffected.
+        let pair = CircleKeypair::generate();
+        let issued = store.issue(pair.public, LOCAL).unwrap();
+        let sig = EthSignature::parse(&eth_sign(&pair, &issued.nonce, 0)).unwrap();
+        store.redeem(&pair.public, &sig).unwrap();
+    }
+
+    #[test]
     fn the_store_is_bounded_and_sweeping_frees_it() {
         // Keys made up front: making them in debug builds takes long enough
         // to let nonces expire mid-test.
         let keys: Vec<_> = (0..12).map(|_| CircleKeypair::generate().public).collect();
         let store = NonceStore::with_capacity(Duration::from_millis(400), 10);
         for key in &keys[..10] {
-            store.issue(*key).unwrap();
+            store.issue(*key, LOCAL).unwrap();
         }
-        assert_eq!(store.issue(keys[10]), Err(AuthError::TooManyNonces));
+        assert_eq!(store.issue(keys[10], LOCAL), Err(AuthError::TooManyNonces));
         std::thread::sleep(Duration::from_millis(450));
         // Expired ones make room again, swept by `issue` itself...
-        store.issue(keys[11]).unwrap();
+        store.issue(keys[11], LOCAL).unwrap();
         assert_eq!(store.key_count(), 1);
         // ... or by the periodic sweep.
         std::thread::sleep(Duration::from_millis(450));

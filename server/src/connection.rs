@@ -44,7 +44,7 @@ use crate::server::Shared;
 /// `play` calls one connection may have in flight. When a client sends more
 /// without waiting, the reader stops reading until one finishes, so one
 /// client cannot pile up unbounded work (TCP pushes back on it instead).
-const MAX_PLAYS_IN_FLIGHT: usize = 256;
+const MAX_PLAYS_IN_FLIGHT: usize = 32;
 /// Answers waiting for the writer.
 const OUTBOX_CAPACITY: usize = 64;
 /// `fetch_nonce` calls a connection may make in a burst, and how fast the
@@ -73,6 +73,8 @@ pub(crate) async fn serve(
             authenticated: None,
             outbox: outbox.clone(),
             nonce_allowance: TokenBucket::new(NONCE_BURST, NONCES_PER_SEC),
+            auth_allowance: TokenBucket::new(NONCE_BURST, NONCES_PER_SEC),
+            peer_ip: peer.ip(),
         };
         let mut plays = JoinSet::new();
         let mut shutdown = shared.shutdown.clone();
@@ -259,6 +261,10 @@ struct Session {
     outbox: mpsc::Sender<Message>,
     /// `fetch_nonce` calls this connection may still make now.
     nonce_allowance: TokenBucket,
+    /// `authenticate` calls likewise: each costs signature recoveries.
+    auth_allowance: TokenBucket,
+    /// The client's address, whose share of nonces is bounded.
+    peer_ip: std::net::IpAddr,
 }
 
 impl Session {
@@ -291,7 +297,16 @@ impl Session {
                 self.answer(id, outcome).await;
             }
             Call::Authenticate(params) => {
-                let outcome = self.authenticate(params);
+                let outcome = if self.auth_allowance.take() {
+                    self.authenticate(params)
+                } else {
+                    Err(RpcError::new(
+                        code::RATE_LIMITED,
+                        format!(
+                            "too many authenticate calls on this connection; at most {NONCES_PER_SEC} per second"
+                        ),
+                    ))
+                };
                 self.answer(id, outcome).await;
             }
             Call::Play(params) => match self.caller_id() {
@@ -333,7 +348,7 @@ impl Session {
         let issued = self
             .shared
             .nonces
-            .issue(key)
+            .issue(key, self.peer_ip)
             .map_err(|e| RpcError::new(code::RATE_LIMITED, e.to_string()))?;
         Ok(json!({ "nonce": issued.nonce, "expires_at": issued.expires_at }))
     }
@@ -355,7 +370,7 @@ impl Session {
                     AuthError::InvalidSignature
                     | AuthError::NoValidNonce { .. }
                     | AuthError::SignatureMismatch => code::INVALID_CREDENTIALS,
-                    AuthError::TooManyNonces => code::RATE_LIMITED,
+                    AuthError::TooManyNonces | AuthError::TooManyFromAddress => code::RATE_LIMITED,
                 };
                 Err(RpcError::new(code, error.to_string()))
             }

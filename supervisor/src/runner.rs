@@ -160,12 +160,16 @@ pub const MAX_ENV_VARS: usize = 64;
 /// Largest environment value, in bytes.
 pub const MAX_ENV_VALUE: usize = 4096;
 /// Variables the supervisor sets itself; a runner's `env` may not.
-pub const RESERVED_ENV: [&str; 4] = [
+pub const RESERVED_ENV: [&str; 3] = [
     circles_dispatcher::protocol::ENV_REDIS_URL,
     circles_supervise::notify::ENV_NOTIFY_SOCKET,
     circles_supervise::parent::ENV_PARENT_PID,
-    "LD_PRELOAD",
 ];
+
+/// Prefixes of variables that change what a process loads or runs (the
+/// dynamic loader's `LD_*`, glibc's `GCONV_PATH`/`LOCPATH`, …): given by
+/// an API caller they would run code of their choosing in the runner.
+pub const FORBIDDEN_ENV_PREFIXES: [&str; 5] = ["LD_", "GCONV_PATH", "LOCPATH", "MALLOC_", "GLIBC_"];
 
 /// A runner name: 1–64 of `[A-Za-z0-9_-]`, so it is safe in a file name, a
 /// log line and a table.
@@ -211,6 +215,11 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SupervisorErro
         if RESERVED_ENV.contains(&key.as_str()) {
             return bad(format!(
                 "environment variable {key} is set by the supervisor and cannot be given"
+            ));
+        }
+        if FORBIDDEN_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            return bad(format!(
+                "environment variable {key} would change what the runner loads; it cannot be given"
             ));
         }
         if value.contains('\0') || value.len() > MAX_ENV_VALUE {
@@ -273,6 +282,9 @@ mod tests {
             ("1X", "x", "is not"),
             ("A-B", "x", "is not"),
             ("A", "a\0b", "NUL"),
+            ("LD_PRELOAD", "/tmp/evil.so", "what the runner loads"),
+            ("LD_LIBRARY_PATH", "/tmp", "what the runner loads"),
+            ("GCONV_PATH", "/tmp", "what the runner loads"),
         ] {
             let err = validate_env(&env(k, v)).unwrap_err().to_string();
             assert!(err.contains(needle), "{k}: {err}");

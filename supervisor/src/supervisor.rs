@@ -1191,6 +1191,20 @@ fn check_executable(path: &std::path::Path) -> Result<(), SupervisorError> {
             path.display()
         )));
     }
+    // A supervisor running as root runs runners as root (`child`): it only
+    // runs a binary that no one but root could have put there — owned by
+    // root, and neither it nor its directory writable by others.
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let unsafe_owner = |m: &std::fs::Metadata| m.uid() != 0 || m.mode() & 0o022 != 0;
+        let dir_meta = path.parent().and_then(|d| std::fs::metadata(d).ok());
+        if unsafe_owner(&meta) || dir_meta.as_ref().is_none_or(unsafe_owner) {
+            return Err(SupervisorError::InvalidInput(format!(
+                "worker binary {} must be owned by root and not writable by group or others (nor its directory): the supervisor runs as root",
+                path.display()
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -227,8 +227,30 @@ fn systemd_runners_outlive_the_supervisor_and_the_launcher_sees_and_removes_them
         "{s}"
     );
 
-    // The supervisor installed as a service, beside its runners.
+    // The supervisor installed as a service, beside its runners. A system
+    // supervisor runs as root: it is refused without secrets.
     let api_port = free_port();
+    let refused = Command::new(binary("supervisor"))
+        .args(["install", "--system", "--port", &api_port.to_string()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("without --secrets-file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let secrets_file = scratch.path().join("secrets.toml");
+    std::fs::write(
+        &secrets_file,
+        "admin = [\"an-admin-secret-for-the-test\"]\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &secrets_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let out = Command::new(binary("supervisor"))
         .args([
             "install",
@@ -240,6 +262,8 @@ fn systemd_runners_outlive_the_supervisor_and_the_launcher_sees_and_removes_them
             "--data-dir",
         ])
         .arg(scratch.path().join("service-data"))
+        .arg("--secrets-file")
+        .arg(&secrets_file)
         .arg("--worker-binary")
         .arg(binary("worker"))
         .env("REDIS_URL", redis.url())
@@ -256,7 +280,7 @@ fn systemd_runners_outlive_the_supervisor_and_the_launcher_sees_and_removes_them
     );
     let service = common::Http {
         port: api_port,
-        secret: None,
+        secret: Some("an-admin-secret-for-the-test".to_string()),
     };
     assert_eq!(service.ok("list_runners", json!({})), json!([]));
 

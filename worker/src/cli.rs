@@ -86,6 +86,9 @@ pub struct WorkerArgs {
     /// How deeply arrays and maps may nest in stored or returned values.
     #[arg(long, default_value_t = Limits::default().max_value_depth)]
     pub max_value_depth: usize,
+    /// Size the circle database may grow to, in MiB (0 = unlimited).
+    #[arg(long, default_value_t = Limits::default().max_db_bytes / MIB as u64)]
+    pub max_db_mb: u64,
     /// How long finished tasks are kept in Redis, in seconds (ignored with PRESERVE_TASKS).
     #[arg(long, default_value_t = DEFAULT_TASK_RETENTION_SECS)]
     pub task_retention_secs: u64,
@@ -143,6 +146,7 @@ pub fn main_with(cli: WorkerArgs) -> ExitCode {
             max_output_size: cli.max_output_bytes,
             max_log_output: cli.max_log_bytes,
             max_value_depth: cli.max_value_depth.max(1),
+            max_db_bytes: cli.max_db_mb.saturating_mul(MIB as u64),
         },
         retention: (!preserve_tasks).then(|| Duration::from_secs(cli.task_retention_secs)),
         keep_queued_on_stop: preserve_tasks || cli.keep_queued_on_stop,

@@ -59,6 +59,9 @@ pub struct Limits {
     /// How deeply arrays and maps may nest in a value that is stored or
     /// returned (the same limit applies when reading it back).
     pub max_value_depth: usize,
+    /// Size the circle database may grow to, in bytes (0: unlimited):
+    /// writes past it fail, reads and deletes go on.
+    pub max_db_bytes: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +78,7 @@ impl Default for Limits {
             max_output_size: 4 * 1024 * 1024,
             max_log_output: 64 * 1024,
             max_value_depth: 32,
+            max_db_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -208,7 +212,7 @@ impl ScriptEngine {
             }
             None
         });
-        register_db_api(&mut engine, store, limits.max_value_depth);
+        register_db_api(&mut engine, store, &limits);
         register_clock(&mut engine);
         Self {
             engine,
@@ -479,7 +483,18 @@ fn register_clock(engine: &mut Engine) {
     engine.register_fn("unix_time", || chrono::Utc::now().timestamp());
 }
 
-fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, max_depth: usize) {
+fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, limits: &Limits) {
+    let max_depth = limits.max_value_depth;
+    let quota = limits.max_db_bytes;
+    // A listing is one native call: bounded by the map/array limits and by
+    // half the task's memory budget, so it fails with a clear error rather
+    // than building more than the worker may hold.
+    let list_bytes = if limits.max_memory == 0 {
+        usize::MAX
+    } else {
+        limits.max_memory / 2
+    };
+    let (max_list, max_keys) = (limits.max_map_size, limits.max_array_size);
     let s = store.clone();
     engine.register_fn(
         "db_get",
@@ -494,6 +509,7 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, max_depth: usiz
     engine.register_fn(
         "db_set",
         move |key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
+            s.check_quota(quota).map_err(store_err)?;
             s.set(key, &to_json(&value, max_depth)?).map_err(store_err)
         },
     );
@@ -507,7 +523,10 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, max_depth: usiz
         "db_list",
         move |prefix: &str| -> Result<rhai::Map, Box<EvalAltResult>> {
             let mut map = rhai::Map::new();
-            for (k, json) in s.list(prefix).map_err(store_err)? {
+            for (k, json) in s
+                .list_bounded(prefix, max_list, list_bytes, "db_list")
+                .map_err(store_err)?
+            {
                 map.insert(k.into(), from_json(&json)?);
             }
             Ok(map)
@@ -517,7 +536,7 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, max_depth: usiz
     engine.register_fn(
         "db_keys",
         move |prefix: &str| -> Result<rhai::Array, Box<EvalAltResult>> {
-            Ok(s.list(prefix)
+            Ok(s.list_bounded(prefix, max_keys, list_bytes, "db_keys")
                 .map_err(store_err)?
                 .into_iter()
                 .map(|(k, _)| Dynamic::from(k))
@@ -534,6 +553,7 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, max_depth: usiz
                 )
                 .into());
             }
+            s.check_quota(quota).map_err(store_err)?;
             let id = s
                 .insert(collection, &to_json(&value, max_depth)?)
                 .map_err(store_err)?;
@@ -680,5 +700,55 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("wall time limit (0.2s)"), "{err}");
         assert_eq!(e.run("2", "c", "c", None).unwrap(), "2");
+    }
+
+    #[test]
+    fn the_database_has_a_quota_and_listings_a_bound() {
+        let limits = Limits {
+            max_db_bytes: 2 * 1024 * 1024,
+            max_operations: 0,
+            ..Limits::default()
+        };
+        let (_d, e) = engine(limits);
+        // Fill past the quota with 100 kB values: refused once it is full.
+        let err = e
+            .run(
+                r#"let s = "x"; while s.len() < 100000 { s += s; } for i in 0..1000 { db_set("k" + i, s); }"#,
+                "c",
+                "c",
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            err.contains("the circle database is full"),
+            "{}",
+            &err[..err.len().min(200)]
+        );
+        // Reads and deletes go on.
+        assert_eq!(e.run(r#"db_delete("k0")"#, "c", "c", None).unwrap(), "true");
+        assert_eq!(
+            e.run(r#"db_get("k1").len()"#, "c", "c", None).unwrap(),
+            "131072"
+        );
+
+        let limits = Limits {
+            max_map_size: 50,
+            max_array_size: 50,
+            ..Limits::default()
+        };
+        let (_d, e) = engine(limits);
+        e.run(r#"for i in 0..60 { db_set("n" + i, i); }"#, "c", "c", None)
+            .unwrap();
+        let err = e.run(r#"db_list("n")"#, "c", "c", None).unwrap_err();
+        assert!(
+            err.contains("db_list under prefix `n` would return more than 50 entries"),
+            "{err}"
+        );
+        let err = e.run(r#"db_keys("")"#, "c", "c", None).unwrap_err();
+        assert!(err.contains("db_keys under prefix ``"), "{err}");
+        assert_eq!(
+            e.run(r#"db_keys("n1").len()"#, "c", "c", None).unwrap(),
+            "11"
+        );
     }
 }

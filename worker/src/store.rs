@@ -56,6 +56,26 @@ pub enum StoreError {
         /// The database file.
         path: PathBuf,
     },
+    /// A write would grow the database past its quota.
+    #[error(
+        "the circle database is full: {size_mib} MiB, the limit is {max_mib} MiB; delete values or raise --max-db-mb"
+    )]
+    Full {
+        /// Its size now, MiB.
+        size_mib: u64,
+        /// The quota, MiB.
+        max_mib: u64,
+    },
+    /// A listing would return more than the caller may hold.
+    #[error("{what} under prefix `{prefix}` would return more than {max}; use a longer prefix")]
+    TooMany {
+        /// `db_list` or `db_keys`.
+        what: &'static str,
+        /// The prefix asked for (clipped).
+        prefix: String,
+        /// The limit that was hit, in words.
+        max: String,
+    },
     /// A read or write failed.
     #[error("circle database {path}: {message}")]
     Access {
@@ -249,17 +269,61 @@ impl CircleStore {
 
     /// Every `(key, json)` whose key starts with `prefix`, in key order.
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.list_bounded(prefix, usize::MAX, usize::MAX, "a listing")
+    }
+
+    /// [`Self::list`] that stops with [`StoreError::TooMany`] before
+    /// holding more than `max_entries` entries or `max_bytes` of keys and
+    /// values: a script's listing is one native call, which the per-task
+    /// memory budget cannot interrupt half-way.
+    pub fn list_bounded(
+        &self,
+        prefix: &str,
+        max_entries: usize,
+        max_bytes: usize,
+        what: &'static str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(VALUES).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let too_many = |max: String| StoreError::TooMany {
+            what,
+            prefix: circles_dispatcher::text::clip(prefix, 64).into_owned(),
+            max,
+        };
         for entry in table.range(prefix..).map_err(|e| self.err(e))? {
             let (k, v) = entry.map_err(|e| self.err(e))?;
             if !k.value().starts_with(prefix) {
                 break;
             }
+            if out.len() >= max_entries {
+                return Err(too_many(format!("{max_entries} entries")));
+            }
+            bytes = bytes.saturating_add(k.value().len() + v.value().len());
+            if bytes > max_bytes {
+                return Err(too_many(format!("{} MiB", max_bytes >> 20)));
+            }
             out.push((k.value().to_string(), v.value().to_string()));
         }
         Ok(out)
+    }
+
+    /// Fails with [`StoreError::Full`] when the database file has reached
+    /// `max_bytes` (0: no quota). Checked before every write a script
+    /// makes: one `stat`, against a disk a script could otherwise fill.
+    pub fn check_quota(&self, max_bytes: u64) -> Result<(), StoreError> {
+        if max_bytes == 0 {
+            return Ok(());
+        }
+        let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        if size >= max_bytes {
+            return Err(StoreError::Full {
+                size_mib: size >> 20,
+                max_mib: max_bytes >> 20,
+            });
+        }
+        Ok(())
     }
 
     /// Stores `json` under `<collection>:<id>` with the next id of that

@@ -150,6 +150,15 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         circles_supervisor::Secrets::from_file(p)?;
     }
     let backend = ServiceBackend::detect(args.scope.scope(), Templates::embedded()).await?;
+    if args.daemon.secrets_file.is_none()
+        && backend.scope() == circles_services::ServiceScope::System
+    {
+        // A system supervisor runs as root: without secrets, every local
+        // user could drive it (its API is on loopback for all of them).
+        bail!(
+            "refusing to install a system supervisor without --secrets-file: it runs as root, and without secrets every local user could use its API"
+        );
+    }
     let data_dir = std::path::absolute(&args.daemon.data_dir)?;
     let spec = supervisor_spec(&args, &backend)?;
     let plan = backend.plan(std::slice::from_ref(&spec)).await?;
