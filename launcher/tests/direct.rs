@@ -201,6 +201,10 @@ async fn a_circle_served_elsewhere_fails_with_its_reason_and_the_rest_keep_servi
         ],
     );
     l.wait_stderr("1 of 2 circles up; not serving: circle-0279be66", UP);
+    // The reason printed whole under the table ends what stdout shows
+    // (another pipe, read by another thread).
+    let reason = format!("is already served by pid {} on host", other.pid());
+    l.wait_stdout(&reason, UP);
     let out = l.stdout();
     let err = l.stderr();
     // Never "circles are up" while one is not.
@@ -217,7 +221,6 @@ async fn a_circle_served_elsewhere_fails_with_its_reason_and_the_rest_keep_servi
         err.contains("gave up after 4 restarts (5 failures in a row"),
         "{err}"
     );
-    let reason = format!("is already served by pid {} on host", other.pid());
     assert!(row.contains("already served by pid"), "{row}");
     assert!(
         out.contains(&reason),
@@ -626,9 +629,10 @@ async fn the_run_script_brings_the_demo_circles_up() {
         .unwrap();
     let mut l = Launcher::from_child(child);
     l.wait_stderr("2 circles up; Ctrl+C stops them", UP);
-    let out = l.stdout();
-    assert!(out.contains("ok: OurWorld: 3 members"), "{out}");
-    assert!(out.contains("ok: threefold ready"), "{out}");
+    // stdout is another pipe, read by another thread: waited for, not
+    // assumed to be there as soon as stderr says the circles are up.
+    l.wait_stdout("ok: OurWorld: 3 members", UP);
+    l.wait_stdout("ok: threefold ready", UP);
     assert!(
         l.stderr().contains("started a private redis-server"),
         "{}",
