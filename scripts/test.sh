@@ -55,7 +55,7 @@ cargo build --workspace --bins --examples --locked
 cargo test --workspace --locked --no-run
 
 say "tests (host)"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 sandbox_ok=1
 [[ $EUID -eq 0 && -x /lib/systemd/systemd ]] && command -v unshare >/dev/null || sandbox_ok=0
@@ -65,7 +65,7 @@ if ((sandbox_ok)); then
   trap 'scripts/systemd-sandbox stop "$state" >/dev/null || true' EXIT
   scripts/systemd-sandbox start "$state" >/dev/null
   scripts/systemd-sandbox exec "$state" -- env CIRCLES_REQUIRE_SYSTEMD=1 \
-    cargo test --workspace --locked --test 'systemd_*'
+    cargo test --workspace --locked --no-fail-fast --test 'systemd_*'
 else
   msg="SKIPPED: the systemd tests need root, util-linux and systemd to boot a private systemd"
   if [[ ${CIRCLES_CI:-} == 1 ]]; then echo "FAIL: $msg" >&2; exit 1; fi

@@ -262,12 +262,13 @@ async fn a_failing_install_is_rolled_back() {
     let _serial = SERIAL.lock().await;
     let w = World::new("svc-rollback");
     // A worker that cannot start for circle two only.
-    let wrapper = w.dir.path().join("picky-worker");
+    let (programs, worker) = circles_test_support::programs_for_units();
+    let wrapper = programs.path().join("picky-worker");
     executable(
         &wrapper,
         &format!(
             "#!/bin/sh\ncase \"$*\" in *{KEY_TWO}*) echo 'circle two cannot start' >&2; exit 1;; esac\nexec '{}' \"$@\"\n",
-            worker().display()
+            worker.display()
         ),
     );
     let (code, _out, err) = w.launcher(&[
@@ -314,12 +315,13 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
     // restart. The marker goes in the circle's database directory: the only
     // place the unit may write (its StateDirectory=).
     let marker = w.data().join("db").join(KEY_ONE).join("started-once");
-    let wrapper = w.dir.path().join("flaky-worker");
+    let (programs, worker) = circles_test_support::programs_for_units();
+    let wrapper = programs.path().join("flaky-worker");
     executable(
         &wrapper,
         &format!(
             "#!/bin/sh\nif [ -e '{m}' ]; then echo 'error: broken now' >&2; exit 7; fi\ntouch '{m}'\nexec '{}' \"$@\"\n",
-            worker().display(),
+            worker.display(),
             m = marker.display()
         ),
     );

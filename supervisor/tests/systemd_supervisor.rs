@@ -190,14 +190,15 @@ fn systemd_runners_outlive_the_supervisor_and_the_launcher_sees_and_removes_them
     // A worker that serves, then crash-loops after a kill: systemd gives up
     // (start limit) and the runner shows `failed` with the exit code and the
     // journal's last lines.
-    let broken = scratch.path().join("broken");
+    let (programs, worker) = circles_test_support::programs_for_units();
+    let broken = programs.path().join("broken");
     let flaky = script(
-        scratch.path(),
+        programs.path(),
         "flaky-worker",
         &format!(
             "#!/bin/sh\nif [ -e '{}' ]; then echo 'cannot start: broken' >&2; exit 3; fi\nexec '{}' \"$@\"\n",
             broken.display(),
-            binary("worker").display()
+            worker.display()
         ),
     );
     let s = d.http().ok(

@@ -167,6 +167,24 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A directory for the programs the systemd tests' units run, with a copy
+/// of the worker in it (returned). A unit with `DynamicUser=` sees /tmp and
+/// /var/tmp privately, with only its own program bound in: a wrapper
+/// script there could not `exec` the worker of a checkout under /tmp (as a
+/// CI clone is). This one lies under /run — the sandbox's private tmpfs —
+/// and every user may read it.
+pub fn programs_for_units() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new()
+        .prefix("circles-test-programs-")
+        .tempdir_in("/run")
+        .expect("a directory under /run (the systemd tests run as root)");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let worker = dir.path().join("worker");
+    std::fs::copy(binary("worker"), &worker).unwrap();
+    (dir, worker)
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
