@@ -10,10 +10,12 @@
 //!   supervised child;
 //! - [`fs`]: writing a file atomically with a given mode;
 //! - [`address`]: a circle named by name, key, key prefix or table cell;
+//! - [`cells`]: the cells of the status tables (times, dashes, one line);
 //! - [`status`]: what a service manager reports, in the one state model of
 //!   `circles-supervise`, with the reason of the last failure.
 
 pub mod address;
+pub mod cells;
 pub mod fs;
 pub mod kinds;
 pub mod status;

@@ -12,6 +12,7 @@
 //! every circle registered in Redis, on every host
 //! ([`circles_dispatcher::fleet`]).
 
+use circles_deploy::cells::{one_line, or_dash, time_of_day};
 use circles_dispatcher::{CircleState, FleetEntry, WorkerHeartbeat};
 use circles_supervise::{ChildStatus, ExitStatus};
 use comfy_table::{ContentArrangement, Table, presets};
@@ -192,7 +193,7 @@ pub fn render_table(rows: &[StatusRow]) -> Table {
             r.name.clone(),
             circles_deploy::address::abbreviate_key(&r.public_key),
             r.state.clone(),
-            opt(r.pid),
+            or_dash(r.pid),
             match (r.restarts, r.last_exit) {
                 (Some(n), Some(exit)) if n > 0 || r.state != "running" => {
                     format!("{n} ({})", exit.short())
@@ -200,16 +201,16 @@ pub fn render_table(rows: &[StatusRow]) -> Table {
                 (Some(n), _) => n.to_string(),
                 (None, _) => "-".into(),
             },
-            opt(r.queue),
+            or_dash(r.queue),
             r.heartbeat
                 .as_deref()
                 .map_or_else(|| "-".into(), time_of_day),
-            truncate(&r.init, 40),
+            one_line(&r.init, 40),
         ];
         if with_reason {
             cells.push(r.reason.as_deref().map_or_else(
                 || "-".into(),
-                |s| truncate(&abbreviate_keys_in(s), REASON_CELL),
+                |s| one_line(&abbreviate_keys_in(s), REASON_CELL),
             ));
         }
         cells.push(r.url.clone());
@@ -224,7 +225,7 @@ pub fn render_reasons(rows: &[StatusRow]) -> String {
     rows.iter()
         .filter_map(|r| {
             let reason = r.reason.as_deref()?;
-            let cell = truncate(&abbreviate_keys_in(reason), REASON_CELL);
+            let cell = one_line(&abbreviate_keys_in(reason), REASON_CELL);
             (cell.ends_with('…')).then(|| format!("  {}: {reason}\n", r.name))
         })
         .collect()
@@ -289,7 +290,7 @@ pub fn render_fleet_table(entries: &[FleetEntry]) -> Table {
             circles_deploy::address::abbreviate_key(&e.circle),
             e.host.clone().unwrap_or_else(|| "-".into()),
             state,
-            opt(e.pid),
+            or_dash(e.pid),
             match e.in_hand {
                 0 => e.queue.to_string(),
                 n => format!("{} (+{n} running)", e.queue),
@@ -298,7 +299,7 @@ pub fn render_fleet_table(entries: &[FleetEntry]) -> Table {
                 || "-".into(),
                 |ms| format!("{:.1}s ago", ms as f64 / 1000.0),
             ),
-            opt(e.tasks_done),
+            or_dash(e.tasks_done),
             e.owner
                 .as_ref()
                 .map_or_else(|| "-".into(), |o| format!("#{}", o.token)),
@@ -334,28 +335,6 @@ fn date_time(rfc3339: &str) -> String {
     match (rfc3339.get(0..10), rfc3339.get(11..19)) {
         (Some(d), Some(t)) => format!("{d} {t} UTC"),
         _ => rfc3339.to_string(),
-    }
-}
-
-/// `2026-11-26T11:16:46.049Z` → `11:16:46 UTC`: the date is today's in a
-/// table of live services.
-fn time_of_day(rfc3339: &str) -> String {
-    rfc3339
-        .get(11..19)
-        .map_or_else(|| rfc3339.to_string(), |t| format!("{t} UTC"))
-}
-
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map_or_else(|| "-".into(), |v| v.to_string())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    let one_line = s.lines().next().unwrap_or("");
-    if one_line.chars().count() > max || s.lines().count() > 1 {
-        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
-        format!("{cut}…")
-    } else {
-        one_line.to_string()
     }
 }
 

@@ -172,7 +172,7 @@ impl SupervisorBuilder {
         if !namespace_ok {
             return Err(SupervisorError::Config(format!(
                 "namespace {:?} must be 1 to 64 of letters, digits, `_-.:`",
-                crate::runner::truncate(&self.namespace, 80)
+                circles_dispatcher::text::clip(&self.namespace, 80)
             )));
         }
         let data_dir = std::path::absolute(&self.data_dir).map_err(|e| {

@@ -2,6 +2,7 @@
 //! [`RunnerConfig`]) and what it reports ([`RunnerInfo`], the one shape
 //! shared by the RPC, `supervisor ctl`'s table and `--json`).
 
+use circles_dispatcher::text::clip;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -184,7 +185,7 @@ pub fn validate_name(name: &str) -> Result<(), SupervisorError> {
     } else {
         Err(SupervisorError::InvalidInput(format!(
             "invalid runner name {:?}: use 1 to {MAX_NAME_LEN} letters, digits, `-` or `_`",
-            truncate(name, 80)
+            clip(name, 80)
         )))
     }
 }
@@ -209,7 +210,7 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SupervisorErro
         if !valid {
             return bad(format!(
                 "environment variable name {:?} is not [A-Za-z_][A-Za-z0-9_]*",
-                truncate(key, 80)
+                clip(key, 80)
             ));
         }
         if RESERVED_ENV.contains(&key.as_str()) {
@@ -245,16 +246,6 @@ pub fn validate_init_script(script: &str) -> Result<(), SupervisorError> {
         ));
     }
     Ok(())
-}
-
-/// At most `max` characters of `s`, for quoting stranger input in messages.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() > max {
-        let cut: String = s.chars().take(max).collect();
-        format!("{cut}…")
-    } else {
-        s.to_string()
-    }
 }
 
 #[cfg(test)]

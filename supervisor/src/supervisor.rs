@@ -7,6 +7,7 @@
 //! nothing. Operations on one runner are serialised (a per-runner lock);
 //! operations on different runners run side by side.
 
+use circles_dispatcher::text::clip;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,8 +23,8 @@ use tokio::sync::OnceCell;
 use crate::error::SupervisorError;
 use crate::manager::{ChildManager, ManagedStatus, Managers};
 use crate::runner::{
-    ManagerKind, RunnerConfig, RunnerInfo, TargetState, truncate, validate_env,
-    validate_init_script, validate_name,
+    ManagerKind, RunnerConfig, RunnerInfo, TargetState, validate_env, validate_init_script,
+    validate_name,
 };
 use crate::store::RunnerStore;
 
@@ -307,7 +308,7 @@ impl Supervisor {
             .expect("runner table")
             .get(name)
             .cloned()
-            .ok_or_else(|| SupervisorError::RunnerNotFound(truncate(name, 80)))
+            .ok_or_else(|| SupervisorError::RunnerNotFound(clip(name, 80).into_owned()))
     }
 
     fn save(&self) -> Result<(), SupervisorError> {
@@ -1069,7 +1070,7 @@ impl Supervisor {
         let id: TaskId = job_id.trim().parse().map_err(|_| {
             SupervisorError::InvalidInput(format!(
                 "job id {:?} is not a job id (a UUID as queue_job_to_runner returns)",
-                truncate(job_id, 60)
+                clip(job_id, 60)
             ))
         })?;
         let d = self.dispatcher().await?;

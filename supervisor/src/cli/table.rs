@@ -4,6 +4,7 @@
 //! worker without its heartbeat), and a Reason column appears when any
 //! runner has one — as in `launcher status`.
 
+use circles_deploy::cells::{one_line, or_dash, time_of_day};
 use circles_supervisor::RunnerInfo;
 use comfy_table::{ContentArrangement, Table, presets};
 
@@ -47,7 +48,7 @@ pub fn render(runners: &[RunnerInfo]) -> Table {
             circles_deploy::address::abbreviate_key(&r.circle_public_key),
             r.manager.to_string(),
             state,
-            opt(r.pid),
+            or_dash(r.pid),
             r.uptime_secs.map_or_else(|| "-".into(), duration),
             match r.last_exit {
                 Some(exit) if r.restarts > 0 || r.state.as_str() == "failed" => {
@@ -55,19 +56,19 @@ pub fn render(runners: &[RunnerInfo]) -> Table {
                 }
                 _ => r.restarts.to_string(),
             },
-            opt(r.queue_depth),
-            opt(r.tasks_done),
+            or_dash(r.queue_depth),
+            or_dash(r.tasks_done),
             r.memory_rss_bytes.map_or_else(|| "-".into(), mebibytes),
             r.heartbeat_at
                 .as_deref()
                 .map_or_else(|| "-".into(), time_of_day),
-            truncate(&r.init, 30),
+            one_line(&r.init, 30),
         ];
         if with_reason {
             cells.push(
                 r.reason
                     .as_deref()
-                    .map_or_else(|| "-".into(), |s| truncate(s, REASON_CELL)),
+                    .map_or_else(|| "-".into(), |s| one_line(s, REASON_CELL)),
             );
         }
         cells.push(r.url.clone());
@@ -82,7 +83,7 @@ pub fn render_report(runners: &[RunnerInfo]) -> String {
         .iter()
         .filter_map(|r| {
             let reason = r.reason.as_deref()?;
-            truncate(reason, REASON_CELL)
+            one_line(reason, REASON_CELL)
                 .ends_with('…')
                 .then(|| format!("\n  {}: {reason}", r.name))
         })
@@ -107,10 +108,6 @@ impl TargetWord for RunnerInfo {
     }
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map_or_else(|| "-".into(), |v| v.to_string())
-}
-
 /// `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
 fn duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
@@ -127,22 +124,6 @@ fn duration(secs: u64) -> String {
 
 fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn time_of_day(rfc3339: &str) -> String {
-    rfc3339
-        .get(11..19)
-        .map_or_else(|| rfc3339.to_string(), |t| format!("{t} UTC"))
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    let one_line = s.lines().next().unwrap_or("");
-    if one_line.chars().count() > max || s.lines().count() > 1 {
-        let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
-        format!("{cut}…")
-    } else {
-        one_line.to_string()
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Runner logs: the tail of a log file (child runners, launchd jobs) or of
 //! the journal (systemd units), filtered by time, and following new lines.
 
+use circles_dispatcher::text::clip;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -79,7 +80,7 @@ pub fn parse_since(text: &str) -> Result<SystemTime, SupervisorError> {
     line_time(text.trim()).ok_or_else(|| {
         SupervisorError::InvalidInput(format!(
             "since {:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor Unix seconds",
-            crate::runner::truncate(text, 60)
+            clip(text, 60)
         ))
     })
 }

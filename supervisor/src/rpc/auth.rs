@@ -26,6 +26,7 @@
 //!
 //! Clients outside a browser send no `Origin` and are not affected.
 
+use circles_dispatcher::text::clip;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -166,7 +167,7 @@ fn check_origin(headers: &http::HeaderMap, have_secrets: bool) -> Result<(), Str
     {
         return Err(format!(
             "Host `{}` is not a loopback name; without secrets the supervisor answers only requests addressed to localhost or 127.0.0.1 (configure secrets to serve other names)",
-            crate::runner::truncate(host, 80)
+            clip(host, 80)
         ));
     }
     let Some(origin) = headers.get(ORIGIN) else {
@@ -180,8 +181,8 @@ fn check_origin(headers: &http::HeaderMap, have_secrets: bool) -> Result<(), Str
         (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => Ok(()),
         _ => Err(format!(
             "cross-origin request refused: Origin `{}` is not this server (Host `{}`)",
-            crate::runner::truncate(origin, 80),
-            crate::runner::truncate(host.unwrap_or("-"), 80)
+            clip(origin, 80),
+            clip(host.unwrap_or("-"), 80)
         )),
     }
 }
