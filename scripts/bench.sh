@@ -2,10 +2,13 @@
 # Benchmarks: builds release binaries and prints one table per section, each
 # figure beside a baseline measured in the same run.
 #   scripts/bench.sh [SECTION...] [--seconds N] [--repeats N]
-# Sections: tasks launcher websocket supervisor systemd (default: all). The systemd
-# section installs real services, so it runs inside a private systemd
-# (scripts/systemd-sandbox, state in target/bench-sandbox) and needs root;
-# the others run on the host.
+#                    [--launcher-circles 1,10,50] [--memory-circles 200]
+# Sections: tasks caps cost launcher websocket supervisor systemd (default:
+# all). Opt-in long run (minutes, ~10 GiB of workers, out of CI):
+#   scripts/bench.sh launcher --launcher-circles 1000 --repeats 1
+# The systemd section installs real services, so it runs inside a private
+# systemd (scripts/systemd-sandbox, state in target/bench-sandbox) and needs
+# root; the others run on the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null || { echo "bench needs redis-server (apt-get install -y redis-server)" >&2; exit 1; }

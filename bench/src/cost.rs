@@ -16,6 +16,7 @@ use circles_test_support::{RedisServer, WorkerProcess, free_port, wait_for_port,
 use comfy_table::Table;
 use tokio::sync::watch;
 
+use crate::process::{anon_kib, pss_kib, rss_kib};
 use crate::stats::{Samples, fmt_duration, ratio};
 use crate::tasks::{drive_with, floor_worker};
 
@@ -183,11 +184,7 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
         format!("{pss} KiB"),
         format!(
             "{} KiB",
-            workers
-                .iter()
-                .map(|w| crate::tasks::rss_kib(w.pid()))
-                .sum::<u64>()
-                / CIRCLES as u64
+            workers.iter().map(|w| rss_kib(w.pid())).sum::<u64>() / CIRCLES as u64
         ),
     ]);
     drop(workers);
@@ -205,11 +202,7 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
         count_tasks(&d, &many, 16, memory_circles * 20).await?;
         let loaded = workers.iter().map(|w| anon_kib(w.pid())).sum::<u64>() / memory_circles as u64;
         let pss = workers.iter().map(|w| pss_kib(w.pid())).sum::<u64>() / memory_circles as u64;
-        let rss = workers
-            .iter()
-            .map(|w| crate::tasks::rss_kib(w.pid()))
-            .sum::<u64>()
-            / memory_circles as u64;
+        let rss = workers.iter().map(|w| rss_kib(w.pid())).sum::<u64>() / memory_circles as u64;
         memory.add_row([
             memory_circles.to_string(),
             format!("{idle} KiB"),
@@ -299,32 +292,6 @@ fn process_cpu_secs(pid: u32) -> f64 {
 
 fn clock_ticks_per_sec() -> f64 {
     rustix::param::clock_ticks_per_second() as f64
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn anon_kib(pid: u32) -> u64 {
-    status_kib(pid, "RssAnon:")
-}
-
-fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// `INFO commandstats` as command → calls.

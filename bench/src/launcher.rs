@@ -24,11 +24,14 @@ use rustix::process::Signal;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::process::{log_tail, send_signal, wait_exit, wait_signal_caught};
+use crate::process::{
+    anon_kib, children, log_tail, pss_kib, send_signal, wait_exit, wait_signal_caught,
+};
 use crate::stats::{fmt_duration, median, ratio};
 
-/// Circle counts measured.
-const CIRCLES: [usize; 3] = [1, 10, 50];
+/// Circle counts measured by default (`--launcher-circles` for others, e.g.
+/// the opt-in 1,000).
+pub const DEFAULT_CIRCLES: [usize; 3] = [1, 10, 50];
 /// What the original launcher slept before each init script.
 const ORIGINAL_SLEEP_PER_CIRCLE: Duration = Duration::from_secs(2);
 /// How long a start may take before the bench gives up.
@@ -39,16 +42,23 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// reaches the circle's store.
 const INIT_SCRIPT: &str = "db_set(\"bench:init\", \"done\");\n\"done\"\n";
 
-/// Start and stop times of one run.
+/// Start and stop times of one run, and memory once every circle was ready.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Times {
     pub(crate) start: Duration,
     pub(crate) stop: Duration,
+    /// The launcher's own memory (`RssAnon`): its in-process WebSocket
+    /// server with the routing table, the supervision state. 0 for raw
+    /// workers.
+    pub(crate) launcher_anon_kib: u64,
+    /// The workers' memory, all together (PSS: the shared binary split
+    /// between them).
+    pub(crate) workers_pss_kib: u64,
 }
 
-/// Runs the launcher benchmark (`repeats` runs per circle count, medians
-/// reported) and returns its table.
-pub async fn run(repeats: usize) -> anyhow::Result<Table> {
+/// Runs the launcher benchmark (`repeats` runs per circle count in
+/// `counts`, medians reported) and returns its table.
+pub async fn run(counts: &[usize], repeats: usize) -> anyhow::Result<Table> {
     let redis = RedisServer::start();
     let launcher = binary("launcher");
     let worker = binary("worker");
@@ -62,8 +72,11 @@ pub async fn run(repeats: usize) -> anyhow::Result<Table> {
         "original design: N × 2 s sleep (computed)",
         "launcher shutdown (SIGINT → exit)",
         "raw workers shutdown (SIGTERM → all exited)",
+        "launcher memory at ready (RssAnon)",
+        "workers' memory at ready (PSS, all)",
+        "raw workers' memory (PSS, all)",
     ]);
-    for n in CIRCLES {
+    for &n in counts {
         let mut ours = Vec::new();
         let mut raw = Vec::new();
         for _ in 0..repeats.max(1) {
@@ -90,9 +103,22 @@ pub async fn run(repeats: usize) -> anyhow::Result<Table> {
             fmt_duration(ORIGINAL_SLEEP_PER_CIRCLE * n as u32),
             fmt_duration(median(ours.iter().map(|t| t.stop).collect())),
             fmt_duration(median(raw.iter().map(|t| t.stop).collect())),
+            fmt_mib(median_of(ours.iter().map(|t| t.launcher_anon_kib))),
+            fmt_mib(median_of(ours.iter().map(|t| t.workers_pss_kib))),
+            fmt_mib(median_of(raw.iter().map(|t| t.workers_pss_kib))),
         ]);
     }
     Ok(table)
+}
+
+fn median_of(values: impl Iterator<Item = u64>) -> u64 {
+    let mut v: Vec<u64> = values.collect();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn fmt_mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 fn fresh_keys(n: usize) -> Vec<CirclePublicKey> {
@@ -160,6 +186,9 @@ pub(crate) async fn launcher_once(
         ),
     }
     let start = started.elapsed();
+    let pid = child.id().context("the launcher has exited")?;
+    let launcher_anon_kib = anon_kib(pid);
+    let workers_pss_kib = children(pid).into_iter().map(pss_kib).sum();
     // Later tables (state changes) must not block the launcher on a full pipe.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
@@ -176,7 +205,12 @@ pub(crate) async fn launcher_once(
         "the launcher exited with {status} after SIGINT\n{}",
         log_tail(&log, 20)
     );
-    Ok(Times { start, stop })
+    Ok(Times {
+        start,
+        stop,
+        launcher_anon_kib,
+        workers_pss_kib,
+    })
 }
 
 /// The measured baseline: `n` bare worker processes, started at once, until
@@ -232,6 +266,7 @@ async fn raw_workers_once(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let start = started.elapsed();
+    let workers_pss_kib = children.iter().filter_map(Child::id).map(pss_kib).sum();
 
     let stopping = Instant::now();
     for child in &children {
@@ -247,5 +282,7 @@ async fn raw_workers_once(
     Ok(Times {
         start,
         stop: stopping.elapsed(),
+        launcher_anon_kib: 0,
+        workers_pss_kib,
     })
 }

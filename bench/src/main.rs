@@ -32,6 +32,10 @@ struct Cli {
     /// Runs per circle count of the launcher section (the median is shown).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Circle counts of the launcher section, e.g. `--launcher-circles 1000`
+    /// for the (opt-in, minutes-long) 1,000-circle run.
+    #[arg(long, value_delimiter = ',', default_values_t = launcher::DEFAULT_CIRCLES)]
+    launcher_circles: Vec<usize>,
     /// Workers started for the memory figure of the cost section.
     #[arg(long, default_value_t = 200)]
     memory_circles: usize,
@@ -126,7 +130,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "Baselines: `raw workers` = the same number of bare `worker` processes spawned at once until every heartbeat key is in Redis (measured, same run; no server, no init scripts); `original design` = the first launcher's fixed 2 s sleep before each init script (computed, N × 2 s, not measured). Medians of {} runs; fresh keys and data each run.\n",
                     cli.repeats.max(1)
                 );
-                println!("{}", launcher::run(cli.repeats).await?);
+                println!(
+                    "{}",
+                    launcher::run(&cli.launcher_circles, cli.repeats).await?
+                );
             }
             Section::Websocket => {
                 println!(

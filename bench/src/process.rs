@@ -69,3 +69,51 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let tail = all[all.len().saturating_sub(lines)..].join("\n");
     format!("last lines of {}:\n{tail}", path.display())
 }
+
+/// A `kB` figure of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, …); 0 when
+/// the process or the field is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    kib_field(&format!("/proc/{pid}/status"), field)
+}
+
+/// Resident memory, counting shared pages (the binary) in full.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The process's own memory: anonymous pages only.
+pub fn anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+/// Proportional set size: shared pages split between their users.
+pub fn pss_kib(pid: u32) -> u64 {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+/// The children of `pid` (every thread's), from `/proc/<pid>/task/*/children`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn kib_field(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}

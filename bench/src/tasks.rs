@@ -14,6 +14,7 @@ use circles_worker::queue::{Taken, TaskQueue};
 use comfy_table::Table;
 use tokio::sync::watch;
 
+use crate::process::rss_kib;
 use crate::stats::{Samples, fmt_duration, ratio};
 
 /// One configuration's result, real and floor.
@@ -221,18 +222,6 @@ async fn floor_loop(
         };
         queue.finish(conn, lease, &id, &outcome).await?;
     }
-}
-
-/// Resident set size of a process, in KiB (Linux).
-pub(crate) fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Worker flags that turn every per-task cap off (the counting allocator
