@@ -725,11 +725,19 @@ mod tests {
             &err[..err.len().min(200)]
         );
         // Reads and deletes go on.
-        assert_eq!(e.run(r#"db_delete("k0")"#, "c", "c", None).unwrap(), "true");
         assert_eq!(
             e.run(r#"db_get("k1").len()"#, "c", "c", None).unwrap(),
             "131072"
         );
+        assert_eq!(e.run(r#"db_delete("k0")"#, "c", "c", None).unwrap(), "true");
+        // Deleting makes room again, though the file does not shrink.
+        e.run(
+            r#"for k in db_keys("k") { db_delete(k); } let s = "x"; while s.len() < 100000 { s += s; } for i in 0..5 { db_set("again" + i, s); }"#,
+            "c",
+            "c",
+            None,
+        )
+        .unwrap();
 
         let limits = Limits {
             max_map_size: 50,

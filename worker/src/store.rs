@@ -309,17 +309,27 @@ impl CircleStore {
         Ok(out)
     }
 
-    /// Fails with [`StoreError::Full`] when the database file has reached
+    /// Fails with [`StoreError::Full`] when the circle's data has reached
     /// `max_bytes` (0: no quota). Checked before every write a script
-    /// makes: one `stat`, against a disk a script could otherwise fill.
+    /// makes, against a disk a script could otherwise fill: one `stat` while
+    /// the file is below the quota. A file never shrinks, so past it the
+    /// data itself is measured: what deletes freed is reused by later
+    /// writes, and they are allowed again.
     pub fn check_quota(&self, max_bytes: u64) -> Result<(), StoreError> {
         if max_bytes == 0 {
             return Ok(());
         }
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        if size >= max_bytes {
+        if size < max_bytes {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let stats = txn.stats().map_err(|e| self.err(e))?;
+        txn.abort().map_err(|e| self.err(e))?;
+        let used = stats.stored_bytes() + stats.metadata_bytes();
+        if used >= max_bytes {
             return Err(StoreError::Full {
-                size_mib: size >> 20,
+                size_mib: used >> 20,
                 max_mib: max_bytes >> 20,
             });
         }
