@@ -205,13 +205,24 @@ async fn floor_loop(
     blocking: &mut redis::aio::ConnectionManager,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // The worker's own protocol: a blocking take when the queue is empty,
+    // else the next task comes with the finish of the last (one round trip
+    // per task under load).
+    let mut next: Option<(String, Taken)> = None;
     loop {
-        let id = tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            id = queue.take(blocking, Duration::from_secs(1)) => id?,
+        let (id, taken) = match next.take() {
+            Some(task) => task,
+            None => {
+                let id = tokio::select! {
+                    _ = stop.changed() => return Ok(()),
+                    id = queue.take(blocking, Duration::from_secs(1)) => id?,
+                };
+                let Some(id) = id else { continue };
+                let taken = queue.load(conn, &id).await?;
+                (id, taken)
+            }
         };
-        let Some(id) = id else { continue };
-        let outcome = match queue.load(conn, &id).await? {
+        let outcome = match taken {
             Taken::Task(_) => TaskOutcome::Completed {
                 output: "42".into(),
             },
@@ -220,7 +231,11 @@ async fn floor_loop(
                 error: "the floor loop takes no snapshots".into(),
             },
         };
-        queue.finish(conn, lease, &id, &outcome).await?;
+        let take_next = !*stop.borrow();
+        next = queue
+            .finish_and_take(conn, lease, &id, &outcome, take_next)
+            .await?
+            .1;
     }
 }
 
@@ -269,9 +284,11 @@ pub async fn run_caps(per_run: Duration) -> anyhow::Result<Table> {
         for _ in 0..3 {
             for (caps, into) in [(true, &mut on), (false, &mut off)] {
                 let args: &[&str] = if caps { &[] } else { &CAPS_OFF };
-                let worker = WorkerProcess::start(&redis, KEY_ONE, data.path(), args, &[]);
+                let mut worker = WorkerProcess::start(&redis, KEY_ONE, data.path(), args, &[]);
                 into.push(drive(&redis, &[circle], clients, slice).await?);
-                drop(worker);
+                // A clean stop releases the circle's lease for the next one.
+                worker.signal("TERM");
+                worker.wait_exit(Duration::from_secs(10));
             }
         }
         let (on, off) = (Samples::combine(on), Samples::combine(off));
