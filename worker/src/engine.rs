@@ -509,8 +509,10 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, limits: &Limits
     engine.register_fn(
         "db_set",
         move |key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-            s.check_quota(quota).map_err(store_err)?;
-            s.set(key, &to_json(&value, max_depth)?).map_err(store_err)
+            let json = to_json(&value, max_depth)?;
+            s.check_quota(quota, key.len() + json.len())
+                .map_err(store_err)?;
+            s.set(key, &json).map_err(store_err)
         },
     );
     let s = store.clone();
@@ -553,10 +555,11 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, limits: &Limits
                 )
                 .into());
             }
-            s.check_quota(quota).map_err(store_err)?;
-            let id = s
-                .insert(collection, &to_json(&value, max_depth)?)
+            let json = to_json(&value, max_depth)?;
+            // The key is `<collection>:<id>`, the id at most 20 digits.
+            s.check_quota(quota, collection.len() + 21 + json.len())
                 .map_err(store_err)?;
+            let id = s.insert(collection, &json).map_err(store_err)?;
             Ok(id as i64)
         },
     );

@@ -91,7 +91,22 @@ pub enum StoreError {
 pub struct CircleStore {
     db: Database,
     path: PathBuf,
+    /// The data's size as the quota check knows it, once the file has
+    /// reached the quota.
+    usage: std::sync::Mutex<Usage>,
 }
+
+/// The circle's data in bytes: measured (redb's stats walk every page, so
+/// at most once per [`REMEASURE_EVERY`]) and kept up to date in between
+/// by what writes add and deletes free.
+#[derive(Debug, Default)]
+struct Usage {
+    bytes: u64,
+    measured_at: Option<std::time::Instant>,
+}
+
+/// How often the quota check may measure the data itself.
+const REMEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// [`StoreError::InUse`] for `path`, naming the holder where the system
 /// tells.
@@ -104,7 +119,7 @@ fn in_use(path: &Path) -> StoreError {
 
 /// The process holding the whole-file lock of `path`, from `/proc/locks`
 /// (Linux; `None` elsewhere or when the lock is not found): `pid 4242
-/// (worker --circle-public-key 02… --db-path …)`.
+/// (worker --circle-public-key 02…)`.
 fn lock_holder(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
@@ -136,11 +151,24 @@ fn lock_holder(path: &Path) -> Option<String> {
         let program = std::path::Path::new(&command[0])
             .file_name()
             .map_or_else(|| command[0].clone(), |n| n.to_string_lossy().into_owned());
-        let args = std::iter::once(program)
-            .chain(command[1..].iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        format!("pid {pid} ({})", circles_dispatcher::text::clip(&args, 300))
+        // Only the program and the circle it serves: the rest of another
+        // process's command line may hold a secret (`--redis-url` with a
+        // password), and this message reaches logs and status tables.
+        let circle = command
+            .iter()
+            .position(|a| a == "--circle-public-key")
+            .and_then(|i| command.get(i + 1))
+            .map(|pk| {
+                format!(
+                    " --circle-public-key {}",
+                    circles_dispatcher::text::clip(pk, 130)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "pid {pid} ({}{circle})",
+            circles_dispatcher::text::clip(&program, 80)
+        )
     })
 }
 
@@ -229,6 +257,7 @@ impl CircleStore {
             },
         })?;
         let store = Self {
+            usage: Default::default(),
             db,
             path: path.to_path_buf(),
         };
@@ -256,15 +285,30 @@ impl CircleStore {
 
     /// Stores a JSON value under `key`, replacing any previous one.
     pub fn set(&self, key: &str, json: &str) -> Result<(), StoreError> {
-        self.write(|txn| {
-            txn.open_table(VALUES)?.insert(key, json)?;
-            Ok(())
-        })
+        let replaced = self.write(|txn| {
+            let mut table = txn.open_table(VALUES)?;
+            let old = table.insert(key, json)?.map(|v| v.value().len());
+            Ok(old)
+        })?;
+        self.count_written(key.len() + json.len(), replaced.map(|len| key.len() + len));
+        Ok(())
     }
 
     /// Deletes `key`; returns whether it existed.
     pub fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.write(|txn| Ok(txn.open_table(VALUES)?.remove(key)?.is_some()))
+        let removed = self.write(|txn| {
+            let mut table = txn.open_table(VALUES)?;
+            let old = table.remove(key)?.map(|v| v.value().len());
+            Ok(old)
+        })?;
+        self.count_written(0, removed.map(|len| key.len() + len));
+        Ok(removed.is_some())
+    }
+
+    /// Keeps the quota's account: `added` bytes written, `freed` gone.
+    fn count_written(&self, added: usize, freed: Option<usize>) {
+        let mut usage = self.usage.lock().expect("usage lock poisoned");
+        usage.bytes = (usage.bytes + added as u64).saturating_sub(freed.unwrap_or(0) as u64);
     }
 
     /// Every `(key, json)` whose key starts with `prefix`, in key order.
@@ -309,13 +353,14 @@ impl CircleStore {
         Ok(out)
     }
 
-    /// Fails with [`StoreError::Full`] when the circle's data has reached
-    /// `max_bytes` (0: no quota). Checked before every write a script
-    /// makes, against a disk a script could otherwise fill: one `stat` while
-    /// the file is below the quota. A file never shrinks, so past it the
-    /// data itself is measured: what deletes freed is reused by later
-    /// writes, and they are allowed again.
-    pub fn check_quota(&self, max_bytes: u64) -> Result<(), StoreError> {
+    /// Fails with [`StoreError::Full`] when writing `adding` more bytes
+    /// would take the circle's data past `max_bytes` (0: no quota). Checked
+    /// before every write a script makes, against a disk a script could
+    /// otherwise fill: one `stat` while the file is below the quota. A file
+    /// never shrinks, so past it the data itself is counted — measured at
+    /// most once a second, and kept up to date in between by what writes
+    /// add and deletes free — so deleting values makes room again.
+    pub fn check_quota(&self, max_bytes: u64, adding: usize) -> Result<(), StoreError> {
         if max_bytes == 0 {
             return Ok(());
         }
@@ -323,13 +368,21 @@ impl CircleStore {
         if size < max_bytes {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        let stats = txn.stats().map_err(|e| self.err(e))?;
-        txn.abort().map_err(|e| self.err(e))?;
-        let used = stats.stored_bytes() + stats.metadata_bytes();
-        if used >= max_bytes {
+        let mut usage = self.usage.lock().expect("usage lock poisoned");
+        let over = |u: &Usage| u.bytes.saturating_add(adding as u64) > max_bytes;
+        let due = usage
+            .measured_at
+            .is_none_or(|at| over(&usage) && at.elapsed() >= REMEASURE_EVERY);
+        if due {
+            let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+            let stats = txn.stats().map_err(|e| self.err(e))?;
+            txn.abort().map_err(|e| self.err(e))?;
+            usage.bytes = stats.stored_bytes() + stats.metadata_bytes();
+            usage.measured_at = Some(std::time::Instant::now());
+        }
+        if over(&usage) {
             return Err(StoreError::Full {
-                size_mib: used >> 20,
+                size_mib: usage.bytes >> 20,
                 max_mib: max_bytes >> 20,
             });
         }
@@ -350,6 +403,7 @@ impl CircleStore {
                 .insert(format!("{collection}:{id}").as_str(), json)?;
             Ok(id)
         })
+        .inspect(|_| self.count_written(collection.len() + 21 + json.len(), None))
     }
 
     /// Calls `each` with every record — counters, then values, each in key
