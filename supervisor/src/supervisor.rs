@@ -272,6 +272,7 @@ impl Supervisor {
                     let status = manager.status(&w).await;
                     match config.target {
                         TargetState::Running if status.state != ChildState::Running => {
+                            check_executable(&me.worker_binary(&config)?)?;
                             manager.start(&w).await?;
                             me.send_init_if_pending(&slot).await;
                         }
@@ -626,6 +627,8 @@ impl Supervisor {
             self.set_target(slot, TargetState::Running)?;
         }
         let config = slot.config();
+        // Checked again at every start: the file may have changed since.
+        check_executable(&self.worker_binary(&config)?)?;
         let manager = self.managers.get(config.manager).await?;
         let w = self.worker_for(&config, manager.kind()).await?;
         manager.start(&w).await?;
@@ -1193,17 +1196,30 @@ fn check_executable(path: &std::path::Path) -> Result<(), SupervisorError> {
         )));
     }
     // A supervisor running as root runs runners as root (`child`): it only
-    // runs a binary that no one but root could have put there — owned by
-    // root, and neither it nor its directory writable by others.
+    // runs a binary that no one but root could have put there or could
+    // swap later — the file and every directory above it owned by root and
+    // not writable by group or others (a sticky directory such as /tmp is
+    // fine: only an entry's owner may rename it there).
     if rustix::process::geteuid().is_root() {
         use std::os::unix::fs::MetadataExt;
-        let unsafe_owner = |m: &std::fs::Metadata| m.uid() != 0 || m.mode() & 0o022 != 0;
-        let dir_meta = path.parent().and_then(|d| std::fs::metadata(d).ok());
-        if unsafe_owner(&meta) || dir_meta.as_ref().is_none_or(unsafe_owner) {
-            return Err(SupervisorError::InvalidInput(format!(
-                "worker binary {} must be owned by root and not writable by group or others (nor its directory): the supervisor runs as root",
-                path.display()
-            )));
+        let refuse = |what: &std::path::Path| {
+            Err(SupervisorError::InvalidInput(format!(
+                "worker binary {}: {} must be owned by root and not writable by group or others, since the supervisor runs as root",
+                path.display(),
+                what.display()
+            )))
+        };
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return refuse(path);
+        }
+        for dir in path.ancestors().skip(1) {
+            let Ok(m) = std::fs::metadata(dir) else {
+                return refuse(dir);
+            };
+            let sticky = m.mode() & 0o1000 != 0;
+            if m.uid() != 0 || (m.mode() & 0o022 != 0 && !sticky) {
+                return refuse(dir);
+            }
         }
     }
     Ok(())

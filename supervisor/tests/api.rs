@@ -341,7 +341,29 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         json!({"name": "alpha", "circle_public_key": KEY_ONE, "start": true}),
     );
 
-    let cases: Vec<(&str, Value, i64, &str)> = vec![
+    // A worker binary someone else could swap: its own directory is fine,
+    // but the one above is world-writable (not sticky), so anybody could
+    // rename `bin` and put another in its place. Refused when the
+    // supervisor runs as root.
+    let open_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        open_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::create_dir(open_dir.path().join("bin")).unwrap();
+    let swappable = open_dir.path().join("bin/worker");
+    std::fs::copy(circles_test_support::binary("worker"), &swappable).unwrap();
+    let mut cases: Vec<(&str, Value, i64, &str)> = Vec::new();
+    if rustix::process::geteuid().is_root() {
+        cases.push((
+            "add_runner",
+            json!({"name": "beta", "circle_public_key": KEY_TWO, "worker_binary": swappable}),
+            -32602,
+            "must be owned by root and not writable by group or others",
+        ));
+    }
+    cases.extend([
         (
             "get_runner_status",
             json!({"name": "ghost"}),
@@ -464,7 +486,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "RFC 3339",
         ),
         ("no_such_method", json!({}), -32601, ""),
-    ];
+    ]);
     for (method, params, code, needle) in &cases {
         let r = h.call(method, params.clone());
         assert_eq!(error_code(&r), *code, "{method} {params}: {r}");
