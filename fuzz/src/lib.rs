@@ -59,36 +59,48 @@ pub struct Report {
 pub fn run(target: Target, budget: Duration) -> Result<u64, String> {
     let deadline = Instant::now() + budget;
     let batch = 64;
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases: batch,
         failure_persistence: None,
         max_shrink_time: 30_000,
         ..Config::default()
-    });
-    let mut cases = 0;
+    };
+    // A runner counts its successes for good and runs nothing once it has
+    // `cases` of them: each batch gets a fresh one, its randomness drawn
+    // from this one so that batches differ.
+    let mut seeds = TestRunner::new(config.clone());
+    // Cases really checked (shrinking included), not batches times size.
+    let cases = std::cell::Cell::new(0u64);
     while Instant::now() < deadline {
+        let mut runner = TestRunner::new_with_rng(config.clone(), seeds.new_rng());
+        let r = &mut runner;
         match target {
-            Target::Rpc => one_batch(&mut runner, rpc::frame(), rpc::check),
-            Target::Key => one_batch(&mut runner, key::text(), key::check),
-            Target::Config => one_batch(&mut runner, config::file(), config::check),
-            Target::Render => one_batch(&mut runner, render::spec(), render::check),
+            Target::Rpc => one_batch(r, &cases, rpc::frame(), rpc::check),
+            Target::Key => one_batch(r, &cases, key::text(), key::check),
+            Target::Config => one_batch(r, &cases, config::file(), config::check),
+            Target::Render => one_batch(r, &cases, render::spec(), render::check),
         }
         .map_err(|failure| format!("{target:?}: {failure}"))?;
-        cases += u64::from(batch);
     }
-    Ok(cases)
+    Ok(cases.get())
 }
 
-/// Runs one batch of cases; a failure comes back shrunk, with its input.
+/// Runs one batch of cases, counting each in `cases`; a failure comes back
+/// shrunk, with its input.
 fn one_batch<S: Strategy>(
     runner: &mut TestRunner,
+    cases: &std::cell::Cell<u64>,
     strategy: S,
     check: impl Fn(S::Value) -> Result<(), TestCaseError>,
 ) -> Result<(), String>
 where
     S::Value: std::fmt::Debug,
 {
-    match runner.run(&strategy, check) {
+    let counted = |value| {
+        cases.set(cases.get() + 1);
+        check(value)
+    };
+    match runner.run(&strategy, counted) {
         Ok(()) => Ok(()),
         Err(TestError::Fail(why, input)) => Err(format!("{why}\nminimal input: {input:#?}")),
         Err(TestError::Abort(why)) => Err(format!("aborted: {why}")),

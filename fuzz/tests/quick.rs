@@ -10,7 +10,8 @@ fn every_target_holds_for_a_few_seconds() {
     for target in Target::ALL {
         let cases =
             circles_fuzz::run(target, Duration::from_secs(3)).unwrap_or_else(|f| panic!("{f}"));
-        assert!(cases > 0, "{target:?} ran no case");
+        // More than one batch of 64: every batch really runs its cases.
+        assert!(cases > 64, "{target:?} ran only {cases} cases");
         eprintln!("{target:?}: {cases} cases");
     }
 }
