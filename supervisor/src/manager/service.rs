@@ -24,7 +24,15 @@ pub struct ServiceManager {
     /// The last exit seen per unit: systemd forgets it once it has
     /// restarted the unit (ExecMain* then describe the new process).
     last_exits: std::sync::Mutex<std::collections::HashMap<String, ExitStatus>>,
+    /// The journal's reason per unit, with the restart count and state it
+    /// was read for: a unit that stays failed is read once, not at every
+    /// poll (the supervisor polls its service runners every second).
+    reasons: std::sync::Mutex<std::collections::HashMap<String, JournalReason>>,
 }
+
+/// A unit's reason from the journal, and the restart count and state it
+/// was read for.
+type JournalReason = (u32, ChildState, Option<String>);
 
 impl ServiceManager {
     /// Connects to the service manager of `kind` (system scope for root,
@@ -45,6 +53,7 @@ impl ServiceManager {
             kind,
             backend,
             last_exits: Default::default(),
+            reasons: Default::default(),
         })
     }
 
@@ -171,8 +180,7 @@ impl ServiceManager {
                     managed.state,
                     ChildState::Failed | ChildState::Backoff | ChildState::Exited
                 ) && let ServiceBackend::Systemd(b) = &self.backend
-                    && let Some(error) =
-                        circles_deploy::status::error_from_journal(b.scope(), &name).await
+                    && let Some(error) = self.journal_reason(b, &name, &managed).await
                 {
                     managed.reason = Some(match managed.reason {
                         Some(manager) => format!("{error} ({manager})"),
@@ -183,6 +191,29 @@ impl ServiceManager {
             }
             Err(e) => ManagedStatus::unknown(format!("{} status of `{name}`: {e}", self.kind)),
         }
+    }
+
+    /// The worker's last error from the journal, read again only when the
+    /// unit's restart count or state changed since the last read.
+    async fn journal_reason(
+        &self,
+        b: &circles_services::systemd::SystemdBackend,
+        name: &circles_services::ServiceName,
+        status: &ManagedStatus,
+    ) -> Option<String> {
+        let seen = (status.restarts, status.state.clone());
+        if let Some((restarts, state, reason)) =
+            self.reasons.lock().expect("reasons").get(name.as_str())
+            && (*restarts, state.clone()) == seen
+        {
+            return reason.clone();
+        }
+        let reason = circles_deploy::status::error_from_journal(b.scope(), name).await;
+        self.reasons
+            .lock()
+            .expect("reasons")
+            .insert(name.to_string(), (seen.0, seen.1, reason.clone()));
+        reason
     }
 
     /// The journal (systemd) or the log files (launchd).
