@@ -474,12 +474,13 @@ impl Dispatcher {
         timeout: Duration,
         pipe: Pipeline,
     ) -> Result<String, DispatchError> {
-        // Waiting for a slot counts against the caller's timeout.
+        // A free wait slot is waited for at most `timeout`; until then
+        // nothing is sent (so nothing is queued when none comes free), and
+        // the wait for the reply then has its whole `timeout` again.
         let _slot = tokio::time::timeout(timeout, self.inner.wait_slots.acquire())
             .await
-            .map_err(|_| DispatchError::Timeout {
-                task_id: *task_id,
-                waited: timeout,
+            .map_err(|_| DispatchError::Busy {
+                in_flight: MAX_BLOCKING_WAITS,
             })?
             .expect("the semaphore is never closed");
         let mut conn = self.take_waiter().await?;

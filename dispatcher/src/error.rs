@@ -38,6 +38,16 @@ pub enum DispatchError {
         /// How long we waited.
         waited: Duration,
     },
+    /// This dispatcher already waits for [`crate::client::MAX_BLOCKING_WAITS`]
+    /// results (each on a Redis connection of its own) and none finished
+    /// within the timeout; nothing was queued.
+    #[error(
+        "busy: {in_flight} results are already being waited for; nothing was queued, try again"
+    )]
+    Busy {
+        /// The waits in flight.
+        in_flight: usize,
+    },
     /// The worker ran the task and it failed; `message` is the worker's text.
     #[error("{message}")]
     ScriptError {

@@ -462,6 +462,9 @@ fn play_outcome(
             ),
         )
         .with_data(json!({ "task_id": task_id.to_string() }))),
+        Err(error @ DispatchError::Busy { .. }) => {
+            Err(RpcError::new(code::RATE_LIMITED, error.to_string()))
+        }
         Err(error @ (DispatchError::EmptyScript | DispatchError::ScriptTooLarge { .. })) => {
             Err(RpcError::new(code::INVALID_PARAMS, error.to_string()))
         }
@@ -515,6 +518,14 @@ mod tests {
         // The play timeout, not whatever remainder the dispatcher waited.
         assert!(err.message.contains("within 2s"), "{}", err.message);
         assert_eq!(err.data, Some(json!({ "task_id": task_id.to_string() })));
+
+        let err = play_outcome(Err(DispatchError::Busy { in_flight: 1000 }), T).unwrap_err();
+        assert_eq!(err.code, code::RATE_LIMITED);
+        assert!(
+            err.message.contains("nothing was queued"),
+            "{}",
+            err.message
+        );
 
         let err = play_outcome(Err(DispatchError::EmptyScript), T).unwrap_err();
         assert_eq!(err.code, code::INVALID_PARAMS);

@@ -131,6 +131,7 @@ fn main() -> ExitCode {
                 // A URL that does not parse is bad input, not a Redis outage.
                 Some(DispatchError::InvalidRedisUrl { .. }) => (2, "invalid_input"),
                 Some(DispatchError::Timeout { .. }) => (3, "timeout"),
+                Some(DispatchError::Busy { .. }) => (3, "busy"),
                 Some(DispatchError::CircleOffline { .. }) => (5, "offline"),
                 Some(e) if e.is_redis() => (4, "redis"),
                 _ => (2, "invalid_input"),
