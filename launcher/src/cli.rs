@@ -59,9 +59,10 @@ Examples:
   launcher backup ourworld -o ourworld.backup
   launcher restore ourworld.backup
 
-Exit status: 0 when every circle is up (or the subcommand succeeded), 1 when
-a circle could not be served or an init script failed (the reasons are
-printed), 2 for a command-line mistake.";
+Exit status: 0 when the circles came up (direct mode: at Ctrl+C, having
+named any it could not serve) or the subcommand succeeded; 1 when no
+circle could be served, an init script failed or an install failed (the
+reasons are printed); 2 for a command-line mistake.";
 
 impl Cli {
     /// Parses the process's arguments, exiting with clap's message (and
