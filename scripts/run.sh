@@ -24,20 +24,26 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
 
-# Whether something accepts connections at the URL's host and port (only for
-# plain local redis:// URLs; others are the launcher's to check).
-redis_answers() {
+# Whether the URL names a Redis on this machine (plain redis:// to
+# 127.0.0.1, localhost or ::1): only then can a missing redis-server be the
+# reason nothing answers. Any other URL is the launcher's to check.
+redis_is_local() {
   local rest=${redis_url#redis://}
   [[ $rest != "$redis_url" ]] || return 1
   rest=${rest##*@}
   rest=${rest%%/*}
-  local host=${rest%:*} port=${rest##*:}
+  host=${rest%:*} port=${rest##*:}
   [[ $port != "$rest" && -n $port ]] || port=6379
-  case $host in 127.0.0.1 | localhost) ;; *) return 1 ;; esac
+  [[ $host == "[::1]" ]] && host=::1
+  case $host in 127.0.0.1 | localhost | ::1) return 0 ;; *) return 1 ;; esac
+}
+
+# Whether something accepts connections at that local host and port.
+redis_answers() {
   (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
 }
 
-if ! command -v redis-server >/dev/null && ! redis_answers; then
+if redis_is_local && ! command -v redis-server >/dev/null && ! redis_answers; then
   if [[ $EUID -eq 0 && -z ${CIRCLES_NO_INSTALL:-} ]] && command -v apt-get >/dev/null; then
     say "installing redis-server (nothing answers at $redis_url)"
     export DEBIAN_FRONTEND=noninteractive
@@ -60,15 +66,26 @@ fi
 launcher=${CIRCLES_LAUNCHER:-}
 if [[ -z $launcher ]]; then
   profile=${CIRCLES_PROFILE:-release}
+  case $profile in
+    release) build=(cargo build --release --locked --bins) ;;
+    debug) build=(cargo build --locked --bins) ;;
+    *) echo "error: CIRCLES_PROFILE must be release or debug, not '$profile'" >&2; exit 2 ;;
+  esac
   say "building ($profile)"
-  if [[ $profile == release ]]; then
-    cargo build --release --locked --bins
-  else
-    cargo build --locked --bins
-  fi
-  launcher=target/$profile/launcher
+  "${build[@]}"
+  launcher=${CARGO_TARGET_DIR:-target}/$profile/launcher
 fi
 
+# The demo's circles.json, unless the options name circles themselves.
 config=${CIRCLES_CONFIG:-examples/circles.json}
-say "launching the circles of $config (Ctrl+C stops them)"
-exec "$launcher" "$@" "$config"
+for arg in "$@"; do
+  case $arg in
+    -c | -c* | --circle | --circle=* | --config | --config=* | *.json) config= ;;
+  esac
+done
+if [[ -n $config ]]; then
+  say "launching the circles of $config (Ctrl+C stops them)"
+  exec "$launcher" "$@" "$config"
+fi
+say "launching (Ctrl+C stops the circles)"
+exec "$launcher" "$@"

@@ -592,6 +592,28 @@ fn the_run_script_asks_for_redis_server_when_it_is_missing() {
         "{err}"
     );
     assert!(!err.contains("launching"), "{err}");
+
+    // A Redis elsewhere needs no local redis-server: straight to the
+    // launcher (here `echo`, which shows the arguments it would get); the
+    // demo's circles.json only when the options name no circles.
+    let remote = |args: &[&str]| {
+        let out = std::process::Command::new(repo_root().join("scripts/run.sh"))
+            .args(args)
+            .env("PATH", &path)
+            .env("REDIS_URL", "redis://db.example:6379")
+            .env("CIRCLES_NO_INSTALL", "1")
+            .env("CIRCLES_LAUNCHER", "/bin/echo")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(remote(&["-p", "9000"]), "-p 9000 examples/circles.json");
+    assert_eq!(remote(&["-c", KEY_ONE]), format!("-c {KEY_ONE}"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
