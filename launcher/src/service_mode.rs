@@ -153,13 +153,20 @@ pub async fn launch(args: &LaunchArgs, common: &CommonArgs) -> Result<LaunchRepo
         "services applied"
     );
 
-    // Init scripts go to circles whose worker was (re)started by this run.
+    // Init scripts go to circles whose worker was (re)started by this run,
+    // and again to those whose last init script failed: the cause may have
+    // been a timeout or a Redis hiccup rather than the script, and running
+    // again is what the failure message tells the operator to do.
     let touched: Vec<&CircleSpec> = settings
         .circles
         .iter()
         .filter(|c| {
             let name = worker_service_name(&c.key);
-            applied.created.contains(&name) || applied.updated.contains(&name)
+            let failed_before = record
+                .circles
+                .get(&c.key.to_hex())
+                .is_some_and(|r| r.init.starts_with("error:"));
+            applied.created.contains(&name) || applied.updated.contains(&name) || failed_before
         })
         .collect();
     let dispatcher = Dispatcher::connect(&settings.redis_url, "launcher").await?;

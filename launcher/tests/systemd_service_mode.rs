@@ -646,7 +646,12 @@ async fn a_failing_init_script_fails_the_run_and_leaves_the_circle_running() {
     }
     let _serial = SERIAL.lock().await;
     let w = World::new("svc-init-fails");
-    let bad = script(w.dir.path(), "bad.rhai", r#"throw "seed data missing""#);
+    // Fails until the seed is there.
+    let bad = script(
+        w.dir.path(),
+        "bad.rhai",
+        r#"if db_get("seed") == () { throw "seed data missing" } "seeded""#,
+    );
     let worker = worker();
     let circle = format!("{KEY_ONE}:{bad}");
     let (code, out, err) = w.launcher(&[
@@ -672,6 +677,24 @@ async fn a_failing_init_script_fails_the_run_and_leaves_the_circle_running() {
     assert_eq!(w.prop(&worker_unit(KEY_ONE), "ActiveState"), "active");
     let mut c = Client::connect(&w.url(KEY_ONE)).await;
     assert_eq!(c.play("1 + 1").await, "2");
+
+    // The cause fixed outside the script (here: the seed written), running
+    // again as the message says runs the unchanged script again.
+    c.play(r#"db_set("seed", 1)"#).await;
+    let pid = w.main_pid(&worker_unit(KEY_ONE));
+    let (code, out, err) = w.launcher(&[
+        "--use-service-manager",
+        "--worker-binary",
+        worker.to_str().unwrap(),
+        "-p",
+        &w.port,
+        "-c",
+        &circle,
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("0 created, 0 updated"), "{out}");
+    assert!(out.contains("ok: seeded"), "{out}");
+    assert_eq!(w.main_pid(&worker_unit(KEY_ONE)), pid, "not restarted");
 }
 
 #[tokio::test(flavor = "multi_thread")]
