@@ -175,6 +175,22 @@ impl NonceMap {
     }
 }
 
+/// The share of nonces is per client network: an IPv4 address, or an
+/// IPv6 /64 (one host usually holds a whole /64, and could otherwise take a
+/// fresh share from each of its addresses).
+fn client_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct PendingNonce {
     nonce: String,
@@ -233,7 +249,10 @@ impl NonceStore {
             return Err(AuthError::TooManyNonces);
         }
         let map = &mut *map;
-        let window = map.by_address.entry(from).or_insert((now, 0));
+        let window = map
+            .by_address
+            .entry(client_network(from))
+            .or_insert((now, 0));
         if now.duration_since(window.0) >= self.ttl {
             *window = (now, 0);
         }
@@ -500,6 +519,13 @@ mod tests {
             store.issue(key, flooder),
             Err(AuthError::TooManyFromAddress)
         );
+        // A /64 is one client: its other addresses share the count.
+        let v6 =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+        for _ in 0..MAX_NONCES_PER_ADDRESS {
+            store.issue(key, v6(1)).unwrap();
+        }
+        assert_eq!(store.issue(key, v6(2)), Err(AuthError::TooManyFromAddress));
         // Everybody else is unaffected.
         let pair = CircleKeypair::generate();
         let issued = store.issue(pair.public, LOCAL).unwrap();
