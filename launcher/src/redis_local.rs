@@ -112,14 +112,21 @@ impl LocalRedis {
         ])
         .arg("--dir")
         .arg(dir)
-        .args(["--save", "60 1", "--appendonly", "no"])
-        .stdin(Stdio::null())
-        .stdout(
-            log.try_clone()
-                .map_err(|e| LaunchError::io("redis.log", e))?,
-        )
-        .stderr(log)
-        .kill_on_drop(true);
+        .args(["--save", "60 1", "--appendonly", "no"]);
+        if major_version(program).is_some_and(|v| v >= 7) {
+            // SIGTERM (the parent-death signal) makes Redis save, and by
+            // default it refuses to exit when the save fails — as it does
+            // when the data directory is gone, leaving an orphan. (An
+            // option of Redis 7; older ones do not know it.)
+            cmd.args(["--shutdown-on-sigterm", "force"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| LaunchError::io("redis.log", e))?,
+            )
+            .stderr(log)
+            .kill_on_drop(true);
         die_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
@@ -164,4 +171,16 @@ impl LocalRedis {
     pub async fn stop(mut self) {
         circles_supervise::terminate(&mut self.child, Duration::from_secs(5)).await;
     }
+}
+
+/// The major version of a `redis-server` (`Redis server v=7.0.15 …`).
+fn major_version(program: &Path) -> Option<u32> {
+    let out = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
+    version.split('.').next()?.parse().ok()
 }

@@ -343,7 +343,10 @@ async fn ctrl_c_and_sigkill_leave_no_process_behind() {
         KEY_TWO,
     ];
 
-    for how in ["INT", "KILL"] {
+    // First with the private Redis's directory deleted under it: told to
+    // stop, Redis saves first, and by default refuses to exit when it
+    // cannot — it must go all the same.
+    for (how, data_gone) in [("KILL", true), ("INT", false), ("KILL", false)] {
         let mut l = Launcher::spawn(tmp.path(), &args);
         l.wait_stdout("running", UP);
         assert!(
@@ -368,6 +371,9 @@ async fn ctrl_c_and_sigkill_leave_no_process_behind() {
                     .unwrap() as u32
             })
             .collect();
+        if data_gone {
+            std::fs::remove_dir_all(tmp.path().join("launch_data/redis")).unwrap();
+        }
         l.signal(how);
         let code = l.wait_exit(Duration::from_secs(20));
         if how == "INT" {
@@ -375,7 +381,7 @@ async fn ctrl_c_and_sigkill_leave_no_process_behind() {
         }
         for pid in &pids {
             wait_until(
-                &format!("worker {pid} gone after SIG{how}"),
+                &format!("worker {pid} gone after SIG{how} (data gone: {data_gone})"),
                 Duration::from_secs(15),
                 || (!alive(*pid)).then_some(()),
             );
