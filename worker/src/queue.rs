@@ -47,26 +47,10 @@ impl std::fmt::Debug for TaskQueue {
 /// ARGV: lease value, task id, retention secs (0: keep), reply, take next
 /// ("1"/"0"), task hash prefix, now, lease ms, then the hash's field/value
 /// pairs.
-const FINISH_SCRIPT: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder ~= ARGV[1] then
-  if holder then return 0 end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[8])
-end
-if redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return 2 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 9))
-redis.call('LPUSH', KEYS[4], ARGV[4])
-local keep = tonumber(ARGV[3])
-if keep > 0 then
-  redis.call('EXPIRE', KEYS[3], keep)
-  redis.call('EXPIRE', KEYS[4], keep)
-end
-return 1
-"#;
-
-/// [`FINISH_SCRIPT`], then — only when it finished the task and ARGV[5] is
-/// "1" — moves the next queued id to the processing list, reads its hash
-/// and marks it processing. Answers `{code}` or `{code, id, fields}`.
+///
+/// Then — only when it finished the task and ARGV[5] is "1" — moves the
+/// next queued id to the processing list, reads its hash and marks it
+/// processing. Answers `{code}` or `{code, id, fields}`.
 const FINISH_AND_TAKE_SCRIPT: &str = r#"
 local holder = redis.call('GET', KEYS[1])
 if holder ~= ARGV[1] then
@@ -237,7 +221,7 @@ impl TaskQueue {
         outcome: &TaskOutcome,
         take_next: bool,
     ) -> RedisResult<(Finished, Option<(String, Taken)>)> {
-        let cmd = self.finish_cmd(FINISH_AND_TAKE_SCRIPT, lease, raw_id, outcome, take_next);
+        let cmd = self.finish_cmd(lease, raw_id, outcome, take_next);
         let answer: Vec<redis::Value> = cmd.query_async(conn).await?;
         let mut answer = answer.into_iter();
         let done: i64 = redis::from_redis_value(answer.next().unwrap_or(redis::Value::Nil))
@@ -283,11 +267,10 @@ impl TaskQueue {
         raw_id: &str,
         outcome: &TaskOutcome,
     ) -> RedisResult<Finished> {
-        let done: i64 = self
-            .finish_cmd(FINISH_SCRIPT, lease, raw_id, outcome, false)
-            .query_async(conn)
-            .await?;
-        Finished::from_code(done)
+        Ok(self
+            .finish_and_take(conn, lease, raw_id, outcome, false)
+            .await?
+            .0)
     }
 
     /// Gives `ids` (taken by this worker, not run) back to the queue, for
@@ -315,7 +298,6 @@ impl TaskQueue {
     /// and a hand-written client waiting on it is not left hanging.
     fn finish_cmd(
         &self,
-        script: &str,
         lease: &str,
         raw_id: &str,
         outcome: &TaskOutcome,
@@ -327,7 +309,7 @@ impl TaskQueue {
         };
         let now = now_rfc3339();
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script)
+        cmd.arg(FINISH_AND_TAKE_SCRIPT)
             .arg(5)
             .arg(&self.owner_key)
             .arg(&self.processing_key)
