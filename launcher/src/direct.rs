@@ -378,10 +378,16 @@ impl DirectLaunch {
 
     /// Runs until `shutdown` resolves, printing the status table now and
     /// again whenever what it shows changes (a state, a restart, a reason;
-    /// not a heartbeat's time): never the same table twice.
+    /// not a heartbeat's time): never the same table twice. Besides the
+    /// processes' own changes, Redis is looked at every few seconds, so a
+    /// worker that runs but stopped beating (frozen, cut off) shows
+    /// `offline`.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>, print_tables: bool) {
         tokio::pin!(shutdown);
         let mut changes = self.table.version.subscribe();
+        let mut recheck = tokio::time::interval(HEALTH_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.tick().await;
         let mut shown: Vec<StatusRow> = Vec::new();
         let show = |shown: &mut Vec<StatusRow>, rows: Vec<StatusRow>| {
             let same = shown.len() == rows.len()
@@ -401,6 +407,7 @@ impl DirectLaunch {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     show(&mut shown, self.status_rows().await);
                 }
+                _ = recheck.tick() => show(&mut shown, self.status_rows().await),
             }
         }
     }
@@ -433,6 +440,9 @@ impl DirectLaunch {
     }
 }
 
+/// How often the status table looks at the workers' heartbeats in Redis
+/// (a heartbeat expires 10 s after a worker's last beat).
+const HEALTH_RECHECK: Duration = Duration::from_secs(3);
 /// What `start` has started so far, to be stopped if it fails.
 struct StartedSoFar {
     local_redis: Option<LocalRedis>,

@@ -671,3 +671,35 @@ async fn the_run_script_brings_the_demo_circles_up() {
     l.signal("INT");
     assert_eq!(l.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_shows_offline_and_running_again_once_it_beats() {
+    // The process runs, but a frozen worker beats no more: after its
+    // heartbeat expires (10 s) the table says `offline` without any
+    // process event, and `running` once it beats again.
+    let redis = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let mut l = Launcher::spawn(
+        tmp.path(),
+        &["--redis-url", &redis.url(), "-p", &port, "-c", KEY_ONE],
+    );
+    l.wait_stdout("running", UP);
+    let pid = worker_pid(&redis, KEY_ONE);
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+    };
+    signal("-STOP");
+    l.wait_stdout("┆ offline ", Duration::from_secs(30));
+    signal("-CONT");
+    wait_until("running again", Duration::from_secs(30), || {
+        let out = l.stdout();
+        let after = &out[out.rfind("┆ offline ")?..];
+        after.contains("┆ running ").then_some(())
+    });
+    l.signal("INT");
+    assert_eq!(l.wait_exit(Duration::from_secs(20)), Some(0));
+}
