@@ -22,7 +22,17 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# The Redis the launcher will use: --redis-url among the options wins over
+# REDIS_URL, as in the launcher itself.
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
+prev=
+for arg in "$@"; do
+  case $arg in
+    --redis-url=*) redis_url=${arg#--redis-url=} ;;
+    *) [[ $prev == --redis-url ]] && redis_url=$arg ;;
+  esac
+  prev=$arg
+done
 
 # Whether the URL names a Redis on this machine (plain redis:// to
 # 127.0.0.1, localhost or ::1): only then can a missing redis-server be the

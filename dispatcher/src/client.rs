@@ -479,8 +479,16 @@ impl Dispatcher {
         // the wait for the reply then has its whole `timeout` again.
         let _slot = tokio::time::timeout(timeout, self.inner.wait_slots.acquire())
             .await
-            .map_err(|_| DispatchError::Busy {
-                in_flight: MAX_BLOCKING_WAITS,
+            .map_err(|_| match circle {
+                // A submission: it was not sent.
+                Some(_) => DispatchError::Busy {
+                    in_flight: MAX_BLOCKING_WAITS,
+                },
+                // A wait for a task already queued: it is still out there.
+                None => DispatchError::Timeout {
+                    task_id: *task_id,
+                    waited: timeout,
+                },
             })?
             .expect("the semaphore is never closed");
         let mut conn = self.take_waiter().await?;

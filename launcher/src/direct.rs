@@ -405,9 +405,14 @@ impl DirectLaunch {
                     changes.mark_unchanged();
                     // Let a burst of changes settle into one table.
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    show(&mut shown, self.status_rows().await);
                 }
-                _ = recheck.tick() => show(&mut shown, self.status_rows().await),
+                _ = recheck.tick() => {}
+            }
+            // Reading the rows asks Redis, which may hang: a stop must not
+            // wait for it.
+            tokio::select! {
+                _ = &mut shutdown => return,
+                rows = self.status_rows() => show(&mut shown, rows),
             }
         }
     }

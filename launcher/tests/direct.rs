@@ -620,6 +620,20 @@ fn the_run_script_asks_for_redis_server_when_it_is_missing() {
     };
     assert_eq!(remote(&["-p", "9000"]), "-p 9000 examples/circles.json");
     assert_eq!(remote(&["-c", KEY_ONE]), format!("-c {KEY_ONE}"));
+    // --redis-url among the options counts as REDIS_URL does.
+    let out = std::process::Command::new(repo_root().join("scripts/run.sh"))
+        .args(["--redis-url", "redis://db.example:6379", "-p", "9000"])
+        .env("PATH", &path)
+        .env("REDIS_URL", &nobody)
+        .env("CIRCLES_NO_INSTALL", "1")
+        .env("CIRCLES_LAUNCHER", "/bin/echo")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

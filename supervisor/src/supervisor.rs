@@ -666,8 +666,9 @@ impl Supervisor {
         let slot = self.slot(name)?;
         {
             let _op = slot.op.lock().await;
-            self.set_target(&slot, TargetState::Running)?;
             let config = slot.config();
+            check_executable(&self.worker_binary(&config)?)?;
+            self.set_target(&slot, TargetState::Running)?;
             let manager = self.managers.get(config.manager).await?;
             let w = self.worker_for(&config, manager.kind()).await?;
             manager.restart(&w).await?;
@@ -1212,7 +1213,16 @@ fn check_executable(path: &std::path::Path) -> Result<(), SupervisorError> {
         if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
             return refuse(path);
         }
-        for dir in path.ancestors().skip(1) {
+        // The directories of the path as given (where a symlink could be
+        // swapped) and of the one it resolves to (a symlink on the way
+        // would hide the directories behind it).
+        let real = std::fs::canonicalize(path).map_err(|_| {
+            SupervisorError::InvalidInput(format!(
+                "worker binary {} cannot be resolved",
+                path.display()
+            ))
+        })?;
+        for dir in path.ancestors().skip(1).chain(real.ancestors().skip(1)) {
             let Ok(m) = std::fs::metadata(dir) else {
                 return refuse(dir);
             };

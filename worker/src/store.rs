@@ -359,7 +359,9 @@ impl CircleStore {
     /// otherwise fill: one `stat` while the file is below the quota. A file
     /// never shrinks, so past it the data itself is counted — measured at
     /// most once a second, and kept up to date in between by what writes
-    /// add and deletes free — so deleting values makes room again.
+    /// add and deletes free — so deleting values makes room again. It
+    /// bounds the data, not the file: freed pages stay in it for reuse, and
+    /// redb rounds allocations up (large values: up to about twice).
     pub fn check_quota(&self, max_bytes: u64, adding: usize) -> Result<(), StoreError> {
         if max_bytes == 0 {
             return Ok(());

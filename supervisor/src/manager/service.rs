@@ -30,9 +30,14 @@ pub struct ServiceManager {
     reasons: std::sync::Mutex<std::collections::HashMap<String, JournalReason>>,
 }
 
-/// A unit's reason from the journal, and the restart count and state it
-/// was read for.
-type JournalReason = (u32, ChildState, Option<String>);
+/// A unit's reason from the journal, the restart count and state it was
+/// read for, and when.
+type JournalReason = (u32, ChildState, Option<String>, std::time::Instant);
+
+/// How long a journal reason is kept while the unit's restart count and
+/// state stay the same (systemd resets the count when a unit is started by
+/// hand, so the same pair can come back with another cause).
+const REASON_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl ServiceManager {
     /// Connects to the service manager of `kind` (system scope for root,
@@ -193,8 +198,9 @@ impl ServiceManager {
         }
     }
 
-    /// The worker's last error from the journal, read again only when the
-    /// unit's restart count or state changed since the last read.
+    /// The worker's last error from the journal, read again when the unit's
+    /// restart count or state changed since the last read, or after
+    /// [`REASON_KEPT`].
     async fn journal_reason(
         &self,
         b: &circles_services::systemd::SystemdBackend,
@@ -202,17 +208,18 @@ impl ServiceManager {
         status: &ManagedStatus,
     ) -> Option<String> {
         let seen = (status.restarts, status.state.clone());
-        if let Some((restarts, state, reason)) =
+        if let Some((restarts, state, reason, at)) =
             self.reasons.lock().expect("reasons").get(name.as_str())
             && (*restarts, state.clone()) == seen
+            && at.elapsed() < REASON_KEPT
         {
             return reason.clone();
         }
         let reason = circles_deploy::status::error_from_journal(b.scope(), name).await;
-        self.reasons
-            .lock()
-            .expect("reasons")
-            .insert(name.to_string(), (seen.0, seen.1, reason.clone()));
+        self.reasons.lock().expect("reasons").insert(
+            name.to_string(),
+            (seen.0, seen.1, reason.clone(), std::time::Instant::now()),
+        );
         reason
     }
 
