@@ -84,10 +84,7 @@ async fn units_score_at_most_2_run_unprivileged_and_keep_their_data() {
     let _serial = SERIAL.lock().await;
     let w = World::new("lp-hardened");
     // A private copy of the worker, so an upgrade can be deployed.
-    let bin = w.dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let my_worker = bin.join("worker");
-    std::fs::copy(worker(), &my_worker).unwrap();
+    let my_worker = w.worker_copy();
     let init = script(
         w.dir.path(),
         "init.rhai",
@@ -129,7 +126,7 @@ async fn units_score_at_most_2_run_unprivileged_and_keep_their_data() {
     // worker is restarted, the data stays, still unprivileged.
     let mut bytes = std::fs::read(&my_worker).unwrap();
     bytes.extend_from_slice(b"\0upgraded");
-    let fresh = bin.join("worker.new");
+    let fresh = my_worker.with_file_name("worker.new");
     std::fs::write(&fresh, bytes).unwrap();
     std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&fresh, &my_worker).unwrap();

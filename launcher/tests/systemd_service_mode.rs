@@ -125,10 +125,7 @@ async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
     let _serial = SERIAL.lock().await;
     let w = World::new("svc-rerun");
     // A private copy of the worker, so "the binary changed" can be tested.
-    let bin = w.dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let my_worker = bin.join("worker");
-    std::fs::copy(worker(), &my_worker).unwrap();
+    let my_worker = w.worker_copy();
     let s2 = script(w.dir.path(), "two.rhai", r#""v1""#);
     let circles = [KEY_ONE.to_string(), format!("{KEY_TWO}:{s2}")];
     w.install(&my_worker, &circles, &[]);
@@ -161,7 +158,7 @@ async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
     // since the running one cannot be written.)
     let mut bytes = std::fs::read(&my_worker).unwrap();
     bytes.extend_from_slice(b"\0rebuilt");
-    let fresh = bin.join("worker.new");
+    let fresh = my_worker.with_file_name("worker.new");
     std::fs::write(&fresh, bytes).unwrap();
     std::fs::set_permissions(&fresh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&fresh, &my_worker).unwrap();

@@ -16,25 +16,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use browser::Browser;
 use circles_test_support::{KEY_ONE, KEY_TWO, RedisServer, wait_until};
-use common::{Daemon, Ws, alive, error_code, error_message};
+use common::{ADMIN, Daemon, USER, Ws, alive, error_code, error_message, secrets_file};
 use serde_json::json;
-
-const ADMIN: &str = "admin-7c1e9a3b5d2f4e6a8c0b1d3f5e7a9c12";
-const USER: &str = "user-2b4d6f8a0c1e3b5d7f9a1c3e5b7d9f34";
 
 /// One Chromium at a time: the machine has two cores.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn secrets_file(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("secrets.toml");
-    std::fs::write(
-        &path,
-        format!("admin = [\"{ADMIN}\"]\nuser = [\"{USER}\"]\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
 
 /// A raw HTTP/1.1 request; (status, lower-cased head, body).
 fn raw_http(port: u16, request: &str) -> (u16, String, String) {
@@ -142,7 +128,7 @@ async fn the_page_shares_the_port_with_the_api_and_sends_security_headers() {
 async fn a_secret_in_the_websocket_subprotocol_is_scoped_like_the_header() {
     let redis = RedisServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let file = secrets_file(tmp.path());
+    let file = secrets_file(tmp.path(), 0o600);
     let daemon = Daemon::start(
         tmp.path(),
         &redis.url(),
@@ -216,7 +202,7 @@ async fn a_secret_in_the_websocket_subprotocol_is_scoped_like_the_header() {
 async fn generate_keypair_returns_the_public_key_and_keeps_the_secret_on_disk() {
     let redis = RedisServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let file = secrets_file(tmp.path());
+    let file = secrets_file(tmp.path(), 0o600);
     let daemon = Daemon::start(
         tmp.path(),
         &redis.url(),
@@ -530,7 +516,7 @@ async fn with_secrets_the_console_shows_nothing_before_a_secret_and_user_secrets
     };
     let redis = RedisServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let file = secrets_file(tmp.path());
+    let file = secrets_file(tmp.path(), 0o600);
     let daemon = Daemon::start(
         tmp.path(),
         &redis.url(),

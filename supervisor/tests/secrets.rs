@@ -4,25 +4,9 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-
 use circles_test_support::{KEY_ONE, RedisServer, free_port};
-use common::{Daemon, Ws, error_code, error_message};
+use common::{ADMIN, Daemon, USER, Ws, error_code, error_message, secrets_file};
 use serde_json::json;
-
-const ADMIN: &str = "admin-3f9c1e7a5b2d4c6e8f0a1b3c5d7e9f10";
-const USER: &str = "user-8a6b4c2d0e1f3a5b7c9d1e3f5a7b9c11";
-
-fn secrets_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
-    let path = dir.join("secrets.toml");
-    std::fs::write(
-        &path,
-        format!("admin = [\"{ADMIN}\"]\nuser = [\"{USER}\"]\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    path
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_missing_and_user_on_admin_are_refused_over_http_and_websocket() {

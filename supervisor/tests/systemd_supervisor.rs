@@ -241,17 +241,7 @@ fn systemd_runners_outlive_the_supervisor_and_the_launcher_sees_and_removes_them
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    let secrets_file = scratch.path().join("secrets.toml");
-    std::fs::write(
-        &secrets_file,
-        "admin = [\"an-admin-secret-for-the-test\"]\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &secrets_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let secrets_file = common::secrets_file(scratch.path(), 0o600);
     let out = Command::new(binary("supervisor"))
         .args([
             "install",
@@ -281,7 +271,7 @@ fn systemd_runners_outlive_the_supervisor_and_the_launcher_sees_and_removes_them
     );
     let service = common::Http {
         port: api_port,
-        secret: Some("an-admin-secret-for-the-test".to_string()),
+        secret: Some(common::ADMIN.to_string()),
     };
     assert_eq!(service.ok("list_runners", json!({})), json!([]));
 

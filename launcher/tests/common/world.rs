@@ -57,6 +57,16 @@ impl World {
         self.data.clone()
     }
 
+    /// A private copy of the worker binary (`bin/worker` in this world), so
+    /// a test can change it as an upgrade would.
+    pub fn worker_copy(&self) -> PathBuf {
+        let bin = self.dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let copy = bin.join("worker");
+        std::fs::copy(circles_test_support::binary("worker"), &copy).unwrap();
+        copy
+    }
+
     /// `launcher ARGS…` with this world's Redis, data dir and scope.
     pub fn launcher(&self, args: &[&str]) -> (Option<i32>, String, String) {
         self.launcher_with_redis(&self.redis.url(), args)

@@ -378,3 +378,21 @@ pub fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     p
 }
+
+/// The admin secret of [`secrets_file`].
+pub const ADMIN: &str = "admin-3f9c1e7a5b2d4c6e8f0a1b3c5d7e9f10";
+/// The user secret of [`secrets_file`].
+pub const USER: &str = "user-8a6b4c2d0e1f3a5b7c9d1e3f5a7b9c11";
+
+/// `dir/secrets.toml` with [`ADMIN`] and [`USER`], in file mode `mode`.
+pub fn secrets_file(dir: &Path, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("secrets.toml");
+    std::fs::write(
+        &path,
+        format!("admin = [\"{ADMIN}\"]\nuser = [\"{USER}\"]\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
