@@ -156,10 +156,7 @@ async fn a_killed_worker_is_restarted_and_serves_again() {
     );
     let environ = std::fs::read(format!("/proc/{first}/environ")).unwrap();
     assert!(String::from_utf8_lossy(&environ).contains(&format!("REDIS_URL={}", redis.url())));
-    std::process::Command::new("kill")
-        .args(["-9", &first.to_string()])
-        .status()
-        .unwrap();
+    common::kill(first, "-9");
     let second = wait_until("a new worker", UP, || {
         let pid = worker_pid(&redis, KEY_ONE);
         (pid != first && alive(pid)).then_some(pid)
@@ -700,15 +697,9 @@ async fn a_frozen_worker_shows_offline_and_running_again_once_it_beats() {
     );
     l.wait_stdout("running", UP);
     let pid = worker_pid(&redis, KEY_ONE);
-    let signal = |sig: &str| {
-        std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-    };
-    signal("-STOP");
+    common::kill(pid, "-STOP");
     l.wait_stdout("┆ offline ", Duration::from_secs(30));
-    signal("-CONT");
+    common::kill(pid, "-CONT");
     wait_until("running again", Duration::from_secs(30), || {
         let out = l.stdout();
         let after = &out[out.rfind("┆ offline ")?..];

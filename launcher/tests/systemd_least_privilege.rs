@@ -138,10 +138,7 @@ async fn units_score_at_most_2_run_unprivileged_and_keep_their_data() {
 
     // kill -9: systemd restarts it, the data stays.
     let old = w.main_pid(&wunit);
-    Command::new("kill")
-        .args(["-9", &old.to_string()])
-        .status()
-        .unwrap();
+    common::kill(old, "-9");
     wait_until("worker restarted", Duration::from_secs(30), || {
         let pid = w.main_pid(&wunit);
         (pid != 0 && pid != old && w.prop(&wunit, "ActiveState") == "active").then_some(())

@@ -67,10 +67,7 @@ async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
     // kill -9 the worker: systemd restarts it and it serves again.
     let unit = worker_unit(KEY_ONE);
     let old = w.main_pid(&unit);
-    Command::new("kill")
-        .args(["-9", &old.to_string()])
-        .status()
-        .unwrap();
+    common::kill(old, "-9");
     wait_until(
         "worker restarted by systemd",
         Duration::from_secs(30),
@@ -324,10 +321,7 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
     );
     w.install(&wrapper, &[KEY_ONE.to_string()], &[]);
     let unit = worker_unit(KEY_ONE);
-    Command::new("kill")
-        .args(["-9", &w.main_pid(&unit).to_string()])
-        .status()
-        .unwrap();
+    common::kill(w.main_pid(&unit), "-9");
     // RestartSec=2, StartLimitBurst=5 in 60 s: it gives up after ~10 s.
     wait_until("start limit hit", Duration::from_secs(60), || {
         (w.prop(&unit, "ActiveState") == "failed").then_some(())

@@ -154,6 +154,14 @@ pub fn worker_pid(redis: &RedisServer, key: &str) -> u32 {
     })
 }
 
+/// `kill SIGNAL PID`, e.g. `kill(pid, "-9")`.
+pub fn kill(pid: u32, signal: &str) {
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
 /// Whether a process exists.
 pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
