@@ -115,7 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Section::Cost => {
                 println!("\n## Cost per play and per circle\n");
                 println!(
-                    "Real processes: `redis-server`, one `worker` per circle, the `server` binary; an independent WebSocket client (tokio-tungstenite) in the bench process, one connection per circle, one call at a time. CPU per play = utime+stime of each process (`/proc/<pid>/stat`) over the measured plays. Floor = the engine-less worker loop driven by dispatcher clients, same Redis, same run. Commands per task = `INFO commandstats` over {} tasks (calls made inside scripts included). Memory: `RssAnon` (the worker's own memory), PSS (its share of everything it maps), and RSS (which counts the shared binary once per worker).\n",
+                    "Real processes: `redis-server`, one `worker` per circle, the `server` binary; an independent WebSocket client (tokio-tungstenite) in the bench process, one connection per circle, one call at a time. CPU per play = utime+stime of each process (`/proc/<pid>/stat`) over the measured plays. Floor = the engine-less worker loop (on 8 circles of its own) driven by dispatcher clients, same Redis, in slices alternating with the plays (three each). Commands per task = `INFO commandstats` over {} tasks (calls made inside scripts included). Memory: `RssAnon` (the worker's own memory), PSS (its share of everything it maps), and RSS (which counts the shared binary once per worker).\n",
                     2000
                 );
                 for table in cost::run(per_run, cli.memory_circles).await? {

@@ -213,12 +213,15 @@ async fn floor_loop(
         let (id, taken) = match next.take() {
             Some(task) => task,
             None => {
-                let id = tokio::select! {
+                let taken = tokio::select! {
                     _ = stop.changed() => return Ok(()),
-                    id = queue.take(blocking, Duration::from_secs(1)) => id?,
+                    taken = queue.take_loaded(blocking, Duration::from_secs(1)) => taken?,
                 };
-                let Some(id) = id else { continue };
-                let taken = queue.load(conn, &id).await?;
+                let Some((id, taken)) = taken else { continue };
+                let taken = match taken {
+                    Some(taken) => taken,
+                    None => queue.load(conn, &id).await?,
+                };
                 (id, taken)
             }
         };

@@ -8,6 +8,7 @@
 //! from there, writes the outcome, pushes the reply and sets expiry.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use circles_dispatcher::protocol::{
@@ -91,6 +92,70 @@ end
 return n
 "#;
 
+/// Formats Redis's own clock (`TIME`) the way [`now_rfc3339`] does
+/// (`2026-12-01T22:22:01.123Z`): a script pipelined behind a blocking
+/// command runs seconds after it was sent, so the sender cannot pass the
+/// time. Days to civil date after Howard Hinnant's `civil_from_days`.
+const RFC3339_LUA: &str = r#"
+local function rfc3339(secs, micros)
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
+    math.floor(rem / 3600), math.floor(rem / 60) % 60, rem % 60, math.floor(micros / 1000))
+end
+"#;
+
+/// Reads the task a `BLMOVE` just moved to the head of the processing list
+/// and marks it `processing` — pipelined behind that `BLMOVE` on the same
+/// connection, so taking and loading a task is one round trip. Answers
+/// `{}` when the list is empty, else `{id, fields}`; the caller checks the
+/// id is the one `BLMOVE` answered (another client's command may run in
+/// between). KEYS: processing list. ARGV: task hash prefix.
+static LOAD_TAKEN_SCRIPT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{RFC3339_LUA}{}",
+        r#"
+local id = redis.call('LINDEX', KEYS[1], 0)
+if not id then return {} end
+local key = ARGV[1] .. id
+local fields = redis.call('HGETALL', key)
+if #fields > 0 then
+  local t = redis.call('TIME')
+  redis.call('HSET', key, 'status', 'processing', 'updated_at', rfc3339(tonumber(t[1]), tonumber(t[2])))
+end
+return {id, fields}
+"#
+    )
+});
+
+/// [`FINISH_AND_TAKE_SCRIPT`] sent as `EVALSHA` (its text only when Redis
+/// does not know it yet): Redis need not read and hash 900 bytes per task.
+static FINISH_AND_TAKE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(FINISH_AND_TAKE_SCRIPT));
+
+/// The processing list, only while this worker holds the lease (or nobody
+/// does, as after a Redis that restarted empty), else `false`.
+/// KEYS: lease, processing list. ARGV: lease value.
+static STRAY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return false end
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"#,
+    )
+});
+
 /// What [`TaskQueue::finish`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
@@ -151,20 +216,41 @@ impl TaskQueue {
         &self.circle
     }
 
-    /// Waits up to `wait` for a task id and moves it to the processing list.
-    pub async fn take(
+    /// Waits up to `wait` for a task id, moves it to the processing list
+    /// and, in the same round trip, loads it ([`LOAD_TAKEN_SCRIPT`]
+    /// pipelined behind the `BLMOVE`). `Some((id, None))` when what the
+    /// script found was not that id: the caller loads it with
+    /// [`Self::load`].
+    pub async fn take_loaded(
         &self,
         conn: &mut (impl redis::aio::ConnectionLike + Send),
         wait: Duration,
-    ) -> RedisResult<Option<String>> {
-        redis::cmd("BLMOVE")
+    ) -> RedisResult<Option<(String, Option<Taken>)>> {
+        let (id, loaded): (Option<String>, Vec<redis::Value>) = redis::pipe()
+            .cmd("BLMOVE")
             .arg(&self.queue_key)
             .arg(&self.processing_key)
             .arg(Direction::Right)
             .arg(Direction::Left)
             .arg(wait.as_secs_f64())
+            .cmd("EVAL")
+            .arg(LOAD_TAKEN_SCRIPT.as_str())
+            .arg(1)
+            .arg(&self.processing_key)
+            .arg(TASK_DETAILS_PREFIX)
             .query_async(conn)
-            .await
+            .await?;
+        let Some(id) = id else { return Ok(None) };
+        let mut loaded = loaded.into_iter();
+        let taken = match (loaded.next(), loaded.next()) {
+            (Some(redis::Value::BulkString(head)), Some(fields)) if head == id.as_bytes() => {
+                let fields: HashMap<String, Vec<u8>> =
+                    redis::from_redis_value(fields).map_err(|e| unexpected("task fields", e))?;
+                Some(self.taken(&id, fields))
+            }
+            _ => None,
+        };
+        Ok(Some((id, taken)))
     }
 
     /// Reads the task and marks it `processing`, in one round trip.
@@ -221,8 +307,10 @@ impl TaskQueue {
         outcome: &TaskOutcome,
         take_next: bool,
     ) -> RedisResult<(Finished, Option<(String, Taken)>)> {
-        let cmd = self.finish_cmd(lease, raw_id, outcome, take_next);
-        let answer: Vec<redis::Value> = cmd.query_async(conn).await?;
+        let answer: Vec<redis::Value> = self
+            .finish_invocation(lease, raw_id, outcome, take_next)
+            .invoke_async(conn)
+            .await?;
         let mut answer = answer.into_iter();
         let done: i64 = redis::from_redis_value(answer.next().unwrap_or(redis::Value::Nil))
             .map_err(|e| unexpected("finish code", e))?;
@@ -242,19 +330,21 @@ impl TaskQueue {
 
     /// The ids in the processing list other than `except`, oldest first:
     /// with one worker per circle, tasks this worker took but lost track of
-    /// (a take whose answer a broken connection swallowed).
+    /// (a take whose answer a broken connection swallowed). `None` when the
+    /// lease is another worker's: the list is then the owner's.
     pub async fn stray(
         &self,
         conn: &mut ConnectionManager,
+        lease: &str,
         except: &str,
-    ) -> RedisResult<Vec<String>> {
-        let ids: Vec<String> = redis::cmd("LRANGE")
-            .arg(&self.processing_key)
-            .arg(0)
-            .arg(-1)
-            .query_async(conn)
+    ) -> RedisResult<Option<Vec<String>>> {
+        let ids: Option<Vec<String>> = STRAY
+            .key(&self.owner_key)
+            .key(&self.processing_key)
+            .arg(lease)
+            .invoke_async(conn)
             .await?;
-        Ok(ids.into_iter().rev().filter(|id| id != except).collect())
+        Ok(ids.map(|ids| ids.into_iter().rev().filter(|id| id != except).collect()))
     }
 
     /// Ends the task, fenced by `lease` (the exact lease value this worker
@@ -293,29 +383,28 @@ impl TaskQueue {
             .await
     }
 
-    /// The `EVAL` of `script` (one of the finish scripts) for this task.
-    /// Keyed by the raw id, so even ids that are not UUIDs get their reply
-    /// and a hand-written client waiting on it is not left hanging.
-    fn finish_cmd(
+    /// The finish script's call for this task. Keyed by the raw id, so even
+    /// ids that are not UUIDs get their reply and a hand-written client
+    /// waiting on it is not left hanging.
+    fn finish_invocation(
         &self,
         lease: &str,
         raw_id: &str,
         outcome: &TaskOutcome,
         take_next: bool,
-    ) -> redis::Cmd {
+    ) -> redis::ScriptInvocation<'static> {
         let (value_field, value) = match outcome {
             TaskOutcome::Completed { output } => (field::OUTPUT, output),
             TaskOutcome::Error { error } => (field::ERROR, error),
         };
         let now = now_rfc3339();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(FINISH_AND_TAKE_SCRIPT)
-            .arg(5)
-            .arg(&self.owner_key)
-            .arg(&self.processing_key)
-            .arg(task_details_key(raw_id))
-            .arg(task_reply_key(raw_id))
-            .arg(&self.queue_key)
+        let mut invocation = FINISH_AND_TAKE.prepare_invoke();
+        invocation
+            .key(&self.owner_key)
+            .key(&self.processing_key)
+            .key(task_details_key(raw_id))
+            .key(task_reply_key(raw_id))
+            .key(&self.queue_key)
             .arg(lease)
             .arg(raw_id)
             .arg(self.retention.map_or(0, |r| r.as_secs().max(1)))
@@ -330,7 +419,7 @@ impl TaskQueue {
             .arg(value)
             .arg(field::UPDATED_AT)
             .arg(&now);
-        cmd
+        invocation
     }
 
     /// Ends every task a dead predecessor had taken, as `error` with a reason.
@@ -403,5 +492,48 @@ impl TaskQueue {
             .arg(&self.queue_key)
             .query_async(conn)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Lua clock formatting agrees with [`now_rfc3339`]'s format over
+    /// leap days, century years and the ends of the range tasks can have.
+    #[test]
+    fn lua_rfc3339_matches_chrono() {
+        let redis = circles_test_support::RedisServer::start();
+        let script = format!(
+            "{RFC3339_LUA} local out = {{}} for i = 1, #ARGV, 2 do \
+             out[#out + 1] = rfc3339(tonumber(ARGV[i]), tonumber(ARGV[i + 1])) end return out"
+        );
+        let mut samples: Vec<(i64, u32)> = vec![
+            (0, 0),
+            (951_782_400, 999_999), // 2000-02-29
+            (4_107_542_399, 1_000), // 2100-02-28T23:59:59
+            (4_107_542_400, 0),     // 2100-03-01
+            (1_709_164_800, 123_456),
+            (253_402_300_799, 999_000), // 9999-12-31T23:59:59
+        ];
+        // And a day's worth of seconds apart across ninety years.
+        samples.extend(
+            (0..2_000).map(|i| (i * 1_414_213 + i % 86_400, (i as u32 * 7919) % 1_000_000)),
+        );
+        let mut args = vec!["EVAL".to_string(), script, "0".to_string()];
+        for (secs, micros) in &samples {
+            args.push(secs.to_string());
+            args.push(micros.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = redis.cli(&args);
+        let got: Vec<&str> = out.lines().collect();
+        assert_eq!(got.len(), samples.len(), "{out}");
+        for ((secs, micros), got) in samples.iter().zip(got) {
+            let want = chrono::DateTime::from_timestamp(*secs, micros * 1_000)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(got, want, "at {secs}.{micros:06}");
+        }
     }
 }

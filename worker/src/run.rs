@@ -215,6 +215,8 @@ pub async fn run(
     // in the same round trip, or ones a broken connection lost track of.
     let mut in_hand: VecDeque<(String, Option<Taken>)> = VecDeque::new();
     let mut lost_outcomes = LostOutcomes::default();
+    // Set when a take failed: it may have moved an id whose answer was lost.
+    let mut look_for_strays = false;
     loop {
         let (raw_id, taken) = match in_hand.pop_front() {
             // Ours already: run it even if a stop came meanwhile.
@@ -222,6 +224,22 @@ pub async fn run(
             None => {
                 if *stop_rx.borrow() {
                     break;
+                }
+                // Nothing is in hand, so whatever the processing list holds
+                // was taken by us and its answer lost. (On an error the take
+                // below meets it too, and backs off.)
+                if look_for_strays
+                    && let Ok(stray) = queue.stray(&mut conn, &lease.value(), "").await
+                {
+                    look_for_strays = false;
+                    match stray {
+                        None => lease.mark_lost(),
+                        Some(stray) if !stray.is_empty() => {
+                            in_hand.extend(stray.into_iter().map(|id| (id, None)));
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
                 }
                 match take_one(
                     &lease,
@@ -233,7 +251,7 @@ pub async fn run(
                 )
                 .await
                 {
-                    Take::Task(id) => {
+                    Take::Task(id, taken) => {
                         // A pause between the lease check and BLMOVE's
                         // answer: confirm before running anything.
                         if lease.needs_confirming()
@@ -244,9 +262,13 @@ pub async fn run(
                             lost = Some(lost_ownership(&mut conn, &config.circle).await);
                             break;
                         }
-                        (id, None)
+                        (id, taken.map(|taken| *taken))
                     }
                     Take::Again => continue,
+                    Take::Failed => {
+                        look_for_strays = true;
+                        continue;
+                    }
                     Take::Stop => break,
                     Take::Lost => {
                         lost = Some(lost_ownership(&mut conn, &config.circle).await);
@@ -307,11 +329,16 @@ pub async fn run(
                 })
                 .await;
                 let stray = retry_forever("listing taken tasks", || {
-                    let (queue, mut c, id) = (queue.clone(), conn.clone(), raw_id.clone());
-                    async move { queue.stray(&mut c, &id).await }
+                    let (queue, mut c, id, fence) =
+                        (queue.clone(), conn.clone(), raw_id.clone(), lease.value());
+                    async move { queue.stray(&mut c, &fence, &id).await }
                 })
                 .await;
-                in_hand.extend(stray.into_iter().map(|id| (id, None)));
+                match stray {
+                    Some(stray) => in_hand.extend(stray.into_iter().map(|id| (id, None))),
+                    // The owner's now: the finish said so too, or will.
+                    None => lease.mark_lost(),
+                }
                 finished
             }
         };
@@ -473,10 +500,14 @@ async fn lost_ownership(conn: &mut ConnectionManager, circle: &CirclePublicKey) 
 
 /// What one attempt to take a task from the queue came to.
 enum Take {
-    /// A task id, moved into the processing list.
-    Task(String),
-    /// Nothing yet (the wait ended, or Redis failed and we backed off).
+    /// A task id, moved into the processing list, and the task when it
+    /// could be loaded in the same round trip.
+    Task(String, Option<Box<Taken>>),
+    /// Nothing yet: the wait ended.
     Again,
+    /// Redis failed (and we backed off): the take may have moved an id
+    /// whose answer was lost, to be looked for in the processing list.
+    Failed,
     /// Stop was asked for.
     Stop,
     /// Another worker owns the circle now.
@@ -521,7 +552,7 @@ async fn take_one(
         };
     }
     let unblock_id = blocking.client_id();
-    let take = blocking.take(queue);
+    let take = blocking.take_loaded(queue);
     tokio::pin!(take);
     let taken = tokio::select! {
         taken = &mut take => taken,
@@ -533,14 +564,14 @@ async fn take_one(
         }
     };
     match taken {
-        Ok(Some(id)) => {
+        Ok(Some((id, taken))) => {
             backoff.reset();
-            Take::Task(id)
+            Take::Task(id, taken.map(Box::new))
         }
         Ok(None) => Take::Again,
         Err(e) => {
             if backoff.wait("waiting for tasks", &e, stop_rx).await {
-                Take::Again
+                Take::Failed
             } else {
                 Take::Stop
             }
@@ -845,12 +876,16 @@ impl BlockingLink {
         self.current.as_ref().map(|(_, id)| *id)
     }
 
-    /// One `BLMOVE` of at most [`TAKE_WAIT`] (the server-side timeout bounds
-    /// it; the response timeout only guards against a dead connection).
-    async fn take(&mut self, queue: &TaskQueue) -> redis::RedisResult<Option<String>> {
+    /// One `BLMOVE` of at most [`TAKE_WAIT`] and the load of what it took
+    /// (the server-side timeout bounds it; the response timeout only guards
+    /// against a dead connection).
+    async fn take_loaded(
+        &mut self,
+        queue: &TaskQueue,
+    ) -> redis::RedisResult<Option<(String, Option<Taken>)>> {
         self.connect().await?;
         let (conn, _) = self.current.as_mut().expect("connected above");
-        let taken = queue.take(conn, TAKE_WAIT).await;
+        let taken = queue.take_loaded(conn, TAKE_WAIT).await;
         if taken.is_err() {
             self.current = None;
         }

@@ -175,6 +175,16 @@ async fn killed_mid_task_the_task_ends_as_error_and_the_queue_survives() {
     let slow = d.submit(&c, &slow_script(30.0), T).await.unwrap();
     let behind: Vec<_> = submit_numbers(&d, &c, 3).await;
     wait_taken(&redis, &slow);
+    // Marked processing by Redis's clock in the take's round trip: after
+    // it was created, not after now, in the same format.
+    let rec = d.status(&slow).await.unwrap();
+    let (created, updated) = (rec.created_at.unwrap(), rec.updated_at.unwrap());
+    assert_eq!(updated.len(), created.len(), "{updated} vs {created}");
+    assert!(created <= updated, "{created} > {updated}");
+    assert!(
+        updated <= circles_dispatcher::task::now_rfc3339(),
+        "{updated}"
+    );
     let waiter = {
         let d = d.clone();
         tokio::spawn(async move { d.await_result(&slow, Duration::from_secs(30)).await })
@@ -636,4 +646,43 @@ async fn snapshot_tasks_write_the_database_where_the_worker_chooses() {
     let err = d.snapshot(&circle(KEY_TWO), T).await.unwrap_err();
     assert!(matches!(err, DispatchError::CircleOffline { .. }), "{err}");
     assert_eq!(redis.cli(&["LLEN", &format!("rhai_tasks:{KEY_TWO}")]), "0");
+}
+
+/// A take whose answer a broken connection swallowed (Redis moved the id,
+/// the worker never heard of it) is found in the processing list once the
+/// worker reconnects, and run — not left until the next worker starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_taken_by_a_lost_answer_is_still_run() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
+
+    // What a lost BLMOVE answer leaves: the id in the processing list.
+    let id = uuid_like(7);
+    redis.cli(&[
+        "HSET",
+        &format!("rhai_task_details:{id}"),
+        "script",
+        "6 * 7",
+        "status",
+        "pending",
+    ]);
+    redis.cli(&["LPUSH", &format!("rhai_processing:{KEY_ONE}"), &id]);
+    // Break the worker's connections: its BLMOVE fails.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+
+    let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{id}"), "10"]);
+    assert!(
+        reply.contains("42"),
+        "no answer for the stray task: {reply:?}"
+    );
+    assert_eq!(
+        redis.cli(&["HGET", &format!("rhai_task_details:{id}"), "status"]),
+        "completed"
+    );
+    // And the worker still serves.
+    assert_eq!(d.run(&c, "2", T).await.unwrap(), "2");
 }
