@@ -49,33 +49,16 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
     let floor_dispatcher = Dispatcher::connect(&redis.url(), "bench").await?;
 
     let data = tempfile::tempdir()?;
-    let workers: Vec<WorkerProcess> = circles
-        .iter()
-        .map(|c| WorkerProcess::start(&redis, &c.to_hex(), data.path(), &[], &[]))
+    let mut tcp = Stack::start(&redis, redis.url(), &circles, data.path()).await?;
+    let idle_anon = tcp.workers.iter().map(|w| anon_kib(w.pid())).sum::<u64>() / CIRCLES as u64;
+    // The same over Redis's Unix socket, on circles of their own.
+    let socket_circles: Vec<CirclePublicKey> = (0..CIRCLES)
+        .map(|_| CircleKeypair::generate().public)
         .collect();
-    let idle_anon = workers.iter().map(|w| anon_kib(w.pid())).sum::<u64>() / CIRCLES as u64;
+    let mut unix = Stack::start(&redis, redis.unix_url(), &socket_circles, data.path()).await?;
 
-    // The server binary as a process of its own, circles learnt from Redis.
-    let port = free_port();
-    let mut server = tokio::process::Command::new(circles_test_support::binary("server"))
-        .args(["--port", &port.to_string()])
-        .env("REDIS_URL", redis.url())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()?;
-    let server_pid = server.id().unwrap_or(0);
-    tokio::task::block_in_place(|| wait_for_port(port, Duration::from_secs(10)));
-    let mut clients = Vec::new();
-    for c in &circles {
-        clients.push(ws::Client::connect(&format!("ws://127.0.0.1:{port}/{c}")).await);
-    }
-    // Warm up, then measure plays and CPU together, slice by slice.
-    let (_, back) = play_loops(clients, Duration::from_millis(300)).await?;
-    clients = back;
-    let worker_pids: Vec<u32> = workers.iter().map(WorkerProcess::pid).collect();
     let slice = per_run / SLICES;
-    let (mut floor_parts, mut play_parts) = (Vec::new(), Vec::new());
-    let mut cpu = [0.0; 3];
+    let mut floor_parts = Vec::new();
     for _ in 0..SLICES {
         floor_parts.push(
             drive_with(
@@ -87,23 +70,20 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
             )
             .await?,
         );
-        let before = cpu_ticks(&[server_pid], &[redis_pid], &worker_pids);
-        let (plays, back) = play_loops(clients, slice).await?;
-        let after = cpu_ticks(&[server_pid], &[redis_pid], &worker_pids);
-        clients = back;
-        play_parts.push(plays);
-        for i in 0..3 {
-            cpu[i] += after[i] - before[i];
-        }
+        tcp.measure(slice, redis_pid).await?;
+        unix.measure(slice, redis_pid).await?;
     }
-    drop(clients);
     let _ = stop_floor.send(true);
     for f in floors {
         f.await??;
     }
-    let (floor, plays) = (Samples::combine(floor_parts), Samples::combine(play_parts));
-    let n_plays = plays.count() as f64;
-    let per_play = |i: usize| cpu[i] * 1e6 / n_plays;
+    let floor = Samples::combine(floor_parts);
+    let plays = Samples::combine(std::mem::take(&mut tcp.plays));
+    let per_play = |i: usize| tcp.cpu[i] * 1e6 / plays.count() as f64;
+    let unix_plays = Samples::combine(std::mem::take(&mut unix.plays));
+    let unix_per_play = unix.cpu.iter().sum::<f64>() * 1e6 / unix_plays.count() as f64;
+    drop(unix);
+    let workers = std::mem::take(&mut tcp.workers);
     let after_load_anon = workers.iter().map(|w| anon_kib(w.pid())).sum::<u64>() / CIRCLES as u64;
     let pss = workers.iter().map(|w| pss_kib(w.pid())).sum::<u64>() / CIRCLES as u64;
 
@@ -134,6 +114,20 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
         ),
     ]);
     let total = per_play(0) + per_play(1) + per_play(2);
+    throughput.add_row([
+        "over Redis's Unix socket: plays/s".to_string(),
+        format!("{:.0}", unix_plays.throughput()),
+        "over loopback TCP (above)".to_string(),
+        format!("{:.0}", plays.throughput()),
+        ratio(unix_plays.throughput(), plays.throughput()),
+    ]);
+    throughput.add_row([
+        "over Redis's Unix socket: CPU per play, all three".to_string(),
+        format!("{unix_per_play:.0} µs"),
+        "over loopback TCP (below)".to_string(),
+        format!("{total:.0} µs"),
+        ratio(unix_per_play, total),
+    ]);
     for (what, value) in [
         ("CPU per play: server", per_play(0)),
         ("CPU per play: Redis", per_play(1)),
@@ -148,7 +142,7 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
             "—".to_string(),
         ]);
     }
-    let _ = server.kill().await;
+    drop(tcp);
 
     // Redis commands per task, one client, then eight.
     let mut commands = Table::new();
@@ -332,4 +326,69 @@ fn commandstats(redis: &RedisServer) -> BTreeMap<String, u64> {
             Some((name.to_string(), calls.parse().ok()?))
         })
         .collect()
+}
+
+/// Workers, the server binary and one WebSocket client per circle, all
+/// reaching Redis at one URL; the plays measured and the CPU they cost.
+struct Stack {
+    workers: Vec<WorkerProcess>,
+    server: tokio::process::Child,
+    clients: Vec<ws::Client>,
+    plays: Vec<Samples>,
+    /// CPU seconds spent during the measured plays: server, Redis, workers.
+    cpu: [f64; 3],
+}
+
+impl Stack {
+    async fn start(
+        redis: &RedisServer,
+        url: String,
+        circles: &[CirclePublicKey],
+        data: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let workers: Vec<WorkerProcess> = circles
+            .iter()
+            .map(|c| {
+                let cmd = WorkerProcess::command_with_url(&url, &c.to_hex(), data, &[]);
+                WorkerProcess::spawn_ready(redis, &c.to_hex(), cmd)
+            })
+            .collect();
+        // The server binary as a process of its own, circles learnt from Redis.
+        let port = free_port();
+        let server = tokio::process::Command::new(circles_test_support::binary("server"))
+            .args(["--port", &port.to_string()])
+            .env("REDIS_URL", &url)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()?;
+        tokio::task::block_in_place(|| wait_for_port(port, Duration::from_secs(10)));
+        let mut clients = Vec::new();
+        for c in circles {
+            clients.push(ws::Client::connect(&format!("ws://127.0.0.1:{port}/{c}")).await);
+        }
+        // Warm up.
+        let (_, clients) = play_loops(clients, Duration::from_millis(300)).await?;
+        Ok(Self {
+            workers,
+            server,
+            clients,
+            plays: Vec::new(),
+            cpu: [0.0; 3],
+        })
+    }
+
+    /// One slice of plays, with the CPU each process group spent on it.
+    async fn measure(&mut self, slice: Duration, redis_pid: u32) -> anyhow::Result<()> {
+        let server = [self.server.id().unwrap_or(0)];
+        let workers: Vec<u32> = self.workers.iter().map(WorkerProcess::pid).collect();
+        let before = cpu_ticks(&server, &[redis_pid], &workers);
+        let (plays, clients) = play_loops(std::mem::take(&mut self.clients), slice).await?;
+        let after = cpu_ticks(&server, &[redis_pid], &workers);
+        self.clients = clients;
+        self.plays.push(plays);
+        for (spent, (a, b)) in self.cpu.iter_mut().zip(after.iter().zip(before)) {
+            *spent += a - b;
+        }
+        Ok(())
+    }
 }

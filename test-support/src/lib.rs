@@ -50,6 +50,9 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--dir", &self.dir.path().to_string_lossy()])
+            // The same server on a Unix socket too, for clients on this host.
+            .args(["--unixsocket", &self.socket_path().to_string_lossy()])
+            .args(["--unixsocketperm", "700"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -60,6 +63,16 @@ impl RedisServer {
             });
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    /// Its Unix socket (in its private directory).
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// The URL of the same server over its Unix socket.
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.socket_path().display())
     }
 
     /// The server's process id, while it runs.
@@ -231,10 +244,20 @@ impl WorkerProcess {
         db_dir: &Path,
         extra_args: &[&str],
     ) -> Command {
+        Self::command_with_url(&redis.url(), circle, db_dir, extra_args)
+    }
+
+    /// [`WorkerProcess::command`] for Redis at `url` (its Unix socket, say).
+    pub fn command_with_url(
+        url: &str,
+        circle: &str,
+        db_dir: &Path,
+        extra_args: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(binary("worker"));
         cmd.args([
             "--redis-url",
-            &redis.url(),
+            url,
             "--circle-public-key",
             circle,
             "--db-path",
