@@ -16,7 +16,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use browser::Browser;
 use circles_test_support::{KEY_ONE, KEY_TWO, RedisServer, wait_until};
-use common::{ADMIN, Daemon, USER, Ws, alive, error_code, error_message, secrets_file};
+use common::{ADMIN, Daemon, USER, Ws, alive, error_code, error_message};
 use serde_json::json;
 
 /// One Chromium at a time: the machine has two cores.
@@ -128,13 +128,7 @@ async fn the_page_shares_the_port_with_the_api_and_sends_security_headers() {
 async fn a_secret_in_the_websocket_subprotocol_is_scoped_like_the_header() {
     let redis = RedisServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let file = secrets_file(tmp.path(), 0o600);
-    let daemon = Daemon::start(
-        tmp.path(),
-        &redis.url(),
-        &["--secrets-file", file.to_str().unwrap()],
-        &[],
-    );
+    let daemon = Daemon::start_with_secrets(tmp.path(), &redis.url());
     let port = daemon.port;
     let add = json!({"name": "alpha", "circle_public_key": KEY_ONE});
 
@@ -202,13 +196,7 @@ async fn a_secret_in_the_websocket_subprotocol_is_scoped_like_the_header() {
 async fn generate_keypair_returns_the_public_key_and_keeps_the_secret_on_disk() {
     let redis = RedisServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let file = secrets_file(tmp.path(), 0o600);
-    let daemon = Daemon::start(
-        tmp.path(),
-        &redis.url(),
-        &["--secrets-file", file.to_str().unwrap()],
-        &[],
-    );
+    let daemon = Daemon::start_with_secrets(tmp.path(), &redis.url());
     let r = daemon
         .http()
         .with_secret(USER)
@@ -516,13 +504,7 @@ async fn with_secrets_the_console_shows_nothing_before_a_secret_and_user_secrets
     };
     let redis = RedisServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let file = secrets_file(tmp.path(), 0o600);
-    let daemon = Daemon::start(
-        tmp.path(),
-        &redis.url(),
-        &["--secrets-file", file.to_str().unwrap()],
-        &[],
-    );
+    let daemon = Daemon::start_with_secrets(tmp.path(), &redis.url());
     daemon.http().with_secret(ADMIN).ok(
         "add_runner",
         json!({"name": "alpha", "circle_public_key": KEY_ONE, "start": true}),

@@ -12,13 +12,7 @@ use serde_json::json;
 async fn wrong_missing_and_user_on_admin_are_refused_over_http_and_websocket() {
     let redis = RedisServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let file = secrets_file(tmp.path(), 0o600);
-    let daemon = Daemon::start(
-        tmp.path(),
-        &redis.url(),
-        &["--secrets-file", file.to_str().unwrap()],
-        &[],
-    );
+    let daemon = Daemon::start_with_secrets(tmp.path(), &redis.url());
     let add = json!({"name": "alpha", "circle_public_key": KEY_ONE});
 
     // HTTP.

@@ -35,6 +35,18 @@ impl Daemon {
         Self::start_on(free_port(), data_dir, redis_url, args, env)
     }
 
+    /// [`Daemon::start`] requiring the secrets of [`secrets_file`] (written
+    /// 0600 into `data_dir`).
+    pub fn start_with_secrets(data_dir: &Path, redis_url: &str) -> Self {
+        let file = secrets_file(data_dir, 0o600);
+        Self::start(
+            data_dir,
+            redis_url,
+            &["--secrets-file", file.to_str().unwrap()],
+            &[],
+        )
+    }
+
     /// [`Daemon::start`] on a given port (to restart one where it was).
     pub fn start_on(
         port: u16,
