@@ -10,17 +10,20 @@ mod common;
 
 use std::path::PathBuf;
 
+use circles_test_support::KEY_ONE;
 use circles_test_support::ws::Client;
-use circles_test_support::{KEY_ONE, systemd_or_skip};
-use common::world::{SERIAL, World, script, worker, worker_unit};
+use common::world::{script, serial_world, worker, worker_unit};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_service_is_backed_up_and_restored_for_service_mode() {
-    if !systemd_or_skip("a_live_service_is_backed_up_and_restored_for_service_mode") {
+    let Some((_serial, w)) = serial_world(
+        "a_live_service_is_backed_up_and_restored_for_service_mode",
+        "svc-backup",
+    )
+    .await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-backup");
+    };
     let init = script(w.dir.path(), "init.rhai", r#"db_insert("n", "init")"#);
     w.install(&worker(), &[format!("{KEY_ONE}:{init}")], &[]);
     let mut c = Client::connect(&w.url(KEY_ONE)).await;

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use circles_test_support::ws::Client;
-use circles_test_support::{KEY_ONE, binary, systemd_or_skip, wait_until};
-use common::world::{SERIAL, SERVER_UNIT, World, script, worker, worker_unit};
+use circles_test_support::{KEY_ONE, binary, wait_until};
+use common::world::{SERVER_UNIT, World, script, serial_world, worker, worker_unit};
 
 /// What the issue asks of both units.
 const MAX_EXPOSURE: f64 = 2.0;
@@ -78,11 +78,11 @@ fn private_db_file(w: &World, key: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn units_score_at_most_2_run_unprivileged_and_keep_their_data() {
-    if !systemd_or_skip("units_score_at_most_2_run_unprivileged") {
+    let Some((_serial, w)) =
+        serial_world("units_score_at_most_2_run_unprivileged", "lp-hardened").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("lp-hardened");
+    };
     // A private copy of the worker, so an upgrade can be deployed.
     let my_worker = w.worker_copy();
     let init = script(
@@ -159,11 +159,10 @@ async fn units_score_at_most_2_run_unprivileged_and_keep_their_data() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_script_over_its_memory_budget_is_stopped_and_the_worker_stays_up() {
-    if !systemd_or_skip("a_script_over_its_memory_budget") {
+    let Some((_serial, w)) = serial_world("a_script_over_its_memory_budget", "lp-memory").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("lp-memory");
+    };
     // A small ceiling: the kernel stops the script long before it hurts
     // the test host.
     w.install(&worker(), &[KEY_ONE.to_string()], &["--memory-max", "96M"]);
@@ -252,11 +251,14 @@ fn launcher_env(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_password_reaches_no_world_readable_place() {
-    if !systemd_or_skip("a_redis_password_reaches_no_world_readable_place") {
+    let Some((_serial, w)) = serial_world(
+        "a_redis_password_reaches_no_world_readable_place",
+        "lp-secret",
+    )
+    .await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("lp-secret");
+    };
     let port = w.redis.port();
     w.redis.cli(&["CONFIG", "SET", "requirepass", PASSWORD]);
     let url = format!("redis://:{PASSWORD}@127.0.0.1:{port}");
@@ -451,11 +453,14 @@ WantedBy=multi-user.target
 
 #[tokio::test(flavor = "multi_thread")]
 async fn root_owned_data_of_an_earlier_install_is_migrated() {
-    if !systemd_or_skip("root_owned_data_of_an_earlier_install_is_migrated") {
+    let Some((_serial, w)) = serial_world(
+        "root_owned_data_of_an_earlier_install_is_migrated",
+        "lp-migrate",
+    )
+    .await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("lp-migrate");
+    };
     // The earlier install: its data directory under target/ (the old
     // default was ./launch_data, wherever the launcher ran), a worker unit
     // running as root, and its record.
@@ -561,11 +566,11 @@ impl Drop for SocketRedis {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn services_reach_a_redis_on_a_unix_socket() {
-    if !systemd_or_skip("services_reach_a_redis_on_a_unix_socket") {
+    let Some((_serial, w)) =
+        serial_world("services_reach_a_redis_on_a_unix_socket", "lp-socket").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("lp-socket");
+    };
     // The socket where the services' own users may connect (mode 0777 on the
     // socket, a world-searchable directory), as an operator would set
     // `unixsocketperm` for them. Under /run, where Redis keeps it: units get

@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use circles_test_support::ws::Client;
 use circles_test_support::{KEY_ONE, KEY_TWO, free_port, systemd_or_skip, wait_until};
-use common::world::{SERIAL, SERVER_UNIT, World, executable, script, worker, worker_unit};
+use common::world::{
+    SERIAL, SERVER_UNIT, World, executable, script, serial_world, worker, worker_unit,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
-    if !systemd_or_skip("two_circles_run_as_services") {
+    let Some((_serial, w)) = serial_world("two_circles_run_as_services", "svc-two").await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-two");
+    };
     let s1 = script(
         w.dir.path(),
         "one.rhai",
@@ -116,11 +116,10 @@ async fn two_circles_run_as_services_restart_when_killed_and_show_in_status() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
-    if !systemd_or_skip("reruns_restart_only_what_changed") {
+    let Some((_serial, w)) = serial_world("reruns_restart_only_what_changed", "svc-rerun").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-rerun");
+    };
     // A private copy of the worker, so "the binary changed" can be tested.
     let my_worker = w.worker_copy();
     let s2 = script(w.dir.path(), "two.rhai", r#""v1""#);
@@ -250,11 +249,10 @@ async fn reruns_restart_only_what_changed_and_dry_run_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_install_is_rolled_back() {
-    if !systemd_or_skip("a_failing_install_is_rolled_back") {
+    let Some((_serial, w)) = serial_world("a_failing_install_is_rolled_back", "svc-rollback").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-rollback");
+    };
     // A worker that cannot start for circle two only.
     let (programs, worker) = circles_test_support::programs_for_units();
     let wrapper = programs.path().join("picky-worker");
@@ -300,11 +298,14 @@ async fn a_failing_install_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it() {
-    if !systemd_or_skip("an_always_failing_worker_stops_at_the_start_limit") {
+    let Some((_serial, w)) = serial_world(
+        "an_always_failing_worker_stops_at_the_start_limit",
+        "svc-limit",
+    )
+    .await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-limit");
+    };
     // Starts fine once (so the install succeeds), then fails on every
     // restart. The marker goes in the circle's database directory: the only
     // place the unit may write (its StateDirectory=).
@@ -346,11 +347,11 @@ async fn an_always_failing_worker_stops_at_the_start_limit_and_status_shows_it()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cleanup_removes_exactly_our_services_and_is_idempotent() {
-    if !systemd_or_skip("cleanup_removes_exactly_our_services") {
+    let Some((_serial, w)) =
+        serial_world("cleanup_removes_exactly_our_services", "svc-cleanup").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-cleanup");
+    };
     let foreign = ["other.service", "tf.ourworld.circles-not-ours.service"];
     for unit in foreign {
         std::fs::write(
@@ -412,11 +413,11 @@ async fn cleanup_removes_exactly_our_services_and_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_happen_before_anything_is_installed() {
-    if !systemd_or_skip("refusals_happen_before_anything_is_installed") {
+    let Some((_serial, w)) =
+        serial_world("refusals_happen_before_anything_is_installed", "svc-refuse").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-refuse");
+    };
     let unit_dir = Path::new("/etc/systemd/system");
     let installed = || {
         std::fs::read_dir(unit_dir)
@@ -575,11 +576,11 @@ async fn user_scope_units_work_through_systemctl_user() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_launcher_example_in_service_mode_removes_what_it_installed() {
-    if !systemd_or_skip("the_launcher_example_in_service_mode") {
+    let Some((_serial, w)) =
+        serial_world("the_launcher_example_in_service_mode", "svc-example").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-example");
+    };
     let example = circles_test_support::target_dir().join("examples/circle_launcher_example");
     // With somebody's circle installed, it refuses (it would remove it).
     w.install(&worker(), &[KEY_ONE.to_string()], &[]);
@@ -632,11 +633,11 @@ async fn the_launcher_example_in_service_mode_removes_what_it_installed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_init_script_fails_the_run_and_leaves_the_circle_running() {
-    if !systemd_or_skip("a_failing_init_script_fails_the_run") {
+    let Some((_serial, w)) =
+        serial_world("a_failing_init_script_fails_the_run", "svc-init-fails").await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-init-fails");
+    };
     // Fails until the seed is there.
     let bad = script(
         w.dir.path(),
@@ -690,11 +691,14 @@ async fn a_failing_init_script_fails_the_run_and_leaves_the_circle_running() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_and_cleanup_find_the_default_data_directory_from_anywhere() {
-    if !systemd_or_skip("status_and_cleanup_find_the_default_data_directory") {
+    let Some((_serial, w)) = serial_world(
+        "status_and_cleanup_find_the_default_data_directory",
+        "svc-default-dir",
+    )
+    .await
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let w = World::new("svc-default-dir");
+    };
     let default = Path::new("/var/lib/circles");
     assert!(
         !default.join("services.json").exists(),

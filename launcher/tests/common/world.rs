@@ -32,6 +32,21 @@ pub struct World {
     pub scope_flag: &'static str,
 }
 
+/// The start of every test that installs units: `None` (and a loud skip)
+/// without a booted systemd, else the test's turn on the service manager
+/// and its world. Bind it as `Some((_serial, w))`: bindings drop in
+/// reverse, so the world is cleaned up before the next test's turn.
+pub async fn serial_world(
+    test: &str,
+    name: &str,
+) -> Option<(tokio::sync::MutexGuard<'static, ()>, World)> {
+    if !circles_test_support::systemd_or_skip(test) {
+        return None;
+    }
+    let serial = SERIAL.lock().await;
+    Some((serial, World::new(name)))
+}
+
 impl World {
     pub fn new(name: &str) -> Self {
         let dir = TargetScratch::new(name);
