@@ -352,6 +352,20 @@ pub struct InstalledArgs {
     /// Support on macOS); backup also looks in ./launch_data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+}
+
+impl InstalledArgs {
+    /// The shared options these flags amount to.
+    pub fn common(&self) -> CommonArgs {
+        self.scope.common(&self.redis_url, &self.data_dir)
+    }
+}
+
+/// The scope and logging flags of every subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct ScopeArgs {
     /// System services (default when root).
     #[arg(long, conflicts_with = "user")]
     pub system: bool,
@@ -366,12 +380,13 @@ pub struct InstalledArgs {
     pub verbose: u8,
 }
 
-impl InstalledArgs {
-    /// The shared options these flags amount to.
-    pub fn common(&self) -> CommonArgs {
+impl ScopeArgs {
+    /// The shared options these flags amount to, with a subcommand's Redis
+    /// URL and data directory.
+    fn common(&self, redis_url: &Option<String>, data_dir: &Option<PathBuf>) -> CommonArgs {
         CommonArgs {
-            redis_url: self.redis_url.clone(),
-            data_dir: self.data_dir.clone(),
+            redis_url: redis_url.clone(),
+            data_dir: data_dir.clone(),
             debug: self.debug,
             verbose: self.verbose,
             system: self.system,
@@ -394,18 +409,8 @@ pub struct LogsArgs {
     /// [default: ./launch_data, and service mode's for installed circles].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// System services (default when root).
-    #[arg(long, conflicts_with = "user")]
-    pub system: bool,
-    /// Per-user services (default when not root).
-    #[arg(long)]
-    pub user: bool,
-    /// Debug logging (same as -v).
-    #[arg(short, long)]
-    pub debug: bool,
-    /// More logging; repeat for more (-vv trace).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// Accepted for scripts that pass the same options to every
     /// subcommand; logs do not need Redis.
     #[arg(long, env = "REDIS_URL", hide = true)]
@@ -415,15 +420,7 @@ pub struct LogsArgs {
 impl LogsArgs {
     /// The shared options these flags amount to.
     pub fn common(&self) -> CommonArgs {
-        CommonArgs {
-            redis_url: self.redis_url.clone(),
-            data_dir: self.data_dir.clone(),
-            debug: self.debug,
-            verbose: self.verbose,
-            system: self.system,
-            user: self.user,
-            templates_dir: None,
-        }
+        self.scope.common(&self.redis_url, &self.data_dir)
     }
 }
 
