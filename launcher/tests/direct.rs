@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use circles_test_support::ws::Client;
 use circles_test_support::{
-    KEY_ONE, KEY_TWO, RedisServer, WorkerProcess, free_port, repo_root, wait_until,
+    KEY_ONE, KEY_TWO, RedisServer, WorkerProcess, free_port, repo_root, stdout_of, wait_until,
 };
 use common::{Launcher, alive, run_to_end, worker_pid};
 
@@ -535,16 +535,8 @@ fn keygen_prints_a_valid_pair() {
 fn the_launcher_example_plays_on_two_circles_and_cleans_up() {
     let redis = RedisServer::start();
     let example = circles_test_support::target_dir().join("examples/circle_launcher_example");
-    let out = std::process::Command::new(&example)
-        .env("REDIS_URL", redis.url())
-        .output()
-        .expect("circle_launcher_example is built by scripts/test.sh (cargo build --examples)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // circle_launcher_example is built by scripts/test.sh (cargo build --examples).
+    let stdout = stdout_of(std::process::Command::new(&example).env("REDIS_URL", redis.url()));
     assert!(
         stdout.contains("ourworld: OurWorld says hello from 0"),
         "{stdout}"
@@ -612,36 +604,27 @@ fn the_run_script_asks_for_redis_server_when_it_is_missing() {
     // launcher (here `echo`, which shows the arguments it would get); the
     // demo's circles.json only when the options name no circles.
     let remote = |args: &[&str]| {
-        let out = std::process::Command::new(repo_root().join("scripts/run.sh"))
-            .args(args)
-            .env("PATH", &path)
-            .env("REDIS_URL", "redis://db.example:6379")
-            .env("CIRCLES_NO_INSTALL", "1")
-            .env("CIRCLES_LAUNCHER", "/bin/echo")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        stdout_of(
+            std::process::Command::new(repo_root().join("scripts/run.sh"))
+                .args(args)
+                .env("PATH", &path)
+                .env("REDIS_URL", "redis://db.example:6379")
+                .env("CIRCLES_NO_INSTALL", "1")
+                .env("CIRCLES_LAUNCHER", "/bin/echo"),
+        )
+        .trim()
+        .to_string()
     };
     assert_eq!(remote(&["-p", "9000"]), "-p 9000 examples/circles.json");
     assert_eq!(remote(&["-c", KEY_ONE]), format!("-c {KEY_ONE}"));
     // --redis-url among the options counts as REDIS_URL does.
-    let out = std::process::Command::new(repo_root().join("scripts/run.sh"))
-        .args(["--redis-url", "redis://db.example:6379", "-p", "9000"])
-        .env("PATH", &path)
-        .env("REDIS_URL", &nobody)
-        .env("CIRCLES_NO_INSTALL", "1")
-        .env("CIRCLES_LAUNCHER", "/bin/echo")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_of(
+        std::process::Command::new(repo_root().join("scripts/run.sh"))
+            .args(["--redis-url", "redis://db.example:6379", "-p", "9000"])
+            .env("PATH", &path)
+            .env("REDIS_URL", &nobody)
+            .env("CIRCLES_NO_INSTALL", "1")
+            .env("CIRCLES_LAUNCHER", "/bin/echo"),
     );
 }
 

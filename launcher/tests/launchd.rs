@@ -6,38 +6,32 @@
 
 mod common;
 
-use circles_test_support::{KEY_ONE, binary, free_port};
+use circles_test_support::{KEY_ONE, binary, free_port, stdout_of};
 
 #[test]
 fn launchd_dry_run_prints_the_plists_and_changes_nothing() {
     let home = tempfile::tempdir().unwrap();
     let script = home.path().join("init.rhai");
     std::fs::write(&script, "1").unwrap();
-    let out = std::process::Command::new(binary("launcher"))
-        .env("CIRCLES_SERVICE_BACKEND", "launchd")
-        .env("HOME", home.path())
-        .args([
-            "--use-service-manager",
-            "--dry-run",
-            "--user",
-            "--worker-binary",
-        ])
-        .arg(binary("worker"))
-        .args([
-            "-p",
-            &free_port().to_string(),
-            "-c",
-            &format!("{KEY_ONE}:{}", script.display()),
-        ])
-        .arg("--data-dir")
-        .arg(home.path().join("data"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = stdout_of(
+        std::process::Command::new(binary("launcher"))
+            .env("CIRCLES_SERVICE_BACKEND", "launchd")
+            .env("HOME", home.path())
+            .args([
+                "--use-service-manager",
+                "--dry-run",
+                "--user",
+                "--worker-binary",
+            ])
+            .arg(binary("worker"))
+            .args([
+                "-p",
+                &free_port().to_string(),
+                "-c",
+                &format!("{KEY_ONE}:{}", script.display()),
+            ])
+            .arg("--data-dir")
+            .arg(home.path().join("data")),
     );
     assert!(stdout.contains("dry run: launchd"), "{stdout}");
     let agents = home.path().join("Library/LaunchAgents");

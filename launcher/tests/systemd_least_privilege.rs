@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use circles_test_support::ws::Client;
-use circles_test_support::{KEY_ONE, binary, wait_until};
+use circles_test_support::{KEY_ONE, binary, stdout_of, wait_until};
 use common::world::{SERVER_UNIT, World, script, serial_world, worker, worker_unit};
 
 /// What the issue asks of both units.
@@ -493,15 +493,10 @@ async fn root_owned_data_of_an_earlier_install_is_migrated() {
         0,
         "the earlier worker ran as root"
     );
-    let out = Command::new(binary("dispatcher"))
-        .args(["--redis-url", &w.redis.url(), "run", "--circle", KEY_ONE])
-        .arg(r#"db_set("k", "from before"); "stored""#)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_of(
+        Command::new(binary("dispatcher"))
+            .args(["--redis-url", &w.redis.url(), "run", "--circle", KEY_ONE])
+            .arg(r#"db_set("k", "from before"); "stored""#),
     );
     let old_db = old_data.join(format!("circle_db_{KEY_ONE}.redb"));
     assert_eq!(std::fs::metadata(&old_db).unwrap().uid(), 0);

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use circles_test_support::ws::Client;
-use circles_test_support::{KEY_ONE, KEY_TWO, free_port, systemd_or_skip, wait_until};
+use circles_test_support::{KEY_ONE, KEY_TWO, free_port, stdout_of, systemd_or_skip, wait_until};
 use common::world::{
     SERIAL, SERVER_UNIT, World, executable, script, serial_world, worker, worker_unit,
 };
@@ -390,18 +390,9 @@ async fn cleanup_removes_exactly_our_services_and_is_idempotent() {
     assert_eq!(out.trim(), r#"{"removed":[]}"#);
     w.install(&worker(), &[KEY_ONE.to_string()], &[]);
     let example = circles_test_support::target_dir().join("examples/cleanup_example");
-    let out = Command::new(&example)
-        .output()
-        .expect("cleanup_example is built by scripts/test.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains(&worker_unit(KEY_ONE).replace(".service", ""))
-    );
+    // cleanup_example is built by scripts/test.sh.
+    let out = stdout_of(&mut Command::new(&example));
+    assert!(out.contains(&worker_unit(KEY_ONE).replace(".service", "")));
     assert_eq!(w.prop(&worker_unit(KEY_ONE), "LoadState"), "not-found");
 
     for unit in foreign {
@@ -602,16 +593,11 @@ async fn the_launcher_example_in_service_mode_removes_what_it_installed() {
     );
     w.launcher(&["cleanup"]);
 
-    let out = Command::new(&example)
-        .arg("--service")
-        .env("REDIS_URL", w.redis.url())
-        .output()
-        .expect("circle_launcher_example is built by scripts/test.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    // circle_launcher_example is built by scripts/test.sh.
+    let stdout = stdout_of(
+        Command::new(&example)
+            .arg("--service")
+            .env("REDIS_URL", w.redis.url()),
     );
     assert!(stdout.contains("ourworld: OurWorld says hello"), "{stdout}");
     assert!(

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use circles_test_support::{KEY_ONE, KEY_TWO, RedisServer, wait_until};
+use circles_test_support::{KEY_ONE, KEY_TWO, RedisServer, stdout_of, wait_until};
 use common::{Daemon, Http, UP, Ws, alive, error_code, error_message, script};
 use serde_json::{Value, json};
 
@@ -587,16 +587,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 fn the_supervisor_example_adds_two_runners_runs_a_job_and_stops() {
     let redis = RedisServer::start();
     let example = circles_test_support::target_dir().join("examples/supervisor_example");
-    let out = std::process::Command::new(&example)
-        .env("REDIS_URL", redis.url())
-        .env("SUPERVISOR_PORT", "0")
-        .output()
-        .expect("supervisor_example is built by scripts/test.sh (cargo build --examples)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    // supervisor_example is built by scripts/test.sh (cargo build --examples).
+    let stdout = stdout_of(
+        std::process::Command::new(&example)
+            .env("REDIS_URL", redis.url())
+            .env("SUPERVISOR_PORT", "0"),
     );
     assert!(stdout.contains("added ourworld: running"), "{stdout}");
     assert!(stdout.contains("init ok: threefold ready"), "{stdout}");

@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use circles_test_support::{
-    KEY_ONE, KEY_TWO, RedisServer, TargetScratch, binary, free_port, systemd_or_skip, wait_until,
+    KEY_ONE, KEY_TWO, RedisServer, TargetScratch, binary, free_port, stdout_of, systemd_or_skip,
+    wait_until,
 };
 use common::{Daemon, UP, alive, error_code, error_message, script};
 use serde_json::{Value, json};
@@ -242,28 +243,23 @@ fn systemd_runners_outlive_the_supervisor_and_the_launcher_sees_and_removes_them
         String::from_utf8_lossy(&refused.stderr)
     );
     let secrets_file = common::secrets_file(scratch.path(), 0o600);
-    let out = Command::new(binary("supervisor"))
-        .args([
-            "install",
-            "--system",
-            "--port",
-            &api_port.to_string(),
-            "--manager",
-            "child",
-            "--data-dir",
-        ])
-        .arg(scratch.path().join("service-data"))
-        .arg("--secrets-file")
-        .arg(&secrets_file)
-        .arg("--worker-binary")
-        .arg(binary("worker"))
-        .env("REDIS_URL", redis.url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_of(
+        Command::new(binary("supervisor"))
+            .args([
+                "install",
+                "--system",
+                "--port",
+                &api_port.to_string(),
+                "--manager",
+                "child",
+                "--data-dir",
+            ])
+            .arg(scratch.path().join("service-data"))
+            .arg("--secrets-file")
+            .arg(&secrets_file)
+            .arg("--worker-binary")
+            .arg(binary("worker"))
+            .env("REDIS_URL", redis.url()),
     );
     assert_eq!(
         systemctl(&["is-active", "tf.ourworld.circles.supervisor.service"]),

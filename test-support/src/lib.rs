@@ -169,6 +169,22 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// Runs `cmd` to its end and returns its stdout; panics with the command
+/// and everything it printed when it cannot run or fails.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Path of a workspace binary built by `cargo build --workspace --bins`.
 pub fn binary(name: &str) -> PathBuf {
     let path = target_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));

@@ -35,7 +35,7 @@ fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
 impl Launcher {
     /// Starts `launcher ARGS…` in `cwd`.
     pub fn spawn(cwd: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(binary("launcher"))
+        let child = Command::new(binary("launcher"))
             .current_dir(cwd)
             .args(args)
             .env("RUST_LOG", "info")
@@ -44,13 +44,7 @@ impl Launcher {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn launcher");
-        let stdout = capture(child.stdout.take().unwrap());
-        let stderr = capture(child.stderr.take().unwrap());
-        Self {
-            child,
-            stdout,
-            stderr,
-        }
+        Self::from_child(child)
     }
 
     /// Takes over a launcher started otherwise (through `scripts/run.sh`,
