@@ -187,6 +187,7 @@ pub(crate) async fn floor_worker(
     let lease = circles_worker::lease::Lease::acquire(&mut conn, &circle)
         .await?
         .map_err(|held| anyhow::anyhow!("circle owned by {:?}", held.0))?;
+    circles_worker::queue::load_take_script(&mut blocking).await?;
     let result = floor_loop(&queue, &lease.value(), &mut conn, &mut blocking, &mut stop).await;
     lease
         .release(&mut conn, std::slice::from_ref(&heartbeat))

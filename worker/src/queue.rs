@@ -121,8 +121,10 @@ end
 /// `{}` when the list is empty, else `{id, fields}`; the caller checks the
 /// id is the one `BLMOVE` answered (another client's command may run in
 /// between). KEYS: processing list. ARGV: task hash prefix.
-static LOAD_TAKEN_SCRIPT: LazyLock<String> = LazyLock::new(|| {
-    format!(
+///
+/// Sent by its hash: see [`load_take_script`] for when Redis does not know it.
+static LOAD_TAKEN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
         "{RFC3339_LUA}{}",
         r#"
 local id = redis.call('LINDEX', KEYS[1], 0)
@@ -135,8 +137,23 @@ if #fields > 0 then
 end
 return {id, fields}
 "#
-    )
+    ))
 });
+
+/// Tells Redis the script [`TaskQueue::take_loaded`] sends by its hash: on
+/// every new connection of the taker. (Should Redis forget it — a `SCRIPT
+/// FLUSH` — one take fails; the worker connects again, which loads it, and
+/// finds the id that take's `BLMOVE` moved in the processing list, as after
+/// any failed take.)
+pub async fn load_take_script(conn: &mut impl redis::aio::ConnectionLike) -> RedisResult<()> {
+    LOAD_TAKEN.load_async(conn).await.map(drop)
+}
+
+/// The SHA1 by which [`TaskQueue::take_loaded`] names its script (for
+/// `SCRIPT EXISTS`).
+pub fn take_script_sha1() -> &'static str {
+    LOAD_TAKEN.get_hash()
+}
 
 /// [`FINISH_AND_TAKE_SCRIPT`] sent as `EVALSHA` (its text only when Redis
 /// does not know it yet): Redis need not read and hash 900 bytes per task.
@@ -217,8 +234,8 @@ impl TaskQueue {
     }
 
     /// Waits up to `wait` for a task id, moves it to the processing list
-    /// and, in the same round trip, loads it ([`LOAD_TAKEN_SCRIPT`]
-    /// pipelined behind the `BLMOVE`). `Some((id, None))` when what the
+    /// and, in the same round trip, loads it ([`LOAD_TAKEN`] pipelined
+    /// behind the `BLMOVE`; [`load_take_script`] first). `Some((id, None))` when what the
     /// script found was not that id: the caller loads it with
     /// [`Self::load`].
     pub async fn take_loaded(
@@ -233,8 +250,8 @@ impl TaskQueue {
             .arg(Direction::Right)
             .arg(Direction::Left)
             .arg(wait.as_secs_f64())
-            .cmd("EVAL")
-            .arg(LOAD_TAKEN_SCRIPT.as_str())
+            .cmd("EVALSHA")
+            .arg(LOAD_TAKEN.get_hash())
             .arg(1)
             .arg(&self.processing_key)
             .arg(TASK_DETAILS_PREFIX)

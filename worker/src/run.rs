@@ -866,6 +866,7 @@ impl BlockingLink {
                 .arg("ID")
                 .query_async(&mut conn)
                 .await?;
+            crate::queue::load_take_script(&mut conn).await?;
             self.current = Some((conn, id));
         }
         Ok(())

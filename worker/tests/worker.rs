@@ -686,3 +686,24 @@ async fn a_task_taken_by_a_lost_answer_is_still_run() {
     // And the worker still serves.
     assert_eq!(d.run(&c, "2", T).await.unwrap(), "2");
 }
+
+/// A `SCRIPT FLUSH` (Redis forgets the scripts the worker sends by hash)
+/// costs one failed take: the worker loads its take script again, and every
+/// task is still answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_flush_loses_no_task_and_the_take_script_comes_back() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &[], &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    let take_script = circles_worker::queue::take_script_sha1();
+    assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
+    assert_eq!(redis.cli(&["SCRIPT", "EXISTS", take_script]), "1");
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(redis.cli(&["SCRIPT", "EXISTS", take_script]), "0");
+    for i in 2..6 {
+        assert_eq!(d.run(&c, &i.to_string(), T).await.unwrap(), i.to_string());
+    }
+    assert_eq!(redis.cli(&["SCRIPT", "EXISTS", take_script]), "1");
+}
