@@ -144,11 +144,6 @@ impl DirectLaunch {
                 Some(redis)
             }
         };
-        // The launcher's own processes reach a private Redis by its socket.
-        let redis_url = match &local_redis {
-            Some(redis) => redis.local_url().await,
-            None => settings.redis_url.clone(),
-        };
         // Everything started below is stopped again if a later step fails.
         let mut started = StartedSoFar {
             local_redis,
@@ -157,7 +152,7 @@ impl DirectLaunch {
         let server = Server::bind(ServerConfig {
             host: settings.host.clone(),
             port: settings.port,
-            redis_url: redis_url.clone(),
+            redis_url: settings.redis_url.clone(),
             circles: settings.circles.iter().map(|c| c.key).collect(),
             circle_ports: settings
                 .circles
@@ -180,7 +175,7 @@ impl DirectLaunch {
         started.server = Some(tokio::spawn(server.run(async move {
             let _ = stop_server_rx.await;
         })));
-        let dispatcher = match Dispatcher::connect(&redis_url, "launcher").await {
+        let dispatcher = match Dispatcher::connect(&settings.redis_url, "launcher").await {
             Ok(d) => d,
             Err(e) => {
                 started.stop().await;
@@ -203,7 +198,7 @@ impl DirectLaunch {
                             leading_args: worker.leading_args.clone(),
                             // Only service files carry a fingerprint.
                             program_sha256: String::new(),
-                            redis_url: redis_url.clone(),
+                            redis_url: settings.redis_url.clone(),
                             data_dir: settings.data_dir.clone(),
                             log_dir: log_dir.clone(),
                             log_level: settings.log_level.to_string(),

@@ -4,10 +4,7 @@
 //! The private server keeps its data under `<data>/redis`, lives exactly as
 //! long as the launcher (it is killed with it, even on SIGKILL, through the
 //! parent-death signal) and is announced in the log, so a fresh machine needs
-//! nothing prepared by hand. Besides its port it listens on a Unix socket
-//! there (owner only), which the launcher's own server and workers use: a
-//! play then costs less CPU than over loopback TCP (the README's benchmarks
-//! measure both).
+//! nothing prepared by hand.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -92,13 +89,7 @@ pub struct LocalRedis {
     child: Child,
     port: u16,
     dir: PathBuf,
-    /// Its Unix socket, when the path fits in a socket address.
-    socket: Option<PathBuf>,
 }
-
-/// Longest path a Unix socket address holds (`sun_path` is 108 bytes on
-/// Linux, 104 on macOS, with its terminating NUL).
-const MAX_SOCKET_PATH: usize = 100;
 
 impl LocalRedis {
     /// Starts `program` on 127.0.0.1:`port` with data under `dir`, and waits
@@ -122,14 +113,6 @@ impl LocalRedis {
         .arg("--dir")
         .arg(dir)
         .args(["--save", "60 1", "--appendonly", "no"]);
-        let socket = std::path::absolute(dir.join("redis.sock"))
-            .ok()
-            .filter(|p| p.as_os_str().len() <= MAX_SOCKET_PATH);
-        if let Some(socket) = &socket {
-            cmd.arg("--unixsocket")
-                .arg(socket)
-                .args(["--unixsocketperm", "700"]);
-        }
         if major_version(program).is_some_and(|v| v >= 7) {
             // SIGTERM (the parent-death signal) makes Redis save, and by
             // default it refuses to exit when the save fails — as it does
@@ -171,20 +154,7 @@ impl LocalRedis {
             child,
             port,
             dir: dir.to_path_buf(),
-            socket,
         })
-    }
-
-    /// The URL the launcher's own processes use: the Unix socket when there
-    /// is one (and it answers), else the port.
-    pub async fn local_url(&self) -> String {
-        if let Some(socket) = &self.socket {
-            let url = format!("unix://{}", socket.display());
-            if ping(&url).await.is_ok() {
-                return url;
-            }
-        }
-        format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// The port it listens on.

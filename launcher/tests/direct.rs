@@ -368,18 +368,6 @@ async fn ctrl_c_and_sigkill_leave_no_process_behind() {
                     .unwrap() as u32
             })
             .collect();
-        // The launcher's workers and server reach it by its Unix socket,
-        // which only its owner may open; the port stays for everyone else.
-        let socket = tmp.path().join("launch_data/redis/redis.sock");
-        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-        let meta = std::fs::metadata(&socket).unwrap();
-        assert!(meta.file_type().is_socket());
-        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
-        let clients = redis_cli(&["CLIENT", "LIST"]);
-        let over_socket = clients.lines().filter(|l| l.contains("redis.sock")).count();
-        // Two workers (each a task and a blocking connection), the server
-        // and the launcher's dispatcher.
-        assert!(over_socket >= 4, "{clients}");
         if data_gone {
             std::fs::remove_dir_all(tmp.path().join("launch_data/redis")).unwrap();
         }
