@@ -16,7 +16,7 @@ use circles_test_support::{RedisServer, WorkerProcess, free_port, wait_for_port,
 use comfy_table::Table;
 use tokio::sync::watch;
 
-use crate::process::{anon_kib, pss_kib, rss_kib};
+use crate::process::{anon_kib, process_cpu_secs, pss_kib, rss_kib};
 use crate::stats::{Samples, fmt_duration, ratio};
 use crate::tasks::{drive_with, floor_worker};
 
@@ -291,28 +291,6 @@ async fn play_loops(
 fn cpu_ticks(a: &[u32], b: &[u32], c: &[u32]) -> [f64; 3] {
     let ticks = |pids: &[u32]| pids.iter().map(|p| process_cpu_secs(*p)).sum::<f64>();
     [ticks(a), ticks(b), ticks(c)]
-}
-
-/// utime + stime of a process, in seconds (`/proc/<pid>/stat`).
-fn process_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    (field(11) + field(12)) / clock_ticks_per_sec()
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    rustix::param::clock_ticks_per_second() as f64
 }
 
 /// `INFO commandstats` as command → calls.

@@ -25,7 +25,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::process::{
-    anon_kib, children, log_tail, pss_kib, send_signal, wait_exit, wait_signal_caught,
+    anon_kib, children, log_tail, precise_cpu_secs, pss_kib, send_signal, wait_exit,
+    wait_signal_caught,
 };
 use crate::stats::{fmt_duration, median, ratio};
 
@@ -54,6 +55,11 @@ pub(crate) struct Times {
     /// The workers' memory, all together (PSS: the shared binary split
     /// between them).
     pub(crate) workers_pss_kib: u64,
+    /// CPU seconds the launcher process itself spent until ready (its
+    /// threads; not its children). 0 for raw workers.
+    pub(crate) launcher_cpu_secs: f64,
+    /// CPU seconds of all workers until ready, summed.
+    pub(crate) workers_cpu_secs: f64,
 }
 
 /// Runs the launcher benchmark (`repeats` runs per circle count in
@@ -75,6 +81,9 @@ pub async fn run(counts: &[usize], repeats: usize) -> anyhow::Result<Table> {
         "launcher memory at ready (RssAnon)",
         "workers' memory at ready (PSS, all)",
         "raw workers' memory (PSS, all)",
+        "launcher's own CPU to ready",
+        "workers' CPU to ready (all)",
+        "raw workers' CPU to ready (all)",
     ]);
     for &n in counts {
         let mut ours = Vec::new();
@@ -106,6 +115,9 @@ pub async fn run(counts: &[usize], repeats: usize) -> anyhow::Result<Table> {
             fmt_mib(median_of(ours.iter().map(|t| t.launcher_anon_kib))),
             fmt_mib(median_of(ours.iter().map(|t| t.workers_pss_kib))),
             fmt_mib(median_of(raw.iter().map(|t| t.workers_pss_kib))),
+            fmt_cpu(median_f64(ours.iter().map(|t| t.launcher_cpu_secs))),
+            fmt_cpu(median_f64(ours.iter().map(|t| t.workers_cpu_secs))),
+            fmt_cpu(median_f64(raw.iter().map(|t| t.workers_cpu_secs))),
         ]);
     }
     Ok(table)
@@ -115,6 +127,16 @@ fn median_of(values: impl Iterator<Item = u64>) -> u64 {
     let mut v: Vec<u64> = values.collect();
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn median_f64(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_unstable_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn fmt_cpu(secs: f64) -> String {
+    format!("{secs:.2} s")
 }
 
 fn fmt_mib(kib: u64) -> String {
@@ -188,7 +210,10 @@ pub(crate) async fn launcher_once(
     let start = started.elapsed();
     let pid = child.id().context("the launcher has exited")?;
     let launcher_anon_kib = anon_kib(pid);
-    let workers_pss_kib = children(pid).into_iter().map(pss_kib).sum();
+    let launcher_cpu_secs = precise_cpu_secs(pid);
+    let workers = children(pid);
+    let workers_cpu_secs = workers.iter().copied().map(precise_cpu_secs).sum();
+    let workers_pss_kib = workers.into_iter().map(pss_kib).sum();
     // Later tables (state changes) must not block the launcher on a full pipe.
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
@@ -210,6 +235,8 @@ pub(crate) async fn launcher_once(
         stop,
         launcher_anon_kib,
         workers_pss_kib,
+        launcher_cpu_secs,
+        workers_cpu_secs,
     })
 }
 
@@ -267,6 +294,11 @@ async fn raw_workers_once(
     }
     let start = started.elapsed();
     let workers_pss_kib = children.iter().filter_map(Child::id).map(pss_kib).sum();
+    let workers_cpu_secs = children
+        .iter()
+        .filter_map(Child::id)
+        .map(precise_cpu_secs)
+        .sum();
 
     let stopping = Instant::now();
     for child in &children {
@@ -284,5 +316,7 @@ async fn raw_workers_once(
         stop: stopping.elapsed(),
         launcher_anon_kib: 0,
         workers_pss_kib,
+        launcher_cpu_secs: 0.0,
+        workers_cpu_secs,
     })
 }

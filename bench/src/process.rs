@@ -117,3 +117,53 @@ fn kib_field(file: &str, field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// utime + stime of a process, in seconds (`/proc/<pid>/stat`).
+pub fn process_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (field(11) + field(12)) / clock_ticks_per_sec()
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
+}
+
+/// CPU seconds a process's live threads have run, to the nanosecond, from
+/// the scheduler (`/proc/<pid>/task/*/sched`, `se.sum_exec_runtime` in ms).
+/// For short-lived work: `/proc/<pid>/stat` counts whole clock ticks per
+/// process, so a worker that started in 7 ms of CPU reads as 0 there, and a
+/// thousand of them as nothing. Falls back to the ticks where the kernel
+/// has no `sched` files.
+pub fn precise_cpu_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let mut total_ms = 0.0;
+    for task in tasks.flatten() {
+        let Ok(sched) = std::fs::read_to_string(task.path().join("sched")) else {
+            return process_cpu_secs(pid);
+        };
+        let runtime = sched
+            .lines()
+            .find(|l| l.starts_with("se.sum_exec_runtime"))
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        match runtime {
+            Some(ms) => total_ms += ms,
+            None => return process_cpu_secs(pid),
+        }
+    }
+    total_ms / 1000.0
+}

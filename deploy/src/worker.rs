@@ -201,7 +201,10 @@ pub fn worker_child_spec(
 ) -> ChildSpec {
     let mut spec = ChildSpec::new(w.name.clone(), w.program.clone(), log_file)
         .args(w.leading_args.iter().cloned())
-        .args(worker_args(w, keep_queued_on_stop));
+        .args(worker_args(w, keep_queued_on_stop))
+        // The worker arms it first thing (a worker too old to do so still
+        // stops within half a second of being orphaned: it polls its parent).
+        .arms_death_signal(true);
     spec.env = w.extra_env.clone();
     spec = spec.env(ENV_REDIS_URL, w.redis_url.clone());
     if std::env::var_os(ENV_RUST_LOG).is_none() {

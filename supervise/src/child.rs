@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::NotReady;
-use crate::notify::{ENV_NOTIFY_SOCKET, NotifySocket};
+use crate::notify::{ENV_NOTIFY_SOCKET, ReadyListener};
 use crate::parent::{ENV_PARENT_PID, die_with_parent};
 use crate::policy::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::spec::ChildSpec;
@@ -190,7 +190,7 @@ enum Asked {
 impl Supervision {
     async fn run(mut self) {
         let notify = if self.spec.wait_ready {
-            match NotifySocket::bind() {
+            match ReadyListener::new() {
                 Ok(s) => Some(s),
                 Err(e) => {
                     let reason = format!("could not create its notify socket: {e}");
@@ -316,7 +316,7 @@ impl Supervision {
         }
     }
 
-    async fn run_once(&mut self, notify: Option<&NotifySocket>) -> RunEnd {
+    async fn run_once(&mut self, notify: Option<&ReadyListener>) -> RunEnd {
         // A restart asked for now needs nothing more: this is a start.
         if let Some(Asked::Stop) = self.asked() {
             return RunEnd::Stopped(None);
@@ -373,7 +373,6 @@ impl Supervision {
         }
         match notify {
             Some(n) => {
-                n.drain();
                 cmd.env(ENV_NOTIFY_SOCKET, n.path());
             }
             // A child not waited for must not notify *our* service manager
@@ -382,7 +381,9 @@ impl Supervision {
                 cmd.env_remove(ENV_NOTIFY_SOCKET);
             }
         }
-        die_with_parent(&mut cmd);
+        if !spec.arms_death_signal {
+            die_with_parent(&mut cmd);
+        }
         // Where this run's output starts: the error it writes before
         // exiting is the reason people are shown.
         let log_start = std::fs::metadata(&spec.log_file).map_or(0, |m| m.len());
@@ -391,7 +392,7 @@ impl Supervision {
             Some(error) => format!("{error} ({how})"),
             None => how,
         };
-        let started = Instant::now();
+        let started = notify.map_or_else(Instant::now, ReadyListener::before_spawn);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -401,6 +402,9 @@ impl Supervision {
                 );
             }
         };
+        // Its log descriptors are the child's now; held here they would be
+        // inherited (and closed at exec) by every later child.
+        drop(cmd);
         let pid = child.id();
         tracing::debug!(child = %spec.name, pid, "spawned");
         self.publish(|s| {
@@ -409,10 +413,10 @@ impl Supervision {
             s.started_at = Some(SystemTime::now());
         });
 
-        if let Some(notify) = notify {
+        if let (Some(notify), Some(pid)) = (notify, pid) {
             let ready_timeout = self.policy.ready_timeout;
             tokio::select! {
-                _ = notify.ready() => {}
+                _ = notify.ready(pid, started) => {}
                 status = child.wait() => {
                     let exit = status.ok().map(ExitStatus::from_std);
                     return exited(exit, reason(format!("exited before becoming ready, {}", describe(exit))));

@@ -5,10 +5,11 @@
 //! file, whether to wait for `READY=1`); [`SupervisedChild::spawn`] starts it
 //! and keeps it up under a [`RestartPolicy`]:
 //!
-//! - **readiness**: with `wait_ready`, the child gets a private notify socket
-//!   in `NOTIFY_SOCKET` and counts as running only once it sends `READY=1` —
-//!   the `sd_notify` protocol systemd uses, so a program has one readiness
-//!   path under both ([`notify`]);
+//! - **readiness**: with `wait_ready`, the child is told the notify socket
+//!   in `NOTIFY_SOCKET` and counts as running only once it sends `READY=1`
+//!   from its own PID — the `sd_notify` protocol systemd uses, so a program
+//!   has one readiness path under both; one socket serves every child of
+//!   the process on Linux ([`notify`]);
 //! - **restarts**: an exit is followed by a restart after an exponential
 //!   backoff; a crash loop (too many fast failures in a row) ends in
 //!   [`ChildState::Failed`] instead of looping forever ([`RestartTracker`],

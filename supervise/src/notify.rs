@@ -1,15 +1,104 @@
-//! The receiving side of the readiness protocol: a private `NOTIFY_SOCKET`
-//! per child on which it sends `READY=1` — what systemd does for
+//! The receiving side of the readiness protocol: children send `READY=1`
+//! on the socket named in `NOTIFY_SOCKET` — what systemd does for
 //! `Type=notify` services, so programs (which send with the `sd-notify`
 //! crate) have one readiness path for both.
+//!
+//! On Linux every child of a process reports on one socket
+//! ([`SharedNotify`]), as systemd's own children do: the kernel attaches
+//! the sender's PID to each datagram, so a `READY=1` counts for the child
+//! that sent it and for no other (what systemd calls `NotifyAccess=main`).
+//! A socket per child would cost a directory, a socket file and a
+//! descriptor for each — measured at 1,000 circles, creating those inodes
+//! and closing the inherited descriptors in every new child took a third of
+//! the launcher's start-up CPU. Where the kernel does not say who sent a
+//! datagram, each child gets its own [`NotifySocket`]; [`ReadyListener`]
+//! picks.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::net::UnixDatagram;
+use tokio::sync::oneshot;
 
 /// Environment variable naming the socket a program sends `READY=1` to.
 pub const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Where the children of one supervision report readiness, and how it is
+/// heard: the process's [`SharedNotify`] on Linux, a socket of the child's
+/// own elsewhere.
+#[derive(Debug)]
+pub enum ReadyListener {
+    /// One socket for every child of the process, routed by sender PID.
+    #[cfg(target_os = "linux")]
+    Shared(Arc<SharedNotify>),
+    /// A socket for this child alone.
+    Own(NotifySocket),
+}
+
+impl ReadyListener {
+    /// The listener for one more child.
+    pub fn new() -> std::io::Result<Self> {
+        #[cfg(target_os = "linux")]
+        return SharedNotify::get().map(Self::Shared);
+        #[cfg(not(target_os = "linux"))]
+        return NotifySocket::bind().map(Self::Own);
+    }
+
+    /// The socket's path, for `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Shared(shared) => shared.path(),
+            Self::Own(own) => own.path(),
+        }
+    }
+
+    /// Call right before spawning: forgets what earlier processes said.
+    pub fn before_spawn(&self) -> Instant {
+        if let Self::Own(own) = self {
+            own.drain();
+        }
+        Instant::now()
+    }
+
+    /// Resolves once the process `pid`, spawned after `spawned`
+    /// ([`Self::before_spawn`]), has sent `READY=1`. Never resolves if the
+    /// socket fails: the caller's timeout decides.
+    pub async fn ready(&self, pid: u32, spawned: Instant) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Shared(shared) => shared.ready(pid, spawned).await,
+            Self::Own(own) => {
+                let _ = (pid, spawned);
+                own.ready().await
+            }
+        }
+    }
+}
+
+/// A fresh private directory under the system temp dir (mode 0700, so no
+/// other user can reach a socket in it). Socket paths are limited to ~100
+/// bytes, so not under a long data dir.
+fn private_dir() -> std::io::Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| remove_stale_dirs(&std::env::temp_dir()));
+    let dir = std::env::temp_dir().join(format!(
+        "{DIR_PREFIX}{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    // A leftover from a process that had our PID before.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// The name of the socket in its private directory.
+const SOCKET_NAME: &str = "notify.sock";
 
 /// A datagram socket in a fresh private directory (mode 0700, so no other
 /// user can send on it); the directory is removed on drop.
@@ -21,22 +110,10 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
-    /// Makes the directory under the system temp dir and binds the socket.
-    /// (Socket paths are limited to ~100 bytes, so not under a long data dir.)
+    /// Makes the directory and binds the socket.
     pub fn bind() -> std::io::Result<Self> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        static SWEEP: std::sync::Once = std::sync::Once::new();
-        SWEEP.call_once(|| remove_stale_dirs(&std::env::temp_dir()));
-        let dir = std::env::temp_dir().join(format!(
-            "{DIR_PREFIX}{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        // A leftover from a process that had our PID before.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)?;
-        let path = dir.join("notify.sock");
+        let dir = private_dir()?;
+        let path = dir.join(SOCKET_NAME);
         match UnixDatagram::bind(&path) {
             Ok(socket) => Ok(Self { dir, path, socket }),
             Err(e) => {
@@ -78,6 +155,199 @@ impl NotifySocket {
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The one notify socket of this process (Linux): every supervised child
+/// sends to it, and a thread of its own reads it and hands each `READY=1` to
+/// whoever waits for the PID that sent it. A thread, not a task: children
+/// are supervised from whatever tokio runtime spawned them, and the socket
+/// must outlive any one of them. It lives while some supervision holds it;
+/// the last one to let go removes the directory and ends the thread.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct SharedNotify {
+    dir: PathBuf,
+    path: PathBuf,
+    routes: Arc<Mutex<Routes>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// `READY=1`s heard from PIDs nobody waits for yet, kept at most: a child
+/// may report before its supervisor has registered its PID. Beyond this the
+/// oldest are forgotten (only this user's processes can send here).
+#[cfg(target_os = "linux")]
+const MAX_EARLY: usize = 1024;
+
+/// Who waits for which PID, and what came before anyone waited.
+#[cfg(target_os = "linux")]
+#[derive(Debug, Default)]
+struct Routes {
+    waiting: HashMap<u32, oneshot::Sender<()>>,
+    early: VecDeque<(u32, Instant)>,
+}
+
+#[cfg(target_os = "linux")]
+impl Routes {
+    fn heard_ready(&mut self, pid: u32, at: Instant) {
+        if let Some(waiter) = self.waiting.remove(&pid) {
+            let _ = waiter.send(());
+            return;
+        }
+        if self.early.len() == MAX_EARLY {
+            self.early.pop_front();
+        }
+        self.early.push_back((pid, at));
+    }
+
+    /// A receiver that resolves on `pid`'s `READY=1`; one already heard
+    /// counts if it came after `since` (before it, it was an earlier
+    /// process's that had the same PID).
+    fn expect(&mut self, pid: u32, since: Instant) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        match self
+            .early
+            .iter()
+            .position(|&(p, at)| p == pid && at >= since)
+        {
+            Some(i) => {
+                self.early.remove(i);
+                let _ = tx.send(());
+            }
+            None => {
+                self.waiting.insert(pid, tx);
+            }
+        }
+        rx
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl SharedNotify {
+    /// The process's shared socket, bound on first use.
+    pub fn get() -> std::io::Result<Arc<Self>> {
+        static CURRENT: Mutex<std::sync::Weak<SharedNotify>> = Mutex::new(std::sync::Weak::new());
+        let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = current.upgrade() {
+            return Ok(shared);
+        }
+        let shared = Arc::new(Self::bind()?);
+        *current = Arc::downgrade(&shared);
+        Ok(shared)
+    }
+
+    fn bind() -> std::io::Result<Self> {
+        let dir = private_dir()?;
+        let path = dir.join(SOCKET_NAME);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path)
+            .and_then(|socket| {
+                // The kernel then attaches the sender's credentials to every
+                // datagram, whether or not the sender sends them.
+                rustix::net::sockopt::set_socket_passcred(&socket, true)?;
+                Ok(socket)
+            })
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&dir);
+            })?;
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (thread_routes, thread_stopping) = (routes.clone(), stopping.clone());
+        std::thread::Builder::new()
+            .name("notify".into())
+            .spawn(move || receive(&socket, &thread_routes, &thread_stopping))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&dir);
+            })?;
+        Ok(Self {
+            dir,
+            path,
+            routes,
+            stopping,
+        })
+    }
+
+    /// The socket's path, for `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Resolves once process `pid`, spawned after `since`, sent `READY=1`.
+    /// Never resolves if the receiving thread has failed.
+    pub async fn ready(&self, pid: u32, since: Instant) {
+        let heard = self.lock().expect(pid, since);
+        // Deregisters when the caller stops waiting (timeout, exit, stop).
+        struct Waiting<'a>(&'a SharedNotify, u32);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.lock().waiting.remove(&self.1);
+            }
+        }
+        let _waiting = Waiting(self, pid);
+        if heard.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for SharedNotify {
+    fn drop(&mut self) {
+        // Wake the thread with a datagram of our own; it sees `stopping`.
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Ok(waker) = std::os::unix::net::UnixDatagram::unbound() {
+            let _ = waker.send_to(b"", &self.path);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The shared socket's thread: reads datagrams until told to stop.
+#[cfg(target_os = "linux")]
+fn receive(
+    socket: &std::os::unix::net::UnixDatagram,
+    routes: &Mutex<Routes>,
+    stopping: &std::sync::atomic::AtomicBool,
+) {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            socket,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        );
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let bytes = match received {
+            Ok(msg) => msg.bytes.min(buf.len()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::warn!("notify socket: {e}; readiness of children is no longer heard");
+                return;
+            }
+        };
+        let sender = control.drain().find_map(|message| match message {
+            RecvAncillaryMessage::ScmCredentials(cred) => {
+                Some(cred.pid.as_raw_nonzero().get() as u32)
+            }
+            _ => None,
+        });
+        if let Some(pid) = sender
+            && is_ready_message(&buf[..bytes])
+        {
+            routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .heard_ready(pid, Instant::now());
+        }
     }
 }
 
@@ -143,6 +413,56 @@ mod tests {
         assert!(!dead.exists());
         assert!(alive.exists() && other.exists());
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_ready_heard_before_anyone_waits_counts_only_if_it_came_after_the_spawn() {
+        let mut routes = Routes::default();
+        let before = Instant::now();
+        routes.heard_ready(42, Instant::now());
+        let mut stale = routes.expect(42, Instant::now());
+        assert!(stale.try_recv().is_err(), "heard before this spawn");
+        routes.waiting.clear();
+        let mut early = routes.expect(42, before);
+        assert!(early.try_recv().is_ok(), "heard after the spawn");
+        assert!(routes.early.is_empty(), "claimed once");
+        let mut waiting = routes.expect(7, Instant::now());
+        routes.heard_ready(8, Instant::now());
+        assert!(waiting.try_recv().is_err(), "another PID's message");
+        routes.heard_ready(7, Instant::now());
+        assert!(waiting.try_recv().is_ok());
+        for pid in 0..(MAX_EARLY as u32 + 10) {
+            routes.heard_ready(1000 + pid, Instant::now());
+        }
+        assert_eq!(routes.early.len(), MAX_EARLY, "bounded");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_shared_socket_is_one_while_held_and_gone_when_let_go() {
+        let first = SharedNotify::get().unwrap();
+        let second = SharedNotify::get().unwrap();
+        assert_eq!(first.path(), second.path());
+        let dir = first.path().parent().unwrap().to_path_buf();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&dir).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700);
+        // Our own READY=1 is heard as ours.
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let since = Instant::now();
+        sender.send_to(b"READY=1", first.path()).unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            first.ready(std::process::id(), since),
+        )
+        .await
+        .expect("READY=1 from this PID heard");
+        drop((first, second));
+        assert!(!dir.exists(), "removed with the last holder");
+        let again = SharedNotify::get().unwrap();
+        assert_ne!(again.path().parent().unwrap(), dir);
     }
 
     #[tokio::test]

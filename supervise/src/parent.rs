@@ -4,6 +4,9 @@
 //! - Parent side, [`die_with_parent`]: the kernel's parent-death signal
 //!   (Linux `PR_SET_PDEATHSIG`), set between fork and exec, so even a
 //!   SIGKILLed parent takes its children along.
+//! - Child side, [`arm_death_signal`]: the same signal asked for by the
+//!   child itself, first thing, for children started without code between
+//!   fork and exec (`ChildSpec::arms_death_signal`).
 //! - Child side, [`orphaned`]: where there is no such signal (macOS), the
 //!   child watches for being reparented away from the PID given in
 //!   [`ENV_PARENT_PID`].
@@ -43,14 +46,37 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
     let _ = cmd;
 }
 
+/// For a supervised program, first thing in `main`: asks the kernel (Linux)
+/// to SIGTERM this process when the one in [`ENV_PARENT_PID`] dies, as
+/// [`die_with_parent`] does from the parent's side. `false` when that
+/// process is already gone (we were reparented before asking, and the
+/// signal will never come): the caller should exit. Not supervised (no
+/// [`ENV_PARENT_PID`]): nothing to do, `true`.
+pub fn arm_death_signal() -> bool {
+    let Some(parent) = parent_pid() else {
+        return true;
+    };
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        tracing::warn!("cannot ask for the parent-death signal: {e}");
+    }
+    std::os::unix::process::parent_id() == parent
+}
+
+/// The supervising process's PID, from [`ENV_PARENT_PID`].
+fn parent_pid() -> Option<u32> {
+    std::env::var(ENV_PARENT_PID)
+        .ok()
+        .and_then(|p| p.parse().ok())
+}
+
 /// For a supervised program: resolves once the process named in
 /// [`ENV_PARENT_PID`] is no longer our parent (we were reparented because
 /// it died). Never resolves when the variable is not set.
 pub async fn orphaned() {
-    let parent: Option<u32> = std::env::var(ENV_PARENT_PID)
-        .ok()
-        .and_then(|p| p.parse().ok());
-    let Some(parent) = parent else {
+    let Some(parent) = parent_pid() else {
         return std::future::pending().await;
     };
     loop {

@@ -134,30 +134,118 @@ async fn a_sigkilled_child_is_restarted_and_its_exit_shows_the_signal() {
     assert!(!alive(second));
 }
 
+/// Environment of [`notify_helper`]: the file it waits for before it
+/// sends `READY=1`.
+const HELPER_GO: &str = "SUPERVISE_TEST_NOTIFY_GO";
+
+/// Not a test of its own: the body of a child for the readiness test,
+/// which starts this test binary again with only this test selected and
+/// [`HELPER_GO`] set (a `READY=1` counts only from the child's own PID, so
+/// the child itself must send it). It writes `$NOTIFY_SOCKET` to
+/// `<go>.socket`, waits (at most 30 s) for the go file, sends `READY=1`,
+/// and sleeps until stopped (at most 60 s).
+#[test]
+fn notify_helper() {
+    let Some(go) = std::env::var_os(HELPER_GO).map(PathBuf::from) else {
+        return;
+    };
+    let socket = std::env::var("NOTIFY_SOCKET").expect("NOTIFY_SOCKET set");
+    std::fs::write(go.with_extension("socket"), &socket).unwrap();
+    for _ in 0..3000 {
+        if go.exists() {
+            let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+            sender.send_to(b"STATUS=almost", &socket).unwrap();
+            sender.send_to(b"READY=1", &socket).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} never appeared", go.display());
+}
+
 #[tokio::test]
-async fn readiness_is_the_ready_message_not_the_spawn() {
+async fn readiness_is_the_childs_own_ready_message_not_the_spawn() {
     let dir = Dir::new("ready");
-    let socket_file = dir.0.join("socket-path");
-    let script = format!(
-        "printf %s \"$NOTIFY_SOCKET\" > '{}'; exec sleep 60",
-        socket_file.display()
-    );
-    let child = SupervisedChild::spawn(sh("notifier", &dir.0, &script).wait_ready(true), policy());
-    let path = wait_for_file(&socket_file).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let go = dir.0.join("go");
+    let spec = ChildSpec::new(
+        "notifier",
+        std::env::current_exe().unwrap(),
+        dir.0.join("notifier.log"),
+    )
+    .args([
+        "--exact",
+        "notify_helper",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(HELPER_GO, go.display().to_string());
+    let child = SupervisedChild::spawn(spec, policy());
+    let path = wait_for_file(&go.with_extension("socket")).await;
+    // Another process (this one) saying READY=1 on the same socket: on
+    // Linux the socket is shared by every child and a message counts only
+    // for the PID that sent it, so it must not make this child ready.
+    if cfg!(target_os = "linux") {
+        let stranger = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        stranger.send_to(b"READY=1", &path).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         child.current().state,
         ChildState::Starting,
-        "not ready before READY=1"
+        "not ready before its own READY=1"
     );
-    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    sender.send_to(b"STATUS=almost", &path).unwrap();
-    sender.send_to(b"READY=1", &path).unwrap();
+    std::fs::write(&go, "").unwrap();
     tokio::time::timeout(WAIT, child.ready())
         .await
         .unwrap()
         .unwrap();
-    drop(child);
+    let stopped = child.stop().await;
+    assert_eq!(stopped.state, ChildState::Stopped);
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn children_share_one_notify_socket_and_each_is_ready_on_its_own_message() {
+    let dir = Dir::new("shared");
+    let spawn = |name: &str| {
+        let go = dir.0.join(name);
+        let spec = ChildSpec::new(
+            name,
+            std::env::current_exe().unwrap(),
+            dir.0.join(format!("{name}.log")),
+        )
+        .args([
+            "--exact",
+            "notify_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_GO, go.display().to_string());
+        (SupervisedChild::spawn(spec, policy()), go)
+    };
+    let (first, first_go) = spawn("first");
+    let (second, second_go) = spawn("second");
+    let first_socket = wait_for_file(&first_go.with_extension("socket")).await;
+    let second_socket = wait_for_file(&second_go.with_extension("socket")).await;
+    assert_eq!(first_socket, second_socket, "one socket for both");
+    std::fs::write(&second_go, "").unwrap();
+    tokio::time::timeout(WAIT, second.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.current().state,
+        ChildState::Starting,
+        "the second child's READY=1 is not the first's"
+    );
+    std::fs::write(&first_go, "").unwrap();
+    tokio::time::timeout(WAIT, first.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    first.stop().await;
+    second.stop().await;
 }
 
 async fn wait_for_file(path: &Path) -> PathBuf {
@@ -277,4 +365,115 @@ async fn a_missing_program_fails_with_the_path_in_the_reason_and_env_reaches_the
         text.to_string_lossy().trim(),
         format!("redis://:pw@h {}", std::process::id())
     );
+}
+
+/// Environment of [`death_helper_parent`] and [`death_helper_child`]: the
+/// directory they report in.
+const DEATH_DIR: &str = "SUPERVISE_TEST_DEATH_DIR";
+/// Set for [`death_helper_parent`]: how the child is started and whether it
+/// arms the signal itself — `fork` (set between fork and exec), `spawn-arms`
+/// (posix_spawn, the child arms it), `spawn-unarmed` (posix_spawn, nobody
+/// does: the control that shows the test can tell).
+const DEATH_MODE: &str = "SUPERVISE_TEST_DEATH_MODE";
+
+/// Not a test of its own: a supervising process for
+/// [`a_child_dies_with_its_killed_supervisor`]. It supervises
+/// [`death_helper_child`], writes the child's PID to `child.pid`, then
+/// sleeps until SIGKILLed (at most 60 s).
+#[test]
+fn death_helper_parent() {
+    let (Some(dir), Ok(mode)) = (
+        std::env::var_os(DEATH_DIR).map(PathBuf::from),
+        std::env::var(DEATH_MODE),
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let spec = ChildSpec::new(
+            "orphan-to-be",
+            std::env::current_exe().unwrap(),
+            dir.join("child.log"),
+        )
+        .args([
+            "--exact",
+            "death_helper_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DEATH_DIR, dir.display().to_string())
+        .env("ARM", (mode == "spawn-arms").to_string())
+        .arms_death_signal(mode != "fork")
+        .wait_ready(false);
+        let child = SupervisedChild::spawn(spec, policy());
+        child.ready().await.unwrap();
+        let pid = child.current().pid.unwrap();
+        // The child reports once it has armed (or not) the signal.
+        wait_for_file(&dir.join("child.started")).await;
+        std::fs::write(dir.join("child.pid"), pid.to_string()).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+/// Not a test of its own: the supervised child of [`death_helper_parent`];
+/// it never polls for its parent, so only the kernel's signal ends it.
+#[test]
+fn death_helper_child() {
+    let Some(dir) = std::env::var_os(DEATH_DIR).map(PathBuf::from) else {
+        return;
+    };
+    if std::env::var("ARM").as_deref() == Ok("true") {
+        assert!(circles_supervise::parent::arm_death_signal());
+    }
+    std::fs::write(dir.join("child.started"), "yes").unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_child_dies_with_its_killed_supervisor() {
+    for mode in ["fork", "spawn-arms", "spawn-unarmed"] {
+        let dir = Dir::new(&format!("death-{mode}"));
+        let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "death_helper_parent",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(DEATH_DIR, &dir.0)
+            .env(DEATH_MODE, mode)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let child: u32 = wait_for_file(&dir.0.join("child.pid"))
+            .await
+            .display()
+            .to_string()
+            .parse()
+            .unwrap();
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        // The signal comes at once; the control needs only to show it
+        // would have been seen.
+        let tries = if mode == "spawn-unarmed" { 20 } else { 100 };
+        let mut gone = false;
+        for _ in 0..tries {
+            if !alive(child) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if mode == "spawn-unarmed" {
+            assert!(!gone, "without the signal the child outlives its parent");
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(child as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        } else {
+            assert!(gone, "{mode}: the child outlived its SIGKILLed parent");
+        }
+    }
 }

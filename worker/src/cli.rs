@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use circles_dispatcher::CirclePublicKey;
 use circles_dispatcher::protocol::{
-    DEFAULT_REDIS_URL, DEFAULT_TASK_RETENTION_SECS, ENV_LAUNCHER_PID, ENV_PRESERVE_TASKS, env_flag,
+    DEFAULT_REDIS_URL, DEFAULT_TASK_RETENTION_SECS, ENV_PRESERVE_TASKS, env_flag,
 };
 use clap::Parser;
 
@@ -107,6 +107,12 @@ pub struct WorkerArgs {
 /// Runs a worker with these arguments until SIGTERM/SIGINT; the exit code
 /// says how it ended (2: bad arguments, 1: could not run).
 pub fn main_with(cli: WorkerArgs) -> ExitCode {
+    // Before anything else: a supervisor may have started us without
+    // setting the parent-death signal (see `ChildSpec::arms_death_signal`).
+    if !circles_supervise::parent::arm_death_signal() {
+        eprintln!("error: the process that started this worker is gone");
+        return ExitCode::FAILURE;
+    }
     init_logging(cli.verbose);
     let circle = match CirclePublicKey::parse(&cli.circle_public_key) {
         Ok(c) => c,
@@ -210,27 +216,12 @@ fn init_logging(verbose: u8) {
 /// Resolves on SIGTERM, SIGINT, or when the launcher that spawned us is gone
 /// (its PID is in `CIRCLES_LAUNCHER_PID` and we were reparented).
 async fn shutdown_signal() {
-    let launcher_pid: Option<u32> = std::env::var(ENV_LAUNCHER_PID)
-        .ok()
-        .and_then(|p| p.parse().ok());
-    let orphaned = async move {
-        let Some(pid) = launcher_pid else {
-            return std::future::pending().await;
-        };
-        loop {
-            if std::os::unix::process::parent_id() != pid {
-                tracing::warn!(launcher_pid = pid, "launcher is gone; stopping");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = orphaned => {}
+        _ = circles_supervise::parent::orphaned() => {}
     }
 }
 
