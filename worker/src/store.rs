@@ -262,11 +262,22 @@ impl CircleStore {
             path: path.to_path_buf(),
         };
         // Create both tables up front so readers never meet a missing table.
-        store.write(|txn| {
-            txn.open_table(VALUES)?;
-            txn.open_table(COUNTERS)?;
-            Ok(())
-        })?;
+        // Not a durable commit: a crash before the first durable one loses
+        // only the two empty tables, which the next open makes again —
+        // while syncing here would cost every new circle's start two
+        // `fdatasync`s. An existing database has them already.
+        let has_tables = {
+            let txn = store.db.begin_read().map_err(|e| store.err(e))?;
+            txn.open_table(VALUES).is_ok() && txn.open_table(COUNTERS).is_ok()
+        };
+        if !has_tables {
+            let mut txn = store.db.begin_write().map_err(|e| store.err(e))?;
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| store.err(redb::Error::from(e)))?;
+            txn.open_table(VALUES).map_err(|e| store.err(e))?;
+            txn.open_table(COUNTERS).map_err(|e| store.err(e))?;
+            txn.commit().map_err(|e| store.err(e))?;
+        }
         Ok(store)
     }
 
