@@ -622,18 +622,26 @@ fn resolve_program(
         }
         _ => false,
     };
-    let beside = candidates.iter().filter_map(|p| check_binary(what, p).ok()).find(|p| {
-        let old = stale(p);
-        if old {
-            tracing::warn!("{} is older than the launcher; using the launcher's built-in {what} (rebuild with `cargo build --release`)", p.display());
+    match candidates.iter().find_map(|p| check_binary(what, p).ok()) {
+        Some(path) if !stale(&path) => {
+            return Ok(Program {
+                path,
+                leading_args: Vec::new(),
+            });
         }
-        !old
-    });
-    if let Some(path) = beside.or_else(|| find_on_path(what)) {
-        return Ok(Program {
-            path,
-            leading_args: Vec::new(),
-        });
+        // Not the one on PATH either: it is no more likely to be current.
+        Some(path) => tracing::info!(
+            "{} is older than the launcher, so it may be from an earlier build (cargo relinks only binaries whose code changed); using the launcher's built-in {what}, the same code as this launcher (--{what}-binary chooses)",
+            path.display()
+        ),
+        None => {
+            if let Some(path) = find_on_path(what) {
+                return Ok(Program {
+                    path,
+                    leading_args: Vec::new(),
+                });
+            }
+        }
     }
     // Only the launcher binary itself has the built-in subcommand; anything
     // else (an example, a test) would start itself again, recursively.
