@@ -730,7 +730,10 @@ impl Heartbeat {
                     let Ok(Some(mut conn)) = connect(&redis_url, &mut stop_rx).await else {
                         return;
                     };
-                    let mut tick = tokio::time::interval(every);
+                    // The first beat is due one interval on: the worker
+                    // beat once itself before it said it was ready.
+                    let mut tick =
+                        tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
