@@ -14,13 +14,16 @@
 //! datagram, each child gets its own [`NotifySocket`]; [`ReadyListener`]
 //! picks.
 
+#[cfg(target_os = "linux")]
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(target_os = "linux")]
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::UnixDatagram;
+#[cfg(target_os = "linux")]
 use tokio::sync::oneshot;
 
 /// Environment variable naming the socket a program sends `READY=1` to.
