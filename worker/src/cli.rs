@@ -113,6 +113,7 @@ pub fn main_with(cli: WorkerArgs) -> ExitCode {
         eprintln!("error: the process that started this worker is gone");
         return ExitCode::FAILURE;
     }
+    crate::memory::use_one_arena();
     init_logging(cli.verbose);
     let circle = match CirclePublicKey::parse(&cli.circle_public_key) {
         Ok(c) => c,

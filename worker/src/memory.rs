@@ -50,3 +50,18 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// One malloc arena for the whole process (glibc). By default each thread
+/// that allocates gets an arena of its own — a 128 MiB reservation grown by
+/// `mprotect` calls — but the worker's threads take turns (the script
+/// thread works, the heartbeat thread wakes every few seconds), so extra
+/// arenas buy no parallelism, only start-up system calls and memory.
+pub fn use_one_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets a tuning parameter of the allocator; it is
+    // called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
