@@ -2,7 +2,8 @@
 //! the WebSocket server inside it — the development setup.
 //!
 //! Each worker is a [`SupervisedChild`] (the `circles-supervise` crate): it
-//! is *ready* when it sends `READY=1` on the launcher's notify socket — the
+//! is *ready* when it sends `READY=1` on the launcher's notify socket (on
+//! Linux one for all workers, each heard by its PID) — the
 //! same `sd_notify` protocol systemd uses, so the worker has one readiness
 //! path; a crashed worker is restarted with exponential backoff, and after
 //! [`MAX_FAST_FAILURES`] failures in a row, each within [`FAST_FAILURE`] of

@@ -7,9 +7,11 @@
 //!
 //! - **readiness**: with `wait_ready`, the child is told the notify socket
 //!   in `NOTIFY_SOCKET` and counts as running only once it sends `READY=1`
-//!   from its own PID — the `sd_notify` protocol systemd uses, so a program
-//!   has one readiness path under both; one socket serves every child of
-//!   the process on Linux ([`notify`]);
+//!   — the `sd_notify` protocol systemd uses, so a program has one readiness
+//!   path under both. On Linux one socket serves every child of the process
+//!   and a `READY=1` counts only from the child's own PID (systemd's
+//!   `NotifyAccess=main`: not from a grandchild, nor `systemd-notify`);
+//!   elsewhere each child has a socket of its own ([`notify`]);
 //! - **restarts**: an exit is followed by a restart after an exponential
 //!   backoff; a crash loop (too many fast failures in a row) ends in
 //!   [`ChildState::Failed`] instead of looping forever ([`RestartTracker`],

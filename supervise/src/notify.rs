@@ -59,10 +59,14 @@ impl ReadyListener {
         }
     }
 
-    /// Call right before spawning: forgets what earlier processes said.
+    /// Call right before spawning; pass what it returns to [`Self::ready`].
+    /// Messages of earlier processes do not count after it: a socket of the
+    /// child's own is emptied, the shared one compares times.
     pub fn before_spawn(&self) -> Instant {
-        if let Self::Own(own) = self {
-            own.drain();
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Shared(_) => {}
+            Self::Own(own) => own.drain(),
         }
         Instant::now()
     }
@@ -174,6 +178,13 @@ pub struct SharedNotify {
     path: PathBuf,
     routes: Arc<Mutex<Routes>>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The socket the thread reads, to shut it down (which wakes the thread)
+    /// when the last holder lets go.
+    socket: std::os::unix::net::UnixDatagram,
+    /// Held locked while the directory is in use, so the sweep of another
+    /// process — one that cannot see our PID, in another PID namespace
+    /// sharing the temp dir — leaves the directory alone.
+    _lock: std::fs::File,
 }
 
 /// `READY=1`s heard from PIDs nobody waits for yet, kept at most: a child
@@ -186,14 +197,16 @@ const MAX_EARLY: usize = 1024;
 #[cfg(target_os = "linux")]
 #[derive(Debug, Default)]
 struct Routes {
-    waiting: HashMap<u32, oneshot::Sender<()>>,
+    /// PID → (registration number, waiter).
+    waiting: HashMap<u32, (u64, oneshot::Sender<()>)>,
     early: VecDeque<(u32, Instant)>,
+    registrations: u64,
 }
 
 #[cfg(target_os = "linux")]
 impl Routes {
     fn heard_ready(&mut self, pid: u32, at: Instant) {
-        if let Some(waiter) = self.waiting.remove(&pid) {
+        if let Some((_, waiter)) = self.waiting.remove(&pid) {
             let _ = waiter.send(());
             return;
         }
@@ -203,11 +216,13 @@ impl Routes {
         self.early.push_back((pid, at));
     }
 
-    /// A receiver that resolves on `pid`'s `READY=1`; one already heard
-    /// counts if it came after `since` (before it, it was an earlier
-    /// process's that had the same PID).
-    fn expect(&mut self, pid: u32, since: Instant) -> oneshot::Receiver<()> {
+    /// A receiver that resolves on `pid`'s `READY=1`, and the number of this
+    /// registration (for [`Self::forget`]); one already heard counts if it
+    /// came after `since` (before it, it was an earlier process's that had
+    /// the same PID).
+    fn expect(&mut self, pid: u32, since: Instant) -> (u64, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
+        self.registrations += 1;
         match self
             .early
             .iter()
@@ -218,10 +233,18 @@ impl Routes {
                 let _ = tx.send(());
             }
             None => {
-                self.waiting.insert(pid, tx);
+                self.waiting.insert(pid, (self.registrations, tx));
             }
         }
-        rx
+        (self.registrations, rx)
+    }
+
+    /// Stops waiting for `pid` — if the waiter is still registration
+    /// `number`, not a later child's that got the same PID.
+    fn forget(&mut self, pid: u32, number: u64) {
+        if self.waiting.get(&pid).is_some_and(|(n, _)| *n == number) {
+            self.waiting.remove(&pid);
+        }
     }
 }
 
@@ -241,31 +264,32 @@ impl SharedNotify {
 
     fn bind() -> std::io::Result<Self> {
         let dir = private_dir()?;
+        let cleanup = |e: std::io::Error| {
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        let lock = lock_dir(&dir).map_err(cleanup)?;
         let path = dir.join(SOCKET_NAME);
-        let socket = std::os::unix::net::UnixDatagram::bind(&path)
-            .and_then(|socket| {
-                // The kernel then attaches the sender's credentials to every
-                // datagram, whether or not the sender sends them.
-                rustix::net::sockopt::set_socket_passcred(&socket, true)?;
-                Ok(socket)
-            })
-            .inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(&dir);
-            })?;
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).map_err(cleanup)?;
+        // The kernel then attaches the sender's credentials to every
+        // datagram, whether or not the sender sends them.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(|e| cleanup(e.into()))?;
+        let reader = socket.try_clone().map_err(cleanup)?;
         let routes = Arc::new(Mutex::new(Routes::default()));
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (thread_routes, thread_stopping) = (routes.clone(), stopping.clone());
         std::thread::Builder::new()
             .name("notify".into())
-            .spawn(move || receive(&socket, &thread_routes, &thread_stopping))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(&dir);
-            })?;
+            .spawn(move || receive(&reader, &thread_routes, &thread_stopping))
+            .map_err(cleanup)?;
         Ok(Self {
             dir,
             path,
             routes,
             stopping,
+            socket,
+            _lock: lock,
         })
     }
 
@@ -275,17 +299,16 @@ impl SharedNotify {
     }
 
     /// Resolves once process `pid`, spawned after `since`, sent `READY=1`.
-    /// Never resolves if the receiving thread has failed.
     pub async fn ready(&self, pid: u32, since: Instant) {
-        let heard = self.lock().expect(pid, since);
+        let (number, heard) = self.lock().expect(pid, since);
         // Deregisters when the caller stops waiting (timeout, exit, stop).
-        struct Waiting<'a>(&'a SharedNotify, u32);
+        struct Waiting<'a>(&'a SharedNotify, u32, u64);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
-                self.0.lock().waiting.remove(&self.1);
+                self.0.lock().forget(self.1, self.2);
             }
         }
-        let _waiting = Waiting(self, pid);
+        let _waiting = Waiting(self, pid, number);
         if heard.await.is_err() {
             std::future::pending::<()>().await;
         }
@@ -299,57 +322,88 @@ impl SharedNotify {
 #[cfg(target_os = "linux")]
 impl Drop for SharedNotify {
     fn drop(&mut self) {
-        // Wake the thread with a datagram of our own; it sees `stopping`.
+        // Shutting the socket down wakes the thread, which sees `stopping`.
         self.stopping.store(true, Ordering::SeqCst);
-        if let Ok(waker) = std::os::unix::net::UnixDatagram::unbound() {
-            let _ = waker.send_to(b"", &self.path);
-        }
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// The shared socket's thread: reads datagrams until told to stop.
+/// Name of the lock file in a shared socket's directory.
+const LOCK_NAME: &str = "lock";
+
+/// Opens and locks `dir`'s lock file (see [`SharedNotify::_lock`]).
+#[cfg(target_os = "linux")]
+fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::File::create(dir.join(LOCK_NAME))?;
+    file.try_lock()
+        .map_err(|e| std::io::Error::other(format!("cannot lock {}: {e}", dir.display())))?;
+    Ok(file)
+}
+
+/// Whether another process holds `dir`'s lock file (a directory without one
+/// is a per-child socket's, or an older version's: not held).
+fn held_by_another(dir: &Path) -> bool {
+    match std::fs::File::open(dir.join(LOCK_NAME)) {
+        Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// The shared socket's thread: reads datagrams until told to stop. A read
+/// error is logged (once) and the reading goes on after a pause: a thread
+/// that gave up would leave every later child of the process unready.
 #[cfg(target_os = "linux")]
 fn receive(
     socket: &std::os::unix::net::UnixDatagram,
     routes: &Mutex<Routes>,
     stopping: &std::sync::atomic::AtomicBool,
 ) {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; 4096];
+    let mut control = nix::cmsg_space!(libc::ucred);
+    let mut warned = false;
     loop {
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let received = rustix::net::recvmsg(
-            socket,
-            &mut [std::io::IoSliceMut::new(&mut buf)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        );
+        let received = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            recvmsg::<()>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map(|msg| {
+                let sender = msg.cmsgs().ok().and_then(|mut cmsgs| {
+                    cmsgs.find_map(|cmsg| match cmsg {
+                        ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                        _ => None,
+                    })
+                });
+                (msg.bytes, sender)
+            })
+        };
         if stopping.load(Ordering::SeqCst) {
             return;
         }
-        let bytes = match received {
-            Ok(msg) => msg.bytes.min(buf.len()),
-            Err(rustix::io::Errno::INTR) => continue,
+        match received {
+            // PID 0: a sender in a PID namespace we cannot see.
+            Ok((bytes, Some(pid))) if pid > 0 => {
+                if is_ready_message(&buf[..bytes.min(buf.len())]) {
+                    routes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .heard_ready(pid as u32, Instant::now());
+                }
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
-                tracing::warn!("notify socket: {e}; readiness of children is no longer heard");
-                return;
+                if !warned {
+                    tracing::warn!("notify socket: {e}; reading on");
+                    warned = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
-        };
-        let sender = control.drain().find_map(|message| match message {
-            RecvAncillaryMessage::ScmCredentials(cred) => {
-                Some(cred.pid.as_raw_nonzero().get() as u32)
-            }
-            _ => None,
-        });
-        if let Some(pid) = sender
-            && is_ready_message(&buf[..bytes])
-        {
-            routes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .heard_ready(pid, Instant::now());
         }
     }
 }
@@ -375,7 +429,7 @@ fn remove_stale_dirs(tmp: &Path) {
             continue;
         };
         let gone = !Path::new(&format!("/proc/{pid}")).exists();
-        if gone && cfg!(target_os = "linux") {
+        if gone && cfg!(target_os = "linux") && !held_by_another(&entry.path()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -409,12 +463,21 @@ mod tests {
         let dead = tmp.join(format!("{DIR_PREFIX}4194304-0"));
         let alive = tmp.join(format!("{DIR_PREFIX}{}-0", std::process::id()));
         let other = tmp.join("circles-notify-AbCdEf");
-        for d in [&dead, &alive, &other] {
+        // A PID we cannot see (another PID namespace) whose owner holds the
+        // directory's lock: in use, kept.
+        let locked = tmp.join(format!("{DIR_PREFIX}4194303-0"));
+        for d in [&dead, &alive, &other, &locked] {
             std::fs::create_dir_all(d).unwrap();
         }
+        let lock = std::fs::File::create(locked.join("lock")).unwrap();
+        lock.lock().unwrap();
         remove_stale_dirs(&tmp);
         assert!(!dead.exists());
         assert!(alive.exists() && other.exists());
+        assert!(locked.exists(), "a held lock keeps the directory");
+        drop(lock);
+        remove_stale_dirs(&tmp);
+        assert!(!locked.exists(), "once let go it is swept");
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 
@@ -424,13 +487,13 @@ mod tests {
         let mut routes = Routes::default();
         let before = Instant::now();
         routes.heard_ready(42, Instant::now());
-        let mut stale = routes.expect(42, Instant::now());
+        let (stale_number, mut stale) = routes.expect(42, Instant::now());
         assert!(stale.try_recv().is_err(), "heard before this spawn");
-        routes.waiting.clear();
-        let mut early = routes.expect(42, before);
+        routes.forget(42, stale_number);
+        let (_, mut early) = routes.expect(42, before);
         assert!(early.try_recv().is_ok(), "heard after the spawn");
         assert!(routes.early.is_empty(), "claimed once");
-        let mut waiting = routes.expect(7, Instant::now());
+        let (_, mut waiting) = routes.expect(7, Instant::now());
         routes.heard_ready(8, Instant::now());
         assert!(waiting.try_recv().is_err(), "another PID's message");
         routes.heard_ready(7, Instant::now());
@@ -439,6 +502,18 @@ mod tests {
             routes.heard_ready(1000 + pid, Instant::now());
         }
         assert_eq!(routes.early.len(), MAX_EARLY, "bounded");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_old_waiter_does_not_unregister_a_new_child_with_its_pid() {
+        let mut routes = Routes::default();
+        let (old, _old_rx) = routes.expect(42, Instant::now());
+        // The old child is gone and its PID reused before its wait ended.
+        let (_new, mut new_rx) = routes.expect(42, Instant::now());
+        routes.forget(42, old);
+        routes.heard_ready(42, Instant::now());
+        assert!(new_rx.try_recv().is_ok(), "the new child is still heard");
     }
 
     #[cfg(target_os = "linux")]
@@ -464,6 +539,23 @@ mod tests {
         .expect("READY=1 from this PID heard");
         drop((first, second));
         assert!(!dir.exists(), "removed with the last holder");
+        let notify_threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "notify")
+                })
+                .count()
+        };
+        for _ in 0..100 {
+            if notify_threads() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(notify_threads(), 0, "the reading thread has ended");
         let again = SharedNotify::get().unwrap();
         assert_ne!(again.path().parent().unwrap(), dir);
     }

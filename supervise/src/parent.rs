@@ -20,7 +20,9 @@ pub const ENV_PARENT_PID: &str = "CIRCLES_LAUNCHER_PID";
 /// Asks the kernel to SIGTERM the child when this process dies, even by
 /// SIGKILL (Linux). If the parent is already gone by the time the child
 /// runs, the spawn fails instead of leaving an orphan. Elsewhere children
-/// use [`orphaned`].
+/// use [`orphaned`]. Strictly the signal comes when the *thread* that
+/// spawned the child ends (`prctl(2)`): spawn from threads that live as
+/// long as the process (a runtime's workers, not `spawn_blocking`).
 pub fn die_with_parent(cmd: &mut tokio::process::Command) {
     #[cfg(target_os = "linux")]
     {
@@ -60,7 +62,8 @@ pub fn arm_death_signal() -> bool {
     if let Err(e) =
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
     {
-        tracing::warn!("cannot ask for the parent-death signal: {e}");
+        // Before the program's logging is set up: straight to stderr.
+        eprintln!("warning: cannot ask for the parent-death signal: {e}");
     }
     std::os::unix::process::parent_id() == parent
 }

@@ -29,10 +29,11 @@ pub struct ChildSpec {
     pub wait_ready: bool,
     /// The program asks for the parent-death signal itself, first thing
     /// ([`crate::parent::arm_death_signal`]; the circles worker does). Then
-    /// nothing has to run between fork and exec, and the child is started
-    /// with `posix_spawn`, which does not copy this process's page tables:
-    /// measured starting a thousand workers, the copies (made and thrown
-    /// away at exec) were a fifth of the launcher's CPU. Otherwise the
+    /// nothing has to run between fork and exec, and the standard library
+    /// can start the child with `posix_spawn` (on Linux with glibc, for a
+    /// program given by path), which does not copy this process's page
+    /// tables: measured starting a thousand workers, the copies (made and
+    /// thrown away at exec) were a fifth of the launcher's CPU. Otherwise the
     /// signal is set between fork and exec ([`crate::parent::die_with_parent`]).
     pub arms_death_signal: bool,
 }

@@ -434,7 +434,7 @@ fn death_helper_child() {
 async fn a_child_dies_with_its_killed_supervisor() {
     for mode in ["fork", "spawn-arms", "spawn-unarmed"] {
         let dir = Dir::new(&format!("death-{mode}"));
-        let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        let parent = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "death_helper_parent",
@@ -447,12 +447,19 @@ async fn a_child_dies_with_its_killed_supervisor() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Whatever happens below, neither helper outlives the test.
+        let mut helpers = Helpers {
+            parent: Some(parent),
+            child: None,
+        };
         let child: u32 = wait_for_file(&dir.0.join("child.pid"))
             .await
             .display()
             .to_string()
             .parse()
             .unwrap();
+        helpers.child = Some(child);
+        let mut parent = helpers.parent.take().unwrap();
         parent.kill().unwrap();
         parent.wait().unwrap();
         // The signal comes at once; the control needs only to show it
@@ -468,12 +475,29 @@ async fn a_child_dies_with_its_killed_supervisor() {
         }
         if mode == "spawn-unarmed" {
             assert!(!gone, "without the signal the child outlives its parent");
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(child as i32).unwrap(),
-                rustix::process::Signal::KILL,
-            );
         } else {
             assert!(gone, "{mode}: the child outlived its SIGKILLed parent");
+        }
+    }
+}
+
+/// The helper processes of a test, SIGKILLed when dropped: the parent
+/// through its handle (never a reaped PID), the child by PID only while it
+/// is alive.
+struct Helpers {
+    parent: Option<std::process::Child>,
+    child: Option<u32>,
+}
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        if let Some(parent) = self.parent.as_mut() {
+            let _ = parent.kill();
+            let _ = parent.wait();
+        }
+        if let Some(pid) = self.child.filter(|pid| alive(*pid))
+            && let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
 }

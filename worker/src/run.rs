@@ -203,9 +203,11 @@ pub async fn run(
     if registered.is_none() {
         return Ok(());
     }
-    let heartbeat_thread = heartbeat
-        .clone()
-        .spawn(config.redis_url.clone(), config.heartbeat_interval);
+    let heartbeat_thread = heartbeat.clone().spawn(
+        config.redis_url.clone(),
+        config.heartbeat_interval,
+        std::time::Instant::now(),
+    );
     notify_ready(&config);
     tracing::info!(circle = %config.circle, queue = %circles_dispatcher::protocol::task_queue_key(&config.circle), "worker ready");
 
@@ -716,8 +718,13 @@ impl Heartbeat {
 
     /// Beats every `every` on a thread of its own, with its own runtime and
     /// connection, so a long script on the worker's thread never lets the
-    /// heartbeat lapse.
-    fn spawn(self, redis_url: String, every: Duration) -> HeartbeatThread {
+    /// heartbeat lapse; the first beat is due `every` after `last_beat`.
+    fn spawn(
+        self,
+        redis_url: String,
+        every: Duration,
+        last_beat: std::time::Instant,
+    ) -> HeartbeatThread {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("heartbeat".into())
@@ -730,10 +737,11 @@ impl Heartbeat {
                     let Ok(Some(mut conn)) = connect(&redis_url, &mut stop_rx).await else {
                         return;
                     };
-                    // The first beat is due one interval on: the worker
-                    // beat once itself before it said it was ready.
-                    let mut tick =
-                        tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    // The worker beat once itself before it said it was
+                    // ready: the next is due one interval after that one,
+                    // however long this thread took to connect.
+                    let first = tokio::time::Instant::from_std(last_beat + every);
+                    let mut tick = tokio::time::interval_at(first, every);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
