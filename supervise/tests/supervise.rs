@@ -134,6 +134,25 @@ async fn a_sigkilled_child_is_restarted_and_its_exit_shows_the_signal() {
     assert!(!alive(second));
 }
 
+/// This test binary started again with only `test` selected: a child that
+/// runs one of the helper "tests" below (each does nothing unless its
+/// environment variable is set).
+fn helper_child(name: &str, dir: &Path, test: &str) -> ChildSpec {
+    ChildSpec::new(
+        name,
+        std::env::current_exe().unwrap(),
+        dir.join(format!("{name}.log")),
+    )
+    .args(["--exact", test, "--nocapture", "--test-threads=1"])
+}
+
+async fn must_be_ready(child: &SupervisedChild) {
+    tokio::time::timeout(WAIT, child.ready())
+        .await
+        .unwrap_or_else(|_| panic!("not ready within {WAIT:?}: {:?}", child.current()))
+        .unwrap();
+}
+
 /// Environment of [`notify_helper`]: the file it waits for before it
 /// sends `READY=1`.
 const HELPER_GO: &str = "SUPERVISE_TEST_NOTIFY_GO";
@@ -168,18 +187,8 @@ fn notify_helper() {
 async fn readiness_is_the_childs_own_ready_message_not_the_spawn() {
     let dir = Dir::new("ready");
     let go = dir.0.join("go");
-    let spec = ChildSpec::new(
-        "notifier",
-        std::env::current_exe().unwrap(),
-        dir.0.join("notifier.log"),
-    )
-    .args([
-        "--exact",
-        "notify_helper",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(HELPER_GO, go.display().to_string());
+    let spec =
+        helper_child("notifier", &dir.0, "notify_helper").env(HELPER_GO, go.display().to_string());
     let child = SupervisedChild::spawn(spec, policy());
     let path = wait_for_file(&go.with_extension("socket")).await;
     // Another process (this one) saying READY=1 on the same socket: on
@@ -196,10 +205,7 @@ async fn readiness_is_the_childs_own_ready_message_not_the_spawn() {
         "not ready before its own READY=1"
     );
     std::fs::write(&go, "").unwrap();
-    tokio::time::timeout(WAIT, child.ready())
-        .await
-        .unwrap()
-        .unwrap();
+    must_be_ready(&child).await;
     let stopped = child.stop().await;
     assert_eq!(stopped.state, ChildState::Stopped);
 }
@@ -210,18 +216,8 @@ async fn children_share_one_notify_socket_and_each_is_ready_on_its_own_message()
     let dir = Dir::new("shared");
     let spawn = |name: &str| {
         let go = dir.0.join(name);
-        let spec = ChildSpec::new(
-            name,
-            std::env::current_exe().unwrap(),
-            dir.0.join(format!("{name}.log")),
-        )
-        .args([
-            "--exact",
-            "notify_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_GO, go.display().to_string());
+        let spec =
+            helper_child(name, &dir.0, "notify_helper").env(HELPER_GO, go.display().to_string());
         (SupervisedChild::spawn(spec, policy()), go)
     };
     let (first, first_go) = spawn("first");
@@ -230,20 +226,14 @@ async fn children_share_one_notify_socket_and_each_is_ready_on_its_own_message()
     let second_socket = wait_for_file(&second_go.with_extension("socket")).await;
     assert_eq!(first_socket, second_socket, "one socket for both");
     std::fs::write(&second_go, "").unwrap();
-    tokio::time::timeout(WAIT, second.ready())
-        .await
-        .unwrap()
-        .unwrap();
+    must_be_ready(&second).await;
     assert_eq!(
         first.current().state,
         ChildState::Starting,
         "the second child's READY=1 is not the first's"
     );
     std::fs::write(&first_go, "").unwrap();
-    tokio::time::timeout(WAIT, first.ready())
-        .await
-        .unwrap()
-        .unwrap();
+    must_be_ready(&first).await;
     first.stop().await;
     second.stop().await;
 }
@@ -390,21 +380,11 @@ fn death_helper_parent() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let spec = ChildSpec::new(
-            "orphan-to-be",
-            std::env::current_exe().unwrap(),
-            dir.join("child.log"),
-        )
-        .args([
-            "--exact",
-            "death_helper_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DEATH_DIR, dir.display().to_string())
-        .env("ARM", (mode == "spawn-arms").to_string())
-        .arms_death_signal(mode != "fork")
-        .wait_ready(false);
+        let spec = helper_child("orphan-to-be", &dir, "death_helper_child")
+            .env(DEATH_DIR, dir.display().to_string())
+            .env("ARM", (mode == "spawn-arms").to_string())
+            .arms_death_signal(mode != "fork")
+            .wait_ready(false);
         let child = SupervisedChild::spawn(spec, policy());
         child.ready().await.unwrap();
         let pid = child.current().pid.unwrap();
@@ -434,13 +414,9 @@ fn death_helper_child() {
 async fn a_child_dies_with_its_killed_supervisor() {
     for mode in ["fork", "spawn-arms", "spawn-unarmed"] {
         let dir = Dir::new(&format!("death-{mode}"));
-        let parent = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "death_helper_parent",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let helper = helper_child("parent", &dir.0, "death_helper_parent");
+        let parent = std::process::Command::new(&helper.program)
+            .args(&helper.args)
             .env(DEATH_DIR, &dir.0)
             .env(DEATH_MODE, mode)
             .stdout(std::process::Stdio::null())
