@@ -224,7 +224,10 @@ pub async fn run(
             // Ours already: run it even if a stop came meanwhile.
             Some(next) => next,
             None => {
-                if *stop_rx.borrow() {
+                // The flag too: it is raised in the signal handler, before
+                // the runtime has passed the stop on (after a SIGSTOP, a
+                // backoff's timer and the stop can be ready together).
+                if *stop_rx.borrow() || config.stop_requested.load(Ordering::SeqCst) {
                     break;
                 }
                 // Nothing is in hand, so whatever the processing list holds
@@ -380,6 +383,19 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     let cleanup = async {
+        // A take whose answer was lost leaves its id in the processing list,
+        // and a stop during the backoff that followed came before the worker
+        // looked for it: never run, so back to the queue, where it stays for
+        // the next worker or is ended below like every queued task — not left
+        // for the next worker to end as "killed or crashed". (Ids whose run
+        // this worker remembers are not given back: they ran.)
+        if look_for_strays && let Some(strays) = queue.stray(&mut conn, &lease.value(), "").await? {
+            let never_run: Vec<String> = strays
+                .into_iter()
+                .filter(|id| !lost_outcomes.contains(id))
+                .collect();
+            give_back(&queue, &mut conn, never_run).await;
+        }
         if config.keep_queued_on_stop {
             let left = queue.depth(&mut conn).await?;
             tracing::info!(count = left, "queued tasks stay queued for the next worker");
@@ -458,6 +474,11 @@ impl LostOutcomes {
                 None => break,
             }
         }
+    }
+
+    /// Whether this worker ran `id` and holds its outcome.
+    fn contains(&self, id: &str) -> bool {
+        self.entries.iter().any(|(i, _, _)| i == id)
     }
 
     fn take(&mut self, id: &str) -> Option<TaskOutcome> {
@@ -572,11 +593,11 @@ async fn take_one(
         }
         Ok(None) => Take::Again,
         Err(e) => {
-            if backoff.wait("waiting for tasks", &e, stop_rx).await {
-                Take::Failed
-            } else {
-                Take::Stop
-            }
+            // Failed either way, stop or not: the loop must know the take
+            // may have moved an id whose answer was lost (it stops at the
+            // top when asked to, and the shutdown gives such ids back).
+            backoff.wait("waiting for tasks", &e, stop_rx).await;
+            Take::Failed
         }
     }
 }

@@ -660,17 +660,7 @@ async fn a_task_taken_by_a_lost_answer_is_still_run() {
     let c = circle(KEY_ONE);
     assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
 
-    // What a lost BLMOVE answer leaves: the id in the processing list.
-    let id = uuid_like(7);
-    redis.cli(&[
-        "HSET",
-        &format!("rhai_task_details:{id}"),
-        "script",
-        "6 * 7",
-        "status",
-        "pending",
-    ]);
-    redis.cli(&["LPUSH", &format!("rhai_processing:{KEY_ONE}"), &id]);
+    let id = plant_stray(&redis, 7);
     // Break the worker's connections: its BLMOVE fails.
     redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
 
@@ -685,6 +675,73 @@ async fn a_task_taken_by_a_lost_answer_is_still_run() {
     );
     // And the worker still serves.
     assert_eq!(d.run(&c, "2", T).await.unwrap(), "2");
+}
+
+/// What a lost `BLMOVE` answer leaves: task `n` (`6 * 7`) in circle one's
+/// processing list, taken by nobody that knows it. Returns its id.
+fn plant_stray(redis: &RedisServer, n: u32) -> String {
+    let id = uuid_like(n);
+    redis.cli(&[
+        "HSET",
+        &format!("rhai_task_details:{id}"),
+        "script",
+        "6 * 7",
+        "status",
+        "pending",
+    ]);
+    redis.cli(&["LPUSH", &format!("rhai_processing:{KEY_ONE}"), &id]);
+    id
+}
+
+/// A stop that comes while the worker backs off from a failed take: the id
+/// that take may have moved was never run, so it goes back to the queue —
+/// with `--keep-queued-on-stop` the next worker runs it, instead of ending
+/// it as "killed or crashed".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stray_of_a_failed_take_goes_back_to_the_queue_when_stopped_in_backoff() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let args = ["--keep-queued-on-stop"];
+    let mut w = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let d = dispatcher(&redis).await;
+    let c = circle(KEY_ONE);
+    assert_eq!(d.run(&c, "1", T).await.unwrap(), "1");
+
+    let id = plant_stray(&redis, 9);
+    let processing = format!("rhai_processing:{KEY_ONE}");
+    // Every take, and every look for what a take left, now fails: the
+    // worker backs off, again and again.
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "default", "-blmove", "-evalsha", "-eval"]),
+        "OK"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Frozen in its backoff, Redis mended, the stop sent, thawed: the stop
+    // is there when it wakes, whichever of its timer and the signal the
+    // runtime sees first.
+    w.signal("STOP");
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "+@all"]), "OK");
+    w.signal("TERM");
+    w.signal("CONT");
+    assert_eq!(w.wait_exit(T), Some(0));
+    assert_eq!(redis.cli(&["LLEN", &processing]), "0", "not left taken");
+    assert_eq!(
+        redis.cli(&["LRANGE", &format!("rhai_tasks:{KEY_ONE}"), "0", "-1"]),
+        id,
+        "back in the queue"
+    );
+
+    // The next worker runs it.
+    let _next = WorkerProcess::start(&redis, KEY_ONE, db.path(), &args, &[]);
+    let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{id}"), "10"]);
+    assert!(
+        reply.contains("42"),
+        "not run by the next worker: {reply:?}"
+    );
+    assert_eq!(
+        redis.cli(&["HGET", &format!("rhai_task_details:{id}"), "status"]),
+        "completed"
+    );
 }
 
 /// A `SCRIPT FLUSH` (Redis forgets the scripts the worker sends by hash)
