@@ -371,6 +371,19 @@ async fn ctrl_c_and_sigkill_leave_no_process_behind() {
         if data_gone {
             std::fs::remove_dir_all(tmp.path().join("launch_data/redis")).unwrap();
         }
+        // How each worker was told to stop, from its log: SIGTERM (from the
+        // launcher, or from the kernel's parent-death signal when the
+        // launcher was SIGKILLed), never by noticing later that its parent
+        // is gone.
+        let worker_log = |k: &str| {
+            std::fs::read_to_string(
+                tmp.path()
+                    .join(format!("launch_data/logs/circle-{}.log", &k[..8])),
+            )
+            .unwrap_or_default()
+        };
+        let sigterms = |k: &str| worker_log(k).matches("SIGTERM received").count();
+        let before: Vec<usize> = [KEY_ONE, KEY_TWO].iter().map(|k| sigterms(k)).collect();
         l.signal(how);
         let code = l.wait_exit(Duration::from_secs(20));
         if how == "INT" {
@@ -382,6 +395,15 @@ async fn ctrl_c_and_sigkill_leave_no_process_behind() {
                 Duration::from_secs(15),
                 || (!alive(*pid)).then_some(()),
             );
+        }
+        for (k, before) in [KEY_ONE, KEY_TWO].iter().zip(before) {
+            assert_eq!(
+                sigterms(k),
+                before + 1,
+                "worker {k} after SIG{how}: {}",
+                worker_log(k)
+            );
+            assert!(!worker_log(k).contains("supervising process is gone"));
         }
         wait_until("private redis gone", Duration::from_secs(15), || {
             std::net::TcpStream::connect(("127.0.0.1", redis_port))
