@@ -601,6 +601,17 @@ fn resolve_program(
     }
     let me = std::env::current_exe()
         .map_err(|e| LaunchError::io("locating the launcher executable", e))?;
+    resolve_beside(&me, what, builtin, find_on_path)
+}
+
+/// [`resolve_program`] without a given path, for the program `me`: beside
+/// it, else `on_path`, else `me` itself with its `builtin` subcommand.
+fn resolve_beside(
+    me: &Path,
+    what: &'static str,
+    builtin: &str,
+    on_path: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<Program, LaunchError> {
     // Beside us, or one level up when we are an example or a test binary
     // (target/debug/examples/…, target/debug/deps/…).
     let dir = me.parent().unwrap_or(Path::new("."));
@@ -615,7 +626,7 @@ fn resolve_program(
     // earlier build (`cargo run --bin launcher` rebuilds only the launcher):
     // the built-in one is the same code as this launcher, so prefer it.
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let stale = |p: &Path| match (modified(p), modified(&me)) {
+    let stale = |p: &Path| match (modified(p), modified(me)) {
         (Some(theirs), Some(ours)) => {
             theirs + std::time::Duration::from_secs(60) < ours
                 && me.file_stem().is_some_and(|n| n == "launcher")
@@ -635,7 +646,7 @@ fn resolve_program(
             path.display()
         ),
         None => {
-            if let Some(path) = find_on_path(what) {
+            if let Some(path) = on_path(what) {
                 return Ok(Program {
                     path,
                     leading_args: Vec::new(),
@@ -648,7 +659,7 @@ fn resolve_program(
     if me.file_stem().is_some_and(|n| n == "launcher") {
         tracing::debug!("no `{what}` binary found; using the launcher's built-in {what}");
         return Ok(Program {
-            path: me,
+            path: me.to_path_buf(),
             leading_args: vec![builtin.to_string()],
         });
     }
@@ -683,6 +694,59 @@ mod tests {
     use super::*;
 
     const KEY: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+
+    /// An executable file at `path`, last modified `age` ago.
+    fn program(path: &Path, age: std::time::Duration) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_worker_beside_the_launcher_is_used_unless_it_is_older_than_the_launcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = dir.path().join("launcher");
+        let worker = dir.path().join("worker");
+        let elsewhere = || Some(PathBuf::from("/on/path/worker"));
+        let minute = std::time::Duration::from_secs(60);
+        program(&launcher, minute);
+
+        // As new as the launcher (a build made both): used.
+        program(&worker, minute);
+        let chosen = resolve_beside(&launcher, "worker", "run-worker", |_| elsewhere()).unwrap();
+        assert_eq!((chosen.path, chosen.leading_args), (worker.clone(), vec![]));
+
+        // Much older (only the launcher was rebuilt): the launcher's own
+        // built-in worker, not the old one and not one on PATH either.
+        program(&worker, 10 * minute);
+        let chosen = resolve_beside(&launcher, "worker", "run-worker", |_| elsewhere()).unwrap();
+        assert_eq!(
+            (chosen.path, chosen.leading_args),
+            (launcher.clone(), vec!["run-worker".to_string()])
+        );
+
+        // None beside it: the one on PATH, else the built-in one.
+        std::fs::remove_file(&worker).unwrap();
+        let chosen = resolve_beside(&launcher, "worker", "run-worker", |_| elsewhere()).unwrap();
+        assert_eq!(chosen.path, PathBuf::from("/on/path/worker"));
+        let chosen = resolve_beside(&launcher, "worker", "run-worker", |_| None).unwrap();
+        assert_eq!(chosen.leading_args, vec!["run-worker".to_string()]);
+
+        // A program that is not the launcher (an example, a test) has no
+        // built-in worker: an old one beside it is still used, and with
+        // none at all it is an error that says what to do.
+        let example = dir.path().join("example");
+        program(&example, std::time::Duration::ZERO);
+        program(&worker, 10 * minute);
+        let chosen = resolve_beside(&example, "worker", "run-worker", |_| None).unwrap();
+        assert_eq!(chosen.path, worker);
+        std::fs::remove_file(&worker).unwrap();
+        let err = resolve_beside(&example, "worker", "run-worker", |_| None).unwrap_err();
+        assert!(err.to_string().contains("--worker-binary"), "{err}");
+    }
 
     #[test]
     fn circle_args_parse_key_and_script() {
