@@ -160,7 +160,12 @@ pub(crate) async fn launcher_once(
     std::fs::write(&init, INIT_SCRIPT)?;
     let log = dir.join("launcher.log");
     let mut cmd = Command::new(launcher);
-    cmd.arg("--redis-url")
+    // The same worker binary as the baseline's: left to choose, a launcher
+    // newer than the worker beside it runs its own built-in worker (a
+    // larger binary), which would measure the two builds, not the launcher.
+    cmd.arg("--worker-binary")
+        .arg(binary("worker"))
+        .arg("--redis-url")
         .arg(redis.url())
         .arg("-p")
         .arg(free_port().to_string())
