@@ -579,19 +579,57 @@ pub fn check_binary(what: &'static str, path: &Path) -> Result<PathBuf, LaunchEr
 /// The worker program: `--worker-binary`, else `worker` next to the launcher,
 /// else on PATH, else the launcher itself (`launcher run-worker`).
 pub fn resolve_worker_program(given: Option<&Path>) -> Result<Program, LaunchError> {
-    resolve_program("worker", given, "run-worker")
+    resolve_program("worker", given, "run-worker", runs_our_worker_code)
+}
+
+/// Whether the `worker` at `path` runs the launcher's own worker code: its
+/// `--version` names the same source fingerprint ([`circles_worker::SOURCE_ID`]).
+/// Asked only of a `worker` older than the launcher; one that does not
+/// answer within two seconds does not.
+fn runs_our_worker_code(path: &Path) -> bool {
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new(path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = child
+        .stdout
+        .take()
+        .map(|mut stdout| std::io::Read::read_to_string(&mut stdout, &mut out));
+    out.contains(&format!("(source {})", circles_worker::SOURCE_ID))
 }
 
 /// The server program: `--server-binary`, else `server` next to the
 /// launcher, else on PATH, else the launcher itself (`launcher serve`).
 pub fn resolve_server_program(given: Option<&Path>) -> Result<Program, LaunchError> {
-    resolve_program("server", given, "serve")
+    resolve_program("server", given, "serve", |_| false)
 }
 
 fn resolve_program(
     what: &'static str,
     given: Option<&Path>,
     builtin: &str,
+    runs_our_code: fn(&Path) -> bool,
 ) -> Result<Program, LaunchError> {
     if let Some(path) = given {
         return Ok(Program {
@@ -601,16 +639,18 @@ fn resolve_program(
     }
     let me = std::env::current_exe()
         .map_err(|e| LaunchError::io("locating the launcher executable", e))?;
-    resolve_beside(&me, what, builtin, find_on_path)
+    resolve_beside(&me, what, builtin, find_on_path, runs_our_code)
 }
 
 /// [`resolve_program`] without a given path, for the program `me`: beside
-/// it, else `on_path`, else `me` itself with its `builtin` subcommand.
+/// it (if older than `me`, only when `runs_our_code` says it is the same
+/// code), else `on_path`, else `me` itself with its `builtin` subcommand.
 fn resolve_beside(
     me: &Path,
     what: &'static str,
     builtin: &str,
     on_path: impl Fn(&str) -> Option<PathBuf>,
+    runs_our_code: impl Fn(&Path) -> bool,
 ) -> Result<Program, LaunchError> {
     // Beside us, or one level up when we are an example or a test binary
     // (target/debug/examples/…, target/debug/deps/…).
@@ -622,14 +662,16 @@ fn resolve_beside(
     {
         candidates.extend(dir.parent().map(|d| d.join(what)));
     }
-    // A `worker` older than the launcher beside it is likely left from an
-    // earlier build (`cargo run --bin launcher` rebuilds only the launcher):
-    // the built-in one is the same code as this launcher, so prefer it.
+    // A `worker` older than the launcher beside it may be left from an
+    // earlier build (`cargo run --bin launcher` rebuilds only the launcher)
+    // — or current: cargo relinks only binaries whose code changed. Unless
+    // it shows it runs the same code, prefer the built-in one, which does.
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let stale = |p: &Path| match (modified(p), modified(me)) {
         (Some(theirs), Some(ours)) => {
             theirs + std::time::Duration::from_secs(60) < ours
                 && me.file_stem().is_some_and(|n| n == "launcher")
+                && !runs_our_code(p)
         }
         _ => false,
     };
@@ -642,7 +684,7 @@ fn resolve_beside(
         }
         // Not the one on PATH either: it is no more likely to be current.
         Some(path) => tracing::info!(
-            "{} is older than the launcher, so it may be from an earlier build (cargo relinks only binaries whose code changed); using the launcher's built-in {what}, the same code as this launcher (--{what}-binary chooses)",
+            "{} is older than the launcher and not the same code (left from an earlier build?); using the launcher's built-in {what} (--{what}-binary chooses)",
             path.display()
         ),
         None => {
@@ -706,6 +748,25 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_runs_our_code_when_its_version_names_our_source_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = |name: &str, version: &str| {
+            let path = dir.path().join(name);
+            program(&path, std::time::Duration::ZERO);
+            std::fs::write(&path, format!("#!/bin/sh\necho '{version}'\n")).unwrap();
+            path
+        };
+        let ours = fake(
+            "ours",
+            &format!("worker 0.1.0 (source {})", circles_worker::SOURCE_ID),
+        );
+        let other = fake("other", "worker 0.1.0 (source 0123456789abcdef)");
+        assert!(runs_our_worker_code(&ours));
+        assert!(!runs_our_worker_code(&other));
+        assert!(!runs_our_worker_code(&dir.path().join("missing")));
+    }
+
+    #[test]
     fn the_worker_beside_the_launcher_is_used_unless_it_is_older_than_the_launcher() {
         let dir = tempfile::tempdir().unwrap();
         let launcher = dir.path().join("launcher");
@@ -716,23 +777,56 @@ mod tests {
 
         // As new as the launcher (a build made both): used.
         program(&worker, minute);
-        let chosen = resolve_beside(&launcher, "worker", "run-worker", |_| elsewhere()).unwrap();
+        let chosen = resolve_beside(
+            &launcher,
+            "worker",
+            "run-worker",
+            |_| elsewhere(),
+            |_| false,
+        )
+        .unwrap();
         assert_eq!((chosen.path, chosen.leading_args), (worker.clone(), vec![]));
 
         // Much older (only the launcher was rebuilt): the launcher's own
         // built-in worker, not the old one and not one on PATH either.
         program(&worker, 10 * minute);
-        let chosen = resolve_beside(&launcher, "worker", "run-worker", |_| elsewhere()).unwrap();
+        let chosen = resolve_beside(
+            &launcher,
+            "worker",
+            "run-worker",
+            |_| elsewhere(),
+            |_| false,
+        )
+        .unwrap();
         assert_eq!(
             (chosen.path, chosen.leading_args),
             (launcher.clone(), vec!["run-worker".to_string()])
         );
 
+        // Older but the same code (cargo did not relink it): used.
+        let chosen = resolve_beside(
+            &launcher,
+            "worker",
+            "run-worker",
+            |_| elsewhere(),
+            |p| p == worker,
+        )
+        .unwrap();
+        assert_eq!(chosen.path, worker);
+
         // None beside it: the one on PATH, else the built-in one.
         std::fs::remove_file(&worker).unwrap();
-        let chosen = resolve_beside(&launcher, "worker", "run-worker", |_| elsewhere()).unwrap();
+        let chosen = resolve_beside(
+            &launcher,
+            "worker",
+            "run-worker",
+            |_| elsewhere(),
+            |_| false,
+        )
+        .unwrap();
         assert_eq!(chosen.path, PathBuf::from("/on/path/worker"));
-        let chosen = resolve_beside(&launcher, "worker", "run-worker", |_| None).unwrap();
+        let chosen =
+            resolve_beside(&launcher, "worker", "run-worker", |_| None, |_| false).unwrap();
         assert_eq!(chosen.leading_args, vec!["run-worker".to_string()]);
 
         // A program that is not the launcher (an example, a test) has no
@@ -741,10 +835,11 @@ mod tests {
         let example = dir.path().join("example");
         program(&example, std::time::Duration::ZERO);
         program(&worker, 10 * minute);
-        let chosen = resolve_beside(&example, "worker", "run-worker", |_| None).unwrap();
+        let chosen = resolve_beside(&example, "worker", "run-worker", |_| None, |_| false).unwrap();
         assert_eq!(chosen.path, worker);
         std::fs::remove_file(&worker).unwrap();
-        let err = resolve_beside(&example, "worker", "run-worker", |_| None).unwrap_err();
+        let err =
+            resolve_beside(&example, "worker", "run-worker", |_| None, |_| false).unwrap_err();
         assert!(err.to_string().contains("--worker-binary"), "{err}");
     }
 

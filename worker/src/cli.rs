@@ -17,6 +17,14 @@ use clap::Parser;
 use crate::{Limits, WorkerConfig};
 
 const MIB: usize = 1024 * 1024;
+/// `worker --version`: the version and the code's fingerprint, which the
+/// launcher reads to tell whether a `worker` binary runs its own code.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (source ",
+    env!("CIRCLES_WORKER_SOURCE_ID"),
+    ")"
+);
 /// A day: longer would be a mistake, and a huge value would not fit a timer.
 const MAX_WALL_TIME_SECS: f64 = 86_400.0;
 
@@ -38,6 +46,7 @@ on bad arguments.";
 #[command(
     name = "worker",
     version,
+    long_version = LONG_VERSION,
     about = "Run Rhai scripts from one circle's Redis queue against its own database",
     after_help = WORKER_EXAMPLES
 )]

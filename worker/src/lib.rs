@@ -26,6 +26,11 @@ pub mod snapshot;
 pub mod store;
 
 pub use engine::{Limits, ScriptEngine};
+
+/// A fingerprint of this worker's code (its sources and the lock file; see
+/// `build.rs`), printed by `worker --version`: two builds with the same id
+/// run the same worker.
+pub const SOURCE_ID: &str = env!("CIRCLES_WORKER_SOURCE_ID");
 pub use run::{WorkerConfig, run};
 pub use store::{CircleStore, RecordCounts, StoreError, StoreRecord};
 
