@@ -56,9 +56,6 @@ pub const ENV_RUST_LOG: &str = "RUST_LOG";
 /// Environment variable: set by systemd for `Type=notify` services, and by
 /// the launcher in direct mode, so one readiness protocol serves both.
 pub const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
-/// Environment variable: the launcher's PID, given to workers it spawns so
-/// that they exit when the launcher is gone (no orphans).
-pub const ENV_LAUNCHER_PID: &str = "CIRCLES_LAUNCHER_PID";
 
 /// Where the default Redis lives.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
