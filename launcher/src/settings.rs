@@ -775,59 +775,40 @@ mod tests {
         let minute = std::time::Duration::from_secs(60);
         program(&launcher, minute);
 
+        // The worker for program `me`, with `on_path` on PATH and
+        // `same_code` telling which binaries run the launcher's code.
+        let choose = |me: &Path, on_path: Option<PathBuf>, same_code: Option<&Path>| {
+            resolve_beside(
+                me,
+                "worker",
+                "run-worker",
+                |_| on_path.clone(),
+                |p| Some(p) == same_code,
+            )
+        };
+        let built_in = (launcher.clone(), vec!["run-worker".to_string()]);
+
         // As new as the launcher (a build made both): used.
         program(&worker, minute);
-        let chosen = resolve_beside(
-            &launcher,
-            "worker",
-            "run-worker",
-            |_| elsewhere(),
-            |_| false,
-        )
-        .unwrap();
+        let chosen = choose(&launcher, elsewhere(), None).unwrap();
         assert_eq!((chosen.path, chosen.leading_args), (worker.clone(), vec![]));
 
         // Much older (only the launcher was rebuilt): the launcher's own
         // built-in worker, not the old one and not one on PATH either.
         program(&worker, 10 * minute);
-        let chosen = resolve_beside(
-            &launcher,
-            "worker",
-            "run-worker",
-            |_| elsewhere(),
-            |_| false,
-        )
-        .unwrap();
-        assert_eq!(
-            (chosen.path, chosen.leading_args),
-            (launcher.clone(), vec!["run-worker".to_string()])
-        );
+        let chosen = choose(&launcher, elsewhere(), None).unwrap();
+        assert_eq!((chosen.path, chosen.leading_args), built_in);
 
         // Older but the same code (cargo did not relink it): used.
-        let chosen = resolve_beside(
-            &launcher,
-            "worker",
-            "run-worker",
-            |_| elsewhere(),
-            |p| p == worker,
-        )
-        .unwrap();
+        let chosen = choose(&launcher, elsewhere(), Some(&worker)).unwrap();
         assert_eq!(chosen.path, worker);
 
         // None beside it: the one on PATH, else the built-in one.
         std::fs::remove_file(&worker).unwrap();
-        let chosen = resolve_beside(
-            &launcher,
-            "worker",
-            "run-worker",
-            |_| elsewhere(),
-            |_| false,
-        )
-        .unwrap();
+        let chosen = choose(&launcher, elsewhere(), None).unwrap();
         assert_eq!(chosen.path, PathBuf::from("/on/path/worker"));
-        let chosen =
-            resolve_beside(&launcher, "worker", "run-worker", |_| None, |_| false).unwrap();
-        assert_eq!(chosen.leading_args, vec!["run-worker".to_string()]);
+        let chosen = choose(&launcher, None, None).unwrap();
+        assert_eq!((chosen.path, chosen.leading_args), built_in);
 
         // A program that is not the launcher (an example, a test) has no
         // built-in worker: an old one beside it is still used, and with
@@ -835,11 +816,10 @@ mod tests {
         let example = dir.path().join("example");
         program(&example, std::time::Duration::ZERO);
         program(&worker, 10 * minute);
-        let chosen = resolve_beside(&example, "worker", "run-worker", |_| None, |_| false).unwrap();
+        let chosen = choose(&example, None, None).unwrap();
         assert_eq!(chosen.path, worker);
         std::fs::remove_file(&worker).unwrap();
-        let err =
-            resolve_beside(&example, "worker", "run-worker", |_| None, |_| false).unwrap_err();
+        let err = choose(&example, None, None).unwrap_err();
         assert!(err.to_string().contains("--worker-binary"), "{err}");
     }
 
