@@ -161,8 +161,9 @@ pub(crate) async fn launcher_once(
     let log = dir.join("launcher.log");
     let mut cmd = Command::new(launcher);
     // The same worker binary as the baseline's: left to choose, a launcher
-    // newer than the worker beside it runs its own built-in worker (a
-    // larger binary), which would measure the two builds, not the launcher.
+    // whose worker beside it is from an earlier build runs its own built-in
+    // worker (a larger binary), which would measure two builds, not the
+    // launcher.
     cmd.arg("--worker-binary")
         .arg(binary("worker"))
         .arg("--redis-url")
