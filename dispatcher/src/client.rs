@@ -102,7 +102,7 @@ if ARGV[2] ~= 'queue' and redis.call('EXISTS', KEYS[3]) == 0 then
     local seen = redis.call('HGET', KEYS[5], ARGV[3])
     if seen then reply['last_seen'] = seen end
     redis.call('LPUSH', KEYS[4], cjson.encode(reply))
-    redis.call('EXPIRE', KEYS[4], 60)
+    redis.call('EXPIRE', KEYS[4], '60')
   end
   return 0
 end

@@ -52,19 +52,21 @@ impl std::fmt::Debug for TaskQueue {
 /// Then — only when it finished the task and ARGV[5] is "1" — moves the
 /// next queued id to the processing list, reads its hash and marks it
 /// processing. Answers `{code}` or `{code, id, fields}`.
+///
+/// Numeric arguments go to `redis.call` as strings: Redis 7.0 turns a Lua
+/// number into an argument with `snprintf("%.17g")`, three per task here.
 const FINISH_AND_TAKE_SCRIPT: &str = r#"
 local holder = redis.call('GET', KEYS[1])
 if holder ~= ARGV[1] then
   if holder then return {0} end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[8])
 end
-if redis.call('LREM', KEYS[2], 1, ARGV[2]) == 0 then return {2} end
+if redis.call('LREM', KEYS[2], '1', ARGV[2]) == 0 then return {2} end
 redis.call('HSET', KEYS[3], unpack(ARGV, 9))
 redis.call('LPUSH', KEYS[4], ARGV[4])
-local keep = tonumber(ARGV[3])
-if keep > 0 then
-  redis.call('EXPIRE', KEYS[3], keep)
-  redis.call('EXPIRE', KEYS[4], keep)
+if ARGV[3] ~= '0' then
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
 end
 if ARGV[5] ~= '1' then return {1} end
 local id = redis.call('LMOVE', KEYS[5], KEYS[2], 'RIGHT', 'LEFT')
@@ -84,7 +86,7 @@ return {1, id, fields}
 const GIVE_BACK_SCRIPT: &str = r#"
 local n = 0
 for i = 1, #ARGV do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
+  if redis.call('LREM', KEYS[1], '1', ARGV[i]) > 0 then
     redis.call('RPUSH', KEYS[2], ARGV[i])
     n = n + 1
   end
