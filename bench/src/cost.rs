@@ -22,8 +22,12 @@ use crate::tasks::{drive_with, floor_worker};
 
 /// Circles, and connections (one per circle), of the throughput figures.
 const CIRCLES: usize = 8;
-/// Alternating slices each of the floor and of the plays.
-const SLICES: u32 = 3;
+/// Alternating slices each of the floor and of the plays, each half the
+/// `--seconds` asked for. Ratios are taken per pair of neighbouring slices
+/// and their median shown with their range: on this VM the same run's
+/// throughput can drift by half between one second and the next, and a
+/// ratio of totals hides which way.
+const SLICES: u32 = 6;
 /// Tasks run to count Redis commands.
 const COUNTED_TASKS: usize = 2000;
 
@@ -57,9 +61,14 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
         .collect();
     let mut unix = Stack::start(&redis, redis.unix_url(), &socket_circles, data.path()).await?;
 
-    let slice = per_run / SLICES;
+    let slice = per_run / 2;
     let mut floor_parts = Vec::new();
+    // Redis's CPU seconds during the floor's slices: the same protocol
+    // without the server and the engine, so its CPU per task is the
+    // baseline of Redis's CPU per play.
+    let mut floor_redis_cpu = 0.0;
     for _ in 0..SLICES {
+        let before = process_cpu_secs(redis_pid);
         floor_parts.push(
             drive_with(
                 &floor_dispatcher,
@@ -70,6 +79,7 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
             )
             .await?,
         );
+        floor_redis_cpu += process_cpu_secs(redis_pid) - before;
         tcp.measure(slice, redis_pid).await?;
         unix.measure(slice, redis_pid).await?;
     }
@@ -77,7 +87,20 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
     for f in floors {
         f.await??;
     }
+    let paired = PairedRatios::new(
+        tcp.plays
+            .iter()
+            .zip(&floor_parts)
+            .map(|(p, f)| p.throughput() / f.throughput()),
+    );
+    let unix_paired = PairedRatios::new(
+        unix.plays
+            .iter()
+            .zip(&tcp.plays)
+            .map(|(u, t)| u.throughput() / t.throughput()),
+    );
     let floor = Samples::combine(floor_parts);
+    let floor_redis_per_task = floor_redis_cpu * 1e6 / floor.count() as f64;
     let plays = Samples::combine(std::mem::take(&mut tcp.plays));
     let per_play = |i: usize| tcp.cpu[i] * 1e6 / plays.count() as f64;
     let unix_plays = Samples::combine(std::mem::take(&mut unix.plays));
@@ -101,7 +124,7 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
         format!("{:.0}", plays.throughput()),
         format!("floor loop: {CIRCLES} dispatcher clients, {CIRCLES} engine-less workers, tasks/s"),
         format!("{:.0}", floor.throughput()),
-        ratio(plays.throughput(), floor.throughput()),
+        paired.to_string(),
     ]);
     throughput.add_row([
         "play p50 at that load".to_string(),
@@ -119,7 +142,7 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
         format!("{:.0}", unix_plays.throughput()),
         "over loopback TCP (above)".to_string(),
         format!("{:.0}", plays.throughput()),
-        ratio(unix_plays.throughput(), plays.throughput()),
+        unix_paired.to_string(),
     ]);
     throughput.add_row([
         "over Redis's Unix socket: CPU per play, all three".to_string(),
@@ -128,9 +151,15 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
         format!("{total:.0} µs"),
         ratio(unix_per_play, total),
     ]);
+    throughput.add_row([
+        "CPU per play: Redis".to_string(),
+        format!("{:.0} µs", per_play(1)),
+        "Redis's CPU per floor task (same protocol, no server, no engine)".to_string(),
+        format!("{floor_redis_per_task:.0} µs"),
+        ratio(per_play(1), floor_redis_per_task),
+    ]);
     for (what, value) in [
         ("CPU per play: server", per_play(0)),
-        ("CPU per play: Redis", per_play(1)),
         ("CPU per play: workers", per_play(2)),
         ("CPU per play: all three", total),
     ] {
@@ -368,5 +397,34 @@ impl Stack {
             *spent += a - b;
         }
         Ok(())
+    }
+}
+
+/// Ratios of neighbouring slices (plays ÷ floor, say), shown as their
+/// median and range: `0.55× (0.48–0.61)`.
+struct PairedRatios(Vec<f64>);
+
+impl PairedRatios {
+    fn new(ratios: impl Iterator<Item = f64>) -> Self {
+        let mut ratios: Vec<f64> = ratios.filter(|r| r.is_finite()).collect();
+        ratios.sort_by(f64::total_cmp);
+        Self(ratios)
+    }
+}
+
+impl std::fmt::Display for PairedRatios {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.0;
+        match (r.first(), r.last()) {
+            (Some(low), Some(high)) => {
+                let mid = if r.len() % 2 == 1 {
+                    r[r.len() / 2]
+                } else {
+                    (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0
+                };
+                write!(f, "{mid:.2}× ({low:.2}–{high:.2})")
+            }
+            _ => f.write_str("-"),
+        }
     }
 }
