@@ -67,6 +67,7 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
     // without the server and the engine, so its CPU per task is the
     // baseline of Redis's CPU per play.
     let mut floor_redis_cpu = 0.0;
+    let mut direct_parts = Vec::new();
     for _ in 0..SLICES {
         let before = process_cpu_secs(redis_pid);
         floor_parts.push(
@@ -80,6 +81,18 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
             .await?,
         );
         floor_redis_cpu += process_cpu_secs(redis_pid) - before;
+        // The same eight workers without the server: tells the server's
+        // share of the gap to the floor from the workers'.
+        direct_parts.push(
+            drive_with(
+                &floor_dispatcher,
+                &circles,
+                CIRCLES,
+                Duration::from_millis(100),
+                slice,
+            )
+            .await?,
+        );
         tcp.measure(slice, redis_pid).await?;
         unix.measure(slice, redis_pid).await?;
     }
@@ -92,6 +105,18 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
             .iter()
             .zip(&floor_parts)
             .map(|(p, f)| p.throughput() / f.throughput()),
+    );
+    let direct_paired = PairedRatios::new(
+        direct_parts
+            .iter()
+            .zip(&floor_parts)
+            .map(|(d, f)| d.throughput() / f.throughput()),
+    );
+    let plays_over_direct = PairedRatios::new(
+        tcp.plays
+            .iter()
+            .zip(&direct_parts)
+            .map(|(p, d)| p.throughput() / d.throughput()),
     );
     let unix_paired = PairedRatios::new(
         unix.plays
@@ -125,6 +150,21 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
         format!("floor loop: {CIRCLES} dispatcher clients, {CIRCLES} engine-less workers, tasks/s"),
         format!("{:.0}", floor.throughput()),
         paired.to_string(),
+    ]);
+    let direct = Samples::combine(direct_parts);
+    throughput.add_row([
+        format!("the same {CIRCLES} workers without the server: dispatcher tasks/s"),
+        format!("{:.0}", direct.throughput()),
+        "floor loop (above)".to_string(),
+        format!("{:.0}", floor.throughput()),
+        direct_paired.to_string(),
+    ]);
+    throughput.add_row([
+        "WebSocket plays/s (first row)".to_string(),
+        format!("{:.0}", plays.throughput()),
+        format!("the same {CIRCLES} workers without the server (above)"),
+        format!("{:.0}", direct.throughput()),
+        plays_over_direct.to_string(),
     ]);
     throughput.add_row([
         "play p50 at that load".to_string(),
