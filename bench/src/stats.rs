@@ -76,3 +76,32 @@ pub fn median(mut values: Vec<Duration>) -> Duration {
         .copied()
         .unwrap_or_default()
 }
+
+/// Ratios of neighbouring slices (plays ÷ floor, say), shown as their
+/// median and range: `0.55× (0.48–0.61)`.
+pub struct PairedRatios(Vec<f64>);
+
+impl PairedRatios {
+    pub fn new(ratios: impl Iterator<Item = f64>) -> Self {
+        let mut ratios: Vec<f64> = ratios.filter(|r| r.is_finite()).collect();
+        ratios.sort_by(f64::total_cmp);
+        Self(ratios)
+    }
+}
+
+impl std::fmt::Display for PairedRatios {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.0;
+        match (r.first(), r.last()) {
+            (Some(low), Some(high)) => {
+                let mid = if r.len() % 2 == 1 {
+                    r[r.len() / 2]
+                } else {
+                    (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0
+                };
+                write!(f, "{mid:.2}× ({low:.2}–{high:.2})")
+            }
+            _ => f.write_str("-"),
+        }
+    }
+}
