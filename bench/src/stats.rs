@@ -105,3 +105,20 @@ impl std::fmt::Display for PairedRatios {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_ratios_show_their_median_and_range() {
+        let odd = PairedRatios::new([0.7, 0.5, 0.6].into_iter());
+        assert_eq!(odd.to_string(), "0.60× (0.50–0.70)");
+        let even = PairedRatios::new([0.4, 0.8, 0.5, 0.6].into_iter());
+        assert_eq!(even.to_string(), "0.55× (0.40–0.80)");
+        // A slice that measured nothing (0 ÷ 0) does not count.
+        let with_empty = PairedRatios::new([f64::NAN, 0.5].into_iter());
+        assert_eq!(with_empty.to_string(), "0.50× (0.50–0.50)");
+        assert_eq!(PairedRatios::new(std::iter::empty()).to_string(), "-");
+    }
+}
