@@ -68,31 +68,23 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
     // baseline of Redis's CPU per play.
     let mut floor_redis_cpu = 0.0;
     let mut direct_parts = Vec::new();
+    // Dispatcher clients, one per circle, as the floor is driven.
+    let drive = |circles| {
+        drive_with(
+            &floor_dispatcher,
+            circles,
+            CIRCLES,
+            Duration::from_millis(100),
+            slice,
+        )
+    };
     for _ in 0..SLICES {
         let before = process_cpu_secs(redis_pid);
-        floor_parts.push(
-            drive_with(
-                &floor_dispatcher,
-                &floor_circles,
-                CIRCLES,
-                Duration::from_millis(100),
-                slice,
-            )
-            .await?,
-        );
+        floor_parts.push(drive(&floor_circles).await?);
         floor_redis_cpu += process_cpu_secs(redis_pid) - before;
         // The same eight workers without the server: tells the server's
         // share of the gap to the floor from the workers'.
-        direct_parts.push(
-            drive_with(
-                &floor_dispatcher,
-                &circles,
-                CIRCLES,
-                Duration::from_millis(100),
-                slice,
-            )
-            .await?,
-        );
+        direct_parts.push(drive(&circles).await?);
         tcp.measure(slice, redis_pid).await?;
         unix.measure(slice, redis_pid).await?;
     }
@@ -100,30 +92,10 @@ pub async fn run(per_run: Duration, memory_circles: usize) -> anyhow::Result<Vec
     for f in floors {
         f.await??;
     }
-    let paired = PairedRatios::new(
-        tcp.plays
-            .iter()
-            .zip(&floor_parts)
-            .map(|(p, f)| p.throughput() / f.throughput()),
-    );
-    let direct_paired = PairedRatios::new(
-        direct_parts
-            .iter()
-            .zip(&floor_parts)
-            .map(|(d, f)| d.throughput() / f.throughput()),
-    );
-    let plays_over_direct = PairedRatios::new(
-        tcp.plays
-            .iter()
-            .zip(&direct_parts)
-            .map(|(p, d)| p.throughput() / d.throughput()),
-    );
-    let unix_paired = PairedRatios::new(
-        unix.plays
-            .iter()
-            .zip(&tcp.plays)
-            .map(|(u, t)| u.throughput() / t.throughput()),
-    );
+    let paired = PairedRatios::of_throughputs(&tcp.plays, &floor_parts);
+    let direct_paired = PairedRatios::of_throughputs(&direct_parts, &floor_parts);
+    let plays_over_direct = PairedRatios::of_throughputs(&tcp.plays, &direct_parts);
+    let unix_paired = PairedRatios::of_throughputs(&unix.plays, &tcp.plays);
     let floor = Samples::combine(floor_parts);
     let floor_redis_per_task = floor_redis_cpu * 1e6 / floor.count() as f64;
     let plays = Samples::combine(std::mem::take(&mut tcp.plays));

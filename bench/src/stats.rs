@@ -87,6 +87,15 @@ impl PairedRatios {
         ratios.sort_by(f64::total_cmp);
         Self(ratios)
     }
+
+    /// Throughput of each of `a` over that of its neighbour in `b`.
+    pub fn of_throughputs(a: &[Samples], b: &[Samples]) -> Self {
+        Self::new(
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| a.throughput() / b.throughput()),
+        )
+    }
 }
 
 impl std::fmt::Display for PairedRatios {
