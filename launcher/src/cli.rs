@@ -16,6 +16,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 pub const DEFAULT_DATA_DIR: &str = "launch_data";
 /// Default config file when no circle is given.
 pub const DEFAULT_CONFIG_FILE: &str = "circles.json";
+/// Longest `--init-timeout`: a day (the value also caps the init script's
+/// wall time, and an unbounded one overflowed the deadline).
+pub const MAX_INIT_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 
 /// Bring circles up: their workers and one WebSocket server, as child
 /// processes (development) or as systemd/launchd services (production).
@@ -226,8 +229,9 @@ pub struct LaunchArgs {
     /// holds one [default: 65536].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(64..))]
     pub server_limit_nofile: Option<u64>,
-    /// Seconds to wait for each init script's result.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_TIMEOUT_SECS)]
+    /// Seconds to wait for each init script's result (at most a day).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TASK_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_INIT_TIMEOUT_SECS))]
     pub init_timeout: u64,
     /// Do not start a private redis-server when nothing answers at a local Redis URL.
     #[arg(long)]
@@ -580,6 +584,33 @@ mod tests {
                 Some(std::path::Path::new(word))
             );
         }
+    }
+
+    #[test]
+    fn an_init_timeout_out_of_range_is_refused_before_anything_starts() {
+        // Unbounded, 2^64-1 seconds overflowed the init deadline and
+        // panicked after the workers were up.
+        for bad in ["0", "86401", "18446744073709551615"] {
+            let err = Cli::try_parse_args([
+                "launcher",
+                "-c",
+                circles_test_support::KEY_ONE,
+                "--init-timeout",
+                bad,
+            ])
+            .expect_err(bad);
+            assert!(err.to_string().contains("--init-timeout"), "{err}");
+        }
+        assert!(
+            Cli::try_parse_args([
+                "launcher",
+                "-c",
+                circles_test_support::KEY_ONE,
+                "--init-timeout",
+                "86400"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl LaunchSettings {
             redis_url,
             enable_auth: args.enable_auth,
             data_dir,
-            init_timeout: Duration::from_secs(args.init_timeout.max(1)),
+            init_timeout: Duration::from_secs(args.init_timeout),
             redis_autostart: !args.no_redis_autostart,
             log_level: common.log_level(),
             worker_ceilings: WorkerCeilings {
