@@ -75,7 +75,14 @@ pub fn line_time(line: &str) -> Option<SystemTime> {
 /// Parses `since` as given in the API: RFC 3339, or Unix seconds.
 pub fn parse_since(text: &str) -> Result<SystemTime, SupervisorError> {
     if let Ok(secs) = text.trim().parse::<u64>() {
-        return Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        // Checked: a caller's 2^64-1 would overflow `SystemTime` and panic.
+        return SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .ok_or_else(|| {
+                SupervisorError::InvalidInput(format!(
+                    "since {secs} is too far in the future for Unix seconds"
+                ))
+            });
     }
     line_time(text.trim()).ok_or_else(|| {
         SupervisorError::InvalidInput(format!(
@@ -242,6 +249,12 @@ mod tests {
         assert_eq!(
             parse_since("1767225600").unwrap(),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600)
+        );
+        assert!(
+            parse_since("18446744073709551615")
+                .unwrap_err()
+                .to_string()
+                .contains("too far in the future")
         );
         assert!(
             parse_since("yesterday")
