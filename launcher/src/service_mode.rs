@@ -456,14 +456,22 @@ fn print_dry_run(
             ))?;
         }
         if !matches!(action, PlannedAction::Unchanged) {
-            let mut contents = rendered.contents.clone();
-            if redis_url.has_credentials() {
-                contents = contents.replace(redis_url.expose_secret(), &redis_url.redacted());
-            }
-            w(contents)?;
+            w(shown_contents(&rendered.contents, &redis_url))?;
         }
     }
     Ok(())
+}
+
+/// A rendered file as the dry run may show it: the Redis URL's password
+/// replaced by `***`. A plist is redacted in its parsed strings — its text
+/// holds the URL XML-escaped (`&amp;`), which a plain replace misses.
+fn shown_contents(contents: &str, redis_url: &RedisUrl) -> String {
+    if !redis_url.has_credentials() {
+        return contents.to_string();
+    }
+    let (secret, shown) = (redis_url.expose_secret(), redis_url.redacted());
+    circles_services::launchd::render::replace_in_strings(contents, secret, &shown)
+        .unwrap_or_else(|| contents.replace(secret, &shown))
 }
 
 /// Where service mode keeps its data: `--data-dir`, else

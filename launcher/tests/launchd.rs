@@ -8,15 +8,15 @@ mod common;
 
 use circles_test_support::{KEY_ONE, binary, free_port, stdout_of};
 
-#[test]
-fn launchd_dry_run_prints_the_plists_and_changes_nothing() {
-    let home = tempfile::tempdir().unwrap();
-    let script = home.path().join("init.rhai");
+/// `launcher --use-service-manager --dry-run --user` of one circle with an
+/// init script on the launchd backend, `HOME` in `home`; its stdout.
+fn launchd_dry_run(home: &std::path::Path, extra: &[&str]) -> String {
+    let script = home.join("init.rhai");
     std::fs::write(&script, "1").unwrap();
-    let stdout = stdout_of(
+    stdout_of(
         std::process::Command::new(binary("launcher"))
             .env("CIRCLES_SERVICE_BACKEND", "launchd")
-            .env("HOME", home.path())
+            .env("HOME", home)
             .args([
                 "--use-service-manager",
                 "--dry-run",
@@ -31,8 +31,15 @@ fn launchd_dry_run_prints_the_plists_and_changes_nothing() {
                 &format!("{KEY_ONE}:{}", script.display()),
             ])
             .arg("--data-dir")
-            .arg(home.path().join("data")),
-    );
+            .arg(home.join("data"))
+            .args(extra),
+    )
+}
+
+#[test]
+fn launchd_dry_run_prints_the_plists_and_changes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let stdout = launchd_dry_run(home.path(), &[]);
     assert!(stdout.contains("dry run: launchd"), "{stdout}");
     let agents = home.path().join("Library/LaunchAgents");
     let worker_plist = agents.join(format!("tf.ourworld.circles.circle-worker-{KEY_ONE}.plist"));
@@ -62,5 +69,22 @@ fn launchd_dry_run_prints_the_plists_and_changes_nothing() {
     assert!(
         !home.path().join("data").exists(),
         "a dry run makes no data directory"
+    );
+}
+
+#[test]
+fn a_dry_run_never_shows_the_redis_password_even_where_xml_escapes_it() {
+    // The plists carry the Redis URL (mode 0600); the dry run shows them
+    // with the password as `***`. A password with `&`, `<`, `>` or quotes
+    // is escaped in the XML text, where a plain text replace missed it.
+    let home = tempfile::tempdir().unwrap();
+    let url = "redis://:s3cr&t<pw>\"'x@127.0.0.1:6399";
+    let stdout = launchd_dry_run(home.path(), &["--redis-url", url]);
+    for leak in ["s3cr", "&amp;t", "t&lt;pw"] {
+        assert!(!stdout.contains(leak), "{leak} shown:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("<string>redis://:***@127.0.0.1:6399</string>"),
+        "{stdout}"
     );
 }

@@ -50,6 +50,28 @@ pub fn is_ours(contents: &str) -> bool {
         .is_some_and(|d| d.contains_key(MANAGED_KEY))
 }
 
+/// `contents` (a plist) with `secret` replaced by `shown` in every string
+/// it holds, for showing a plist that carries a secret. The strings are
+/// compared as parsed, so a secret the XML had to escape (`&`, `<`) is
+/// found too. `None` when `contents` is not a plist.
+pub fn replace_in_strings(contents: &str, secret: &str, shown: &str) -> Option<String> {
+    fn walk(value: &mut Value, secret: &str, shown: &str) {
+        match value {
+            Value::String(s) if s.contains(secret) => *s = s.replace(secret, shown),
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, secret, shown)),
+            Value::Dictionary(dict) => dict.values_mut().for_each(|v| walk(v, secret, shown)),
+            _ => {}
+        }
+    }
+    let mut value = Value::from_reader_xml(contents.as_bytes()).ok()?;
+    walk(&mut value, secret, shown);
+    let mut xml = Vec::new();
+    value.to_writer_xml(&mut xml).ok()?;
+    let mut xml = String::from_utf8(xml).ok()?;
+    xml.push('\n');
+    Some(xml)
+}
+
 /// `<log_dir>/<name>.out.log` and `.err.log`.
 pub fn log_paths(spec: &ServiceSpec) -> (std::path::PathBuf, std::path::PathBuf) {
     (
