@@ -20,9 +20,9 @@
 //! the limit that was hit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use circles_dispatcher::protocol::DEFAULT_MAX_SCRIPT_BYTES;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, ModuleResolver, Position, Scope};
@@ -89,20 +89,31 @@ const AST_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Scripts longer than this are compiled every time rather than cached:
 /// big one-off scripts would only push the small repeated ones out.
 const AST_CACHE_MAX_SCRIPT: usize = 64 * 1024;
-/// The wall clock is read every this many operations (reading it every
-/// operation would cost more than the operations themselves).
-const WALL_CLOCK_CHECK_EVERY: u64 = 1024;
 /// The values a terminated script carries, telling the limits apart.
 const WALL_TIME_TOKEN: &str = "circles:wall-time";
 const MEMORY_TOKEN: &str = "circles:memory";
+const OPERATIONS_TOKEN: &str = "circles:operations";
+/// Which limit stopped the task ([`TaskMeter::tripped`]).
+const TRIPPED_NONE: u8 = 0;
+const TRIPPED_WALL_TIME: u8 = 1;
+const TRIPPED_MEMORY: u8 = 2;
+const TRIPPED_OPERATIONS: u8 = 3;
 
 /// What the engine's callbacks know about the running task. Tasks run one at
 /// a time, so one set of slots suffices.
 #[derive(Debug)]
 struct TaskMeter {
-    /// Deadline in nanoseconds since `epoch`.
+    /// Deadline on [`coarse_clock_nanos`].
     deadline_nanos: AtomicU64,
-    epoch: Instant,
+    /// Operations the task ran, counted here: Rhai's own count starts
+    /// afresh in some native calls (a `sort` comparator's), and the
+    /// operations limit must hold across them.
+    operations: AtomicU64,
+    /// The limit that stopped the task, once one did (`TRIPPED_*`). It
+    /// stays set: every later operation is stopped too, because some
+    /// native functions (`sort` with a comparator) swallow the error of a
+    /// call and go on, and the task must still end as that limit's error.
+    tripped: AtomicU8,
     /// Heap in use when the task started; the budget is counted from here.
     memory_baseline: AtomicUsize,
     /// Highest heap use seen during the task, for releasing memory after.
@@ -177,7 +188,8 @@ impl ScriptEngine {
 
         let meter = Arc::new(TaskMeter {
             deadline_nanos: AtomicU64::new(u64::MAX),
-            epoch: Instant::now(),
+            operations: AtomicU64::new(0),
+            tripped: AtomicU8::new(TRIPPED_NONE),
             memory_baseline: AtomicUsize::new(0),
             memory_peak: AtomicUsize::new(0),
             log_bytes: AtomicUsize::new(0),
@@ -196,22 +208,17 @@ impl ScriptEngine {
             }
         });
         let m = meter.clone();
-        let max_memory = limits.max_memory;
-        engine.on_progress(move |ops| {
-            if max_memory > 0 {
-                let now = memory::allocated();
-                m.memory_peak.fetch_max(now, Ordering::Relaxed);
-                if now.saturating_sub(m.memory_baseline.load(Ordering::Relaxed)) > max_memory {
-                    return Some(MEMORY_TOKEN.into());
-                }
-            }
-            if ops % WALL_CLOCK_CHECK_EVERY == 0
-                && m.epoch.elapsed().as_nanos() as u64 > m.deadline_nanos.load(Ordering::Relaxed)
-            {
-                return Some(WALL_TIME_TOKEN.into());
-            }
-            None
+        let (max_memory, max_operations) = (limits.max_memory, limits.max_operations);
+        engine.on_progress(move |_| m.progress(max_memory, max_operations));
+        // `sleep` (Rhai's core package) blocks the thread where no limit
+        // can stop it: `sleep(1e18)` would hold the circle for good.
+        engine.register_fn("sleep", |_: rhai::INT| -> Result<(), Box<EvalAltResult>> {
+            Err(NO_SLEEP.into())
         });
+        engine.register_fn(
+            "sleep",
+            |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> { Err(NO_SLEEP.into()) },
+        );
         register_db_api(&mut engine, store, &limits);
         register_clock(&mut engine);
         Self {
@@ -274,6 +281,12 @@ impl ScriptEngine {
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
             .map_err(|e| self.describe_error(&e, wall_time))?;
+        // A limit that fired where its error was swallowed (see
+        // `TaskMeter::tripped`) still ends the task.
+        if let Some(token) = self.meter.tripped_token() {
+            let stopped = EvalAltResult::ErrorTerminated(token.into(), Position::NONE);
+            return Err(self.describe_error(&stopped, wall_time));
+        }
         // Rhai checks sizes on function calls but not on `map[key] = value`,
         // so the result is checked once more before it leaves the engine —
         // depth first, since the size check itself recurses.
@@ -356,6 +369,12 @@ impl ScriptEngine {
                     wall_time.as_secs_f64()
                 )
             }
+            EvalAltResult::ErrorTerminated(token, ..) if token.to_string() == OPERATIONS_TOKEN => {
+                format!(
+                    "script exceeded the operations limit ({} operations)",
+                    l.max_operations
+                )
+            }
             EvalAltResult::ErrorTerminated(token, ..) if token.to_string() == MEMORY_TOKEN => {
                 format!(
                     "script exceeded the memory limit ({} MiB)",
@@ -367,6 +386,27 @@ impl ScriptEngine {
     }
 }
 
+/// What a script calling `sleep` is told.
+const NO_SLEEP: &str =
+    "sleep is not available to scripts: it would hold the circle where no limit can stop it";
+
+/// A monotonic clock cheap enough to read before every operation: the
+/// kernel's coarse clock (a memory read, a few ms of resolution) on Linux.
+#[cfg(target_os = "linux")]
+fn coarse_clock_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_clock_nanos() -> u64 {
+    use std::time::Instant;
+    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_nanos() as u64
+}
+
 /// After a task whose heap peaked this far above its start, freed memory is
 /// handed back to the OS.
 const RELEASE_AFTER_PEAK: usize = 8 * 1024 * 1024;
@@ -376,8 +416,11 @@ const MAX_ERROR_TEXT: usize = 4096;
 
 impl TaskMeter {
     fn begin(&self, baseline: usize, wall_time: Duration) {
-        let deadline = (self.epoch.elapsed() + wall_time).as_nanos() as u64;
+        let deadline = coarse_clock_nanos()
+            .saturating_add(wall_time.as_nanos().try_into().unwrap_or(u64::MAX));
         self.deadline_nanos.store(deadline, Ordering::Relaxed);
+        self.operations.store(0, Ordering::Relaxed);
+        self.tripped.store(TRIPPED_NONE, Ordering::Relaxed);
         self.memory_baseline.store(baseline, Ordering::Relaxed);
         self.memory_peak.store(baseline, Ordering::Relaxed);
         self.log_bytes.store(0, Ordering::Relaxed);
@@ -385,6 +428,44 @@ impl TaskMeter {
 
     fn end(&self) {
         self.deadline_nanos.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// Rhai's progress hook, called before every operation: the token of
+    /// the limit that stops the task, if one does.
+    fn progress(&self, max_memory: usize, max_operations: u64) -> Option<Dynamic> {
+        if let Some(token) = self.tripped_token() {
+            return Some(token.into());
+        }
+        let tripped = if max_operations > 0
+            && self.operations.fetch_add(1, Ordering::Relaxed) >= max_operations
+        {
+            TRIPPED_OPERATIONS
+        } else if max_memory > 0 && {
+            let now = memory::allocated();
+            self.memory_peak.fetch_max(now, Ordering::Relaxed);
+            now.saturating_sub(self.memory_baseline.load(Ordering::Relaxed)) > max_memory
+        } {
+            TRIPPED_MEMORY
+        } else if coarse_clock_nanos() > self.deadline_nanos.load(Ordering::Relaxed) {
+            // Every operation: one slow native call (comparing arrays of
+            // megabyte strings) can take seconds, so checking every 1,024
+            // let scripts run ten times their wall time.
+            TRIPPED_WALL_TIME
+        } else {
+            return None;
+        };
+        self.tripped.store(tripped, Ordering::Relaxed);
+        self.tripped_token().map(Dynamic::from)
+    }
+
+    /// The token of the limit that stopped the task, if one did.
+    fn tripped_token(&self) -> Option<&'static str> {
+        match self.tripped.load(Ordering::Relaxed) {
+            TRIPPED_WALL_TIME => Some(WALL_TIME_TOKEN),
+            TRIPPED_MEMORY => Some(MEMORY_TOKEN),
+            TRIPPED_OPERATIONS => Some(OPERATIONS_TOKEN),
+            _ => None,
+        }
     }
 
     /// Whether `len` more bytes of print/debug output may be logged; logs
@@ -573,6 +654,70 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(CircleStore::open(&dir.path().join("db.redb")).unwrap());
         (dir, ScriptEngine::new(store, limits))
+    }
+
+    #[test]
+    fn sleep_is_refused_rather_than_holding_the_circle() {
+        let (_d, e) = engine(Limits::default());
+        for script in ["sleep(1000000000); 1", "sleep(1e18); 1"] {
+            let started = std::time::Instant::now();
+            let err = e.run(script, "c", "c", None).unwrap_err();
+            assert!(err.contains("sleep is not available"), "{err}");
+            assert!(started.elapsed() < Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn limits_hit_inside_a_sort_comparator_still_end_the_task() {
+        // `sort` drops the error of a comparator call and goes on; the
+        // task used to end as completed after 250 times its operations.
+        let (_d, e) = engine(Limits {
+            max_operations: 100_000,
+            ..Limits::default()
+        });
+        let script = "let a = []; for i in 0..50 { a.push(i); } \
+                      a.sort(|x, y| { let i = 0; while i < 30000 { i += 1; } y - x }); a[0]";
+        let err = e.run(script, "c", "c", None).unwrap_err();
+        assert!(err.contains("operations limit (100000"), "{err}");
+        // The wall time likewise: the comparator loops for ever.
+        let (_d, e) = engine(Limits::default());
+        let started = std::time::Instant::now();
+        let script =
+            "let a = []; for i in 0..200 { a.push(i); } a.sort(|x, y| { loop {} }); \"sorted\"";
+        let err = e
+            .run(script, "c", "c", Some(Duration::from_secs(1)))
+            .unwrap_err();
+        assert!(err.contains("wall time limit"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn slow_operations_do_not_stretch_the_wall_time() {
+        // Each `==` of two arrays of 2,000 shared 256 KiB strings that
+        // differ at the end takes milliseconds; the clock used to be read
+        // every 1,024 operations, so a 1 s limit ran for many seconds.
+        let (_d, e) = engine(Limits::default());
+        let script = r#"
+            let s = "x"; while s.len() < 262144 { s += s; }
+            let t = "x" + s.sub_string(1); t.crop(0, 262143); t += "y";
+            let a = []; a.pad(2000, 0); let b = []; b.pad(2000, 0);
+            for i in 0..2000 { a[i] = s; b[i] = t; }
+            loop { let r = a == b; }
+        "#;
+        let started = std::time::Instant::now();
+        let err = e
+            .run(script, "c", "c", Some(Duration::from_secs(1)))
+            .unwrap_err();
+        assert!(err.contains("wall time limit"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
