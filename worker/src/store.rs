@@ -24,6 +24,11 @@ use serde::{Deserialize, Serialize};
 const VALUES: TableDefinition<'_, &str, &str> = TableDefinition::new("values");
 /// Collection name → last id handed out by [`CircleStore::insert`].
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
+/// redb's page cache. Its default is 1 GiB, all of it heap that the worker's
+/// memory ceiling counts: a circle with a few hundred MB of data crashed the
+/// worker by ordinary reads and writes. Kept well inside the ceiling's
+/// headroom above the task budget (`HARD_LIMIT_HEADROOM` in `run.rs`).
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Errors of the circle store, naming the database file.
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +243,8 @@ pub fn database_file_name(circle_hex: &str) -> String {
 }
 
 impl CircleStore {
-    /// Opens (creating if needed) the database file at `path`.
+    /// Opens (creating if needed) the database file at `path`, with a page
+    /// cache of [`CACHE_BYTES`].
     ///
     /// redb locks the file, so a second worker for the same circle fails here
     /// instead of corrupting the first one's data.
@@ -249,13 +255,16 @@ impl CircleStore {
                 message: format!("cannot create directory {}: {e}", parent.display()),
             })?;
         }
-        let db = Database::create(path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => in_use(path),
-            source => StoreError::Open {
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            },
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|source| match source {
+                redb::DatabaseError::DatabaseAlreadyOpen => in_use(path),
+                source => StoreError::Open {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                },
+            })?;
         let store = Self {
             usage: Default::default(),
             db,
@@ -706,6 +715,39 @@ mod tests {
         assert!(
             err.contains("stop that one, or give this worker its own --db-path"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_page_cache_stays_bounded_however_much_is_read_and_written() {
+        // redb's default cache is 1 GiB of counted heap: 128 MiB of values
+        // written and read back kept ~all of it, and a few hundred MB
+        // crashed the worker at its memory ceiling.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(database_file_name("02ab"));
+        let value = format!("\"{}\"", "v".repeat(1024 * 1024));
+        let baseline = crate::memory::allocated();
+        let mut peak = 0;
+        {
+            let store = CircleStore::open(&path).unwrap();
+            for i in 0..128 {
+                store.set(&format!("k:{i}"), &value).unwrap();
+                peak = peak.max(crate::memory::allocated());
+            }
+        }
+        let store = CircleStore::open(&path).unwrap();
+        for i in 0..128 {
+            assert_eq!(
+                store.get(&format!("k:{i}")).unwrap().unwrap().len(),
+                value.len()
+            );
+            peak = peak.max(crate::memory::allocated());
+        }
+        let grown = peak.saturating_sub(baseline);
+        assert!(
+            grown < CACHE_BYTES + 48 * 1024 * 1024,
+            "heap grew by {} MiB",
+            grown >> 20
         );
     }
 
