@@ -28,7 +28,7 @@ use circles_dispatcher::protocol::DEFAULT_MAX_SCRIPT_BYTES;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, ModuleResolver, Position, Scope};
 
 use crate::memory;
-use crate::store::CircleStore;
+use crate::store::{CircleStore, Listing};
 
 /// Script limits. Every one of them ends a task with an error naming it,
 /// and the worker goes on to the next task.
@@ -93,11 +93,13 @@ const AST_CACHE_MAX_SCRIPT: usize = 64 * 1024;
 const WALL_TIME_TOKEN: &str = "circles:wall-time";
 const MEMORY_TOKEN: &str = "circles:memory";
 const OPERATIONS_TOKEN: &str = "circles:operations";
+const STRING_SIZE_TOKEN: &str = "circles:string-size";
 /// Which limit stopped the task ([`TaskMeter::tripped`]).
 const TRIPPED_NONE: u8 = 0;
 const TRIPPED_WALL_TIME: u8 = 1;
 const TRIPPED_MEMORY: u8 = 2;
 const TRIPPED_OPERATIONS: u8 = 3;
+const TRIPPED_STRING_SIZE: u8 = 4;
 
 /// What the engine's callbacks know about the running task. Tasks run one at
 /// a time, so one set of slots suffices.
@@ -219,8 +221,9 @@ impl ScriptEngine {
             "sleep",
             |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> { Err(NO_SLEEP.into()) },
         );
-        register_db_api(&mut engine, store, &limits);
+        register_db_api(&mut engine, store, &limits, meter.clone());
         register_clock(&mut engine);
+        register_capped_text(&mut engine, limits.max_string_size, meter.clone());
         Self {
             engine,
             limits,
@@ -369,6 +372,12 @@ impl ScriptEngine {
                     wall_time.as_secs_f64()
                 )
             }
+            EvalAltResult::ErrorTerminated(token, ..) if token.to_string() == STRING_SIZE_TOKEN => {
+                format!(
+                    "script exceeded the string size limit ({} bytes)",
+                    l.max_string_size
+                )
+            }
             EvalAltResult::ErrorTerminated(token, ..) if token.to_string() == OPERATIONS_TOKEN => {
                 format!(
                     "script exceeded the operations limit ({} operations)",
@@ -433,7 +442,13 @@ impl TaskMeter {
     /// Rhai's progress hook, called before every operation: the token of
     /// the limit that stops the task, if one does.
     fn progress(&self, max_memory: usize, max_operations: u64) -> Option<Dynamic> {
-        if let Some(token) = self.tripped_token() {
+        // A text refused for its size stops the task at its end, not here:
+        // Rhai checks progress right after the native call that refused
+        // it, and `print`/`${}` answer that error by formatting the value
+        // themselves, whole — the very text that was refused.
+        if self.tripped.load(Ordering::Relaxed) != TRIPPED_STRING_SIZE
+            && let Some(token) = self.tripped_token()
+        {
             return Some(token.into());
         }
         let tripped = if max_operations > 0
@@ -454,8 +469,13 @@ impl TaskMeter {
         } else {
             return None;
         };
-        self.tripped.store(tripped, Ordering::Relaxed);
+        self.trip(tripped);
         self.tripped_token().map(Dynamic::from)
+    }
+
+    /// Stops the task for good (`TRIPPED_*`), from its next operation on.
+    fn trip(&self, limit: u8) {
+        self.tripped.store(limit, Ordering::Relaxed);
     }
 
     /// The token of the limit that stopped the task, if one did.
@@ -464,6 +484,7 @@ impl TaskMeter {
             TRIPPED_WALL_TIME => Some(WALL_TIME_TOKEN),
             TRIPPED_MEMORY => Some(MEMORY_TOKEN),
             TRIPPED_OPERATIONS => Some(OPERATIONS_TOKEN),
+            TRIPPED_STRING_SIZE => Some(STRING_SIZE_TOKEN),
             _ => None,
         }
     }
@@ -524,6 +545,107 @@ fn check_depth(value: &Dynamic, max: usize) -> Result<(), TooDeep> {
     walk(value, 0, max)
 }
 
+/// How deep a [`TextBudget`] follows nested arrays and maps; deeper counts
+/// as too big (nothing nested this deep can be stored or returned anyway).
+const MAX_TEXT_DEPTH: usize = 128;
+
+/// Bytes a value may take written out as text (JSON, or Rhai's display),
+/// spent without building the text: strings, blobs and map keys in full,
+/// at least a byte for anything else. Arrays can hold one string many
+/// times over at no cost (strings are shared), so a value far bigger as
+/// text than in memory is cheap to make; building its text in one native
+/// call is what must not happen.
+struct TextBudget(usize);
+
+impl TextBudget {
+    /// Spends `n` bytes; `false` once they are not there.
+    fn take(&mut self, n: usize) -> bool {
+        match self.0.checked_sub(n) {
+            Some(rest) => {
+                self.0 = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Spends what `value` takes as text; `false` once over. Stops there.
+    fn value(&mut self, value: &Dynamic, depth: usize) -> bool {
+        if depth > MAX_TEXT_DEPTH {
+            return false;
+        }
+        if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+            self.take(s.len() + 2)
+        } else if let Some(blob) = value.read_lock::<rhai::Blob>() {
+            self.take(blob.len() + 2)
+        } else if let Some(array) = value.read_lock::<rhai::Array>() {
+            self.array(&array, depth)
+        } else if let Some(map) = value.read_lock::<rhai::Map>() {
+            self.map(&map, depth)
+        } else {
+            self.take(1)
+        }
+    }
+
+    fn array(&mut self, array: &rhai::Array, depth: usize) -> bool {
+        self.take(2)
+            && array
+                .iter()
+                .all(|v| self.take(1) && self.value(v, depth + 1))
+    }
+
+    fn map(&mut self, map: &rhai::Map, depth: usize) -> bool {
+        self.take(3)
+            && map
+                .iter()
+                .all(|(k, v)| self.take(k.len() + 3) && self.value(v, depth + 1))
+    }
+}
+
+/// `print`, `debug`, `to_string`, `to_debug` (what `${}` calls) of arrays
+/// and maps, and `to_json` of maps, refusing before building a text over
+/// the string size limit: Rhai's own build the whole text in one native
+/// call and check its size after, and 2,000 copies of one shared 500 KB
+/// string made a 1 GB allocation that killed the worker. Refusing stops
+/// the task through the meter and answers an empty text: an error would
+/// not do, since `${}` swallows it and formats the value itself, whole.
+/// For the same reason the value is taken by value, not `&mut`: after a
+/// call with a `&mut` argument Rhai checks that argument's size, and that
+/// error too would send `${}` to format it.
+fn register_capped_text(engine: &mut Engine, max: usize, meter: Arc<TaskMeter>) {
+    let fits = move |fits: bool| {
+        if !fits {
+            meter.trip(TRIPPED_STRING_SIZE);
+        }
+        fits
+    };
+    for name in ["print", "debug", "to_string", "to_debug"] {
+        let array_fits = fits.clone();
+        engine.register_fn(name, move |a: rhai::Array| -> String {
+            if array_fits(TextBudget(max).array(&a, 0)) {
+                format!("{a:?}")
+            } else {
+                String::new()
+            }
+        });
+        let map_fits = fits.clone();
+        engine.register_fn(name, move |m: rhai::Map| -> String {
+            if map_fits(TextBudget(max).map(&m, 0)) {
+                format!("#{m:?}")
+            } else {
+                String::new()
+            }
+        });
+    }
+    engine.register_fn("to_json", move |m: rhai::Map| -> String {
+        if fits(TextBudget(max).map(&m, 0)) {
+            serde_json::to_string(&Dynamic::from_map(m)).unwrap_or_default()
+        } else {
+            String::new()
+        }
+    });
+}
+
 /// The script's value as task output.
 fn render_output(value: Dynamic) -> String {
     if value.is_unit() {
@@ -540,9 +662,40 @@ fn render_output(value: Dynamic) -> String {
 /// A value as stored: JSON, refused when nested deeper than `max_depth`
 /// (which is also what reading it back allows, so whatever is written can
 /// be read).
-fn to_json(value: &Dynamic, max_depth: usize) -> Result<String, Box<EvalAltResult>> {
+/// It is also refused over `max_bytes` of JSON — counted before it is built
+/// (see [`TextBudget`]) and after.
+fn to_json(
+    value: &Dynamic,
+    max_depth: usize,
+    max_bytes: usize,
+) -> Result<String, Box<EvalAltResult>> {
     check_depth(value, max_depth).map_err(|e| format!("value cannot be stored: {e}"))?;
-    serde_json::to_string(value).map_err(|e| format!("value cannot be stored: {e}").into())
+    let too_big = || {
+        format!(
+            "value cannot be stored: it is over {} as JSON, the limit for one value",
+            size_text(max_bytes)
+        )
+        .into()
+    };
+    if !TextBudget(max_bytes).value(value, 0) {
+        return Err(too_big());
+    }
+    let json = serde_json::to_string(value).map_err(|e| format!("value cannot be stored: {e}"))?;
+    if json.len() > max_bytes {
+        return Err(too_big());
+    }
+    Ok(json)
+}
+
+/// `1.5 MiB`, `512 KiB`, `100 bytes`.
+fn size_text(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else if bytes >= 1 << 10 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 fn from_json(json: &str) -> Result<Dynamic, Box<EvalAltResult>> {
@@ -564,16 +717,35 @@ fn register_clock(engine: &mut Engine) {
     engine.register_fn("unix_time", || chrono::Utc::now().timestamp());
 }
 
-fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, limits: &Limits) {
+fn register_db_api(
+    engine: &mut Engine,
+    store: Arc<CircleStore>,
+    limits: &Limits,
+    meter: Arc<TaskMeter>,
+) {
+    // A task already stopped by a limit (a refused text, see
+    // `register_capped_text`) writes nothing more: it ends as an error.
+    let stopped = move || -> Result<(), Box<EvalAltResult>> {
+        match meter.tripped_token() {
+            Some(_) => Err("the task was stopped by a limit; nothing more is written".into()),
+            None => Ok(()),
+        }
+    };
     let max_depth = limits.max_value_depth;
     let quota = limits.max_db_bytes;
-    // A listing is one native call: bounded by the map/array limits and by
-    // half the task's memory budget, so it fails with a clear error rather
-    // than building more than the worker may hold.
-    let list_bytes = if limits.max_memory == 0 {
-        usize::MAX
+    // Reading is one native call the memory budget cannot interrupt, and
+    // parsed values take up to ~13 times their JSON in memory (`[[],[],…]`:
+    // 3 bytes each as JSON, ~40 as values). So one value, and a listing of
+    // values, is at most 1/32 of the task's budget as JSON (8 MiB of the
+    // default 256); a listing of keys, half of it. Past that, a clear error
+    // rather than more than the worker may hold.
+    let (value_bytes, keys_bytes) = if limits.max_memory == 0 {
+        (usize::MAX, usize::MAX)
     } else {
-        limits.max_memory / 2
+        (
+            (limits.max_memory / 32).max(limits.max_string_size),
+            limits.max_memory / 2,
+        )
     };
     let (max_list, max_keys) = (limits.max_map_size, limits.max_array_size);
     let s = store.clone();
@@ -581,25 +753,39 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, limits: &Limits
         "db_get",
         move |key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
             match s.get(key).map_err(store_err)? {
+                // Values stored before the per-value limit can be bigger.
+                Some(json) if json.len() > value_bytes => Err(format!(
+                    "db_get: the value of `{}` is {} as JSON, over the {} a script may read at once",
+                    circles_dispatcher::text::clip(key, 64),
+                    size_text(json.len()),
+                    size_text(value_bytes)
+                )
+                .into()),
                 Some(json) => from_json(&json),
                 None => Ok(Dynamic::UNIT),
             }
         },
     );
     let s = store.clone();
+    let check = stopped.clone();
     engine.register_fn(
         "db_set",
         move |key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-            let json = to_json(&value, max_depth)?;
+            check()?;
+            let json = to_json(&value, max_depth, value_bytes)?;
             s.check_quota(quota, key.len() + json.len())
                 .map_err(store_err)?;
             s.set(key, &json).map_err(store_err)
         },
     );
     let s = store.clone();
+    let check = stopped.clone();
     engine.register_fn(
         "db_delete",
-        move |key: &str| -> Result<bool, Box<EvalAltResult>> { s.delete(key).map_err(store_err) },
+        move |key: &str| -> Result<bool, Box<EvalAltResult>> {
+            check()?;
+            s.delete(key).map_err(store_err)
+        },
     );
     let s = store.clone();
     engine.register_fn(
@@ -607,7 +793,13 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, limits: &Limits
         move |prefix: &str| -> Result<rhai::Map, Box<EvalAltResult>> {
             let mut map = rhai::Map::new();
             for (k, json) in s
-                .list_bounded(prefix, max_list, list_bytes, "db_list")
+                .list_bounded(
+                    prefix,
+                    max_list,
+                    value_bytes,
+                    Listing::KeysAndValues,
+                    "db_list",
+                )
                 .map_err(store_err)?
             {
                 map.insert(k.into(), from_json(&json)?);
@@ -619,24 +811,27 @@ fn register_db_api(engine: &mut Engine, store: Arc<CircleStore>, limits: &Limits
     engine.register_fn(
         "db_keys",
         move |prefix: &str| -> Result<rhai::Array, Box<EvalAltResult>> {
-            Ok(s.list_bounded(prefix, max_keys, list_bytes, "db_keys")
-                .map_err(store_err)?
-                .into_iter()
-                .map(|(k, _)| Dynamic::from(k))
-                .collect())
+            Ok(
+                s.list_bounded(prefix, max_keys, keys_bytes, Listing::Keys, "db_keys")
+                    .map_err(store_err)?
+                    .into_iter()
+                    .map(|(k, _)| Dynamic::from(k))
+                    .collect(),
+            )
         },
     );
     let s = store;
     engine.register_fn(
         "db_insert",
         move |collection: &str, value: Dynamic| -> Result<i64, Box<EvalAltResult>> {
+            stopped()?;
             if collection.is_empty() || collection.contains(':') {
                 return Err(format!(
                     "db_insert: collection name `{collection}` must be non-empty and without ':'"
                 )
                 .into());
             }
-            let json = to_json(&value, max_depth)?;
+            let json = to_json(&value, max_depth, value_bytes)?;
             // The key is `<collection>:<id>`, the id at most 20 digits.
             s.check_quota(quota, collection.len() + 21 + json.len())
                 .map_err(store_err)?;
@@ -654,6 +849,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(CircleStore::open(&dir.path().join("db.redb")).unwrap());
         (dir, ScriptEngine::new(store, limits))
+    }
+
+    #[test]
+    fn a_text_budget_counts_shared_strings_every_time() {
+        let s = Dynamic::from("x".repeat(1000));
+        let a: rhai::Array = vec![s; 100];
+        assert!(TextBudget(200_000).array(&a, 0));
+        assert!(!TextBudget(50_000).array(&a, 0));
+        let mut m = rhai::Map::new();
+        m.insert("k".into(), Dynamic::from_array(a));
+        assert!(!TextBudget(50_000).map(&m, 0));
+        assert!(!TextBudget(50_000).value(&Dynamic::from_map(m), 0));
     }
 
     #[test]

@@ -24,6 +24,15 @@ use serde::{Deserialize, Serialize};
 const VALUES: TableDefinition<'_, &str, &str> = TableDefinition::new("values");
 /// Collection name → last id handed out by [`CircleStore::insert`].
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
+/// What [`CircleStore::list_bounded`] reads out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Keys and their values.
+    KeysAndValues,
+    /// Keys only.
+    Keys,
+}
+
 /// redb's page cache. Its default is 1 GiB, all of it heap that the worker's
 /// memory ceiling counts: a circle with a few hundred MB of data crashed the
 /// worker by ordinary reads and writes. Kept well inside the ceiling's
@@ -334,18 +343,26 @@ impl CircleStore {
 
     /// Every `(key, json)` whose key starts with `prefix`, in key order.
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        self.list_bounded(prefix, usize::MAX, usize::MAX, "a listing")
+        self.list_bounded(
+            prefix,
+            usize::MAX,
+            usize::MAX,
+            Listing::KeysAndValues,
+            "a listing",
+        )
     }
 
     /// [`Self::list`] that stops with [`StoreError::TooMany`] before
-    /// holding more than `max_entries` entries or `max_bytes` of keys and
-    /// values: a script's listing is one native call, which the per-task
-    /// memory budget cannot interrupt half-way.
+    /// holding more than `max_entries` entries or `max_bytes` of what it
+    /// returns: a script's listing is one native call, which the per-task
+    /// memory budget cannot interrupt half-way. With [`Listing::Keys`] the
+    /// values are neither read out nor counted (each comes back empty).
     pub fn list_bounded(
         &self,
         prefix: &str,
         max_entries: usize,
         max_bytes: usize,
+        listing: Listing,
         what: &'static str,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
@@ -365,11 +382,15 @@ impl CircleStore {
             if out.len() >= max_entries {
                 return Err(too_many(format!("{max_entries} entries")));
             }
-            bytes = bytes.saturating_add(k.value().len() + v.value().len());
+            let value = match listing {
+                Listing::KeysAndValues => v.value(),
+                Listing::Keys => "",
+            };
+            bytes = bytes.saturating_add(k.value().len() + value.len());
             if bytes > max_bytes {
                 return Err(too_many(format!("{} MiB", max_bytes >> 20)));
             }
-            out.push((k.value().to_string(), v.value().to_string()));
+            out.push((k.value().to_string(), value.to_string()));
         }
         Ok(out)
     }

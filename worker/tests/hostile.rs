@@ -346,3 +346,57 @@ async fn a_refusing_worker_leaves_no_database_behind() {
         "nothing created in the refused worker's data directory"
     );
 }
+
+/// A hostile review (stop 18): one string shared by 2,000 array slots costs
+/// a few KB, but turning the array into text in one native call (`print`,
+/// `to_string`, `${}`, `to_json`, storing it) built 1 GB at once and the
+/// worker died at its memory ceiling; a listing of values small as JSON
+/// but ~13 times bigger parsed did the same. Each must now end as an
+/// error, the same worker serving on.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_cheap_in_memory_but_huge_as_text_are_refused_not_built() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let worker = tokio::task::block_in_place(|| {
+        WorkerProcess::start_capped(&redis, KEY_ONE, db.path(), &[], ADDRESS_SPACE_CAP)
+    });
+    let d = dispatcher(&redis).await;
+    let shared = r#"let s = "x"; while s.len() < 500000 { s += s; }
+        let a = []; a.pad(2000, 0); for i in 0..2000 { a[i] = s; }
+        let m = #{}; for i in 0..300 { m["k" + i] = s; }"#;
+    for (what, tail) in [
+        ("print", "print(a); 1"),
+        ("debug", "debug(m); 1"),
+        ("to_string", "a.to_string().len()"),
+        ("interpolation", "`${a}`.len()"),
+        ("to_json", "m.to_json().len()"),
+    ] {
+        let error = script_error(d.run(&circle(), &format!("{shared} {tail}"), T).await);
+        assert!(
+            error.starts_with("script exceeded the string size limit"),
+            "{what}: {error}"
+        );
+    }
+    for store in [r#"db_set("big", m)"#, r#"db_insert("c", a)"#] {
+        let error = script_error(d.run(&circle(), &format!("{shared} {store}"), T).await);
+        assert!(
+            error.contains("value cannot be stored: it is over 8.0 MiB as JSON"),
+            "{store}: {error}"
+        );
+    }
+    // Values of 300 KB as JSON that parse to ~13 times that: a listing of
+    // 440 of them is refused by its JSON size, not parsed.
+    let fill = r#"let v = []; v.pad(100000, []); for i in 0..30 { db_set("p:" + i, v); } 1"#;
+    assert_eq!(d.run(&circle(), fill, T).await.unwrap(), "1");
+    let error = script_error(d.run(&circle(), r#"db_list("p:").len()"#, T).await);
+    assert!(error.contains("db_list"), "{error}");
+    assert_eq!(
+        d.run(&circle(), r#"db_keys("p:").len()"#, T).await.unwrap(),
+        "30"
+    );
+    assert_eq!(d.run(&circle(), "40 + 2", T).await.unwrap(), "42");
+    assert!(
+        std::fs::metadata(format!("/proc/{}", worker.pid())).is_ok(),
+        "worker died"
+    );
+}
