@@ -679,7 +679,11 @@ fn run_task(
 fn expired_before_run(record: &circles_dispatcher::TaskRecord) -> Option<String> {
     let created = chrono::DateTime::parse_from_rfc3339(record.created_at.as_deref()?).ok()?;
     let timeout = record.timeout_secs?;
-    let deadline = created + chrono::Duration::seconds(i64::try_from(timeout).ok()?);
+    // Checked: a task hash is anybody's with Redis access, and 10^13 s
+    // overflowed the date (a panic that took the worker down). A deadline
+    // past what a date can hold never comes.
+    let deadline = chrono::TimeDelta::try_seconds(i64::try_from(timeout).ok()?)
+        .and_then(|timeout| created.checked_add_signed(timeout))?;
     (chrono::Utc::now() > deadline).then(|| {
         format!(
             "expired before it ran: no worker took it within its {timeout}s timeout (submitted {}), so its caller stopped waiting",

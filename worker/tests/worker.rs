@@ -306,6 +306,27 @@ async fn bad_input_is_refused_or_answered_and_the_worker_keeps_going() {
     let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{junk}"), "10"]);
     assert!(reply.contains("error"), "{reply}");
 
+    // Timeouts past what a date can hold (10^13 s overflowed the expiry
+    // check, i64::MAX the duration: each a panic that killed the worker).
+    for (n, timeout) in [(4, "10000000000000"), (5, "9223372036854775807")] {
+        let id = uuid_like(n);
+        redis.cli(&[
+            "HSET",
+            &format!("rhai_task_details:{id}"),
+            "script",
+            "6 * 7",
+            "status",
+            "pending",
+            "created_at",
+            "2026-12-01T00:00:00Z",
+            "timeout_secs",
+            timeout,
+        ]);
+        redis.cli(&["LPUSH", &queue, &id]);
+        let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{id}"), "10"]);
+        assert!(reply.contains("42"), "timeout {timeout}: {reply}");
+    }
+
     assert_eq!(d.run(&c, "\"still here\"", T).await.unwrap(), "still here");
 }
 
