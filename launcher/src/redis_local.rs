@@ -50,6 +50,13 @@ pub async fn check(url: &str, autostart: bool) -> Result<RedisCheck, LaunchError
         _ => None,
     };
     match local_port {
+        // A private server has no password, so the URL's would fail: say
+        // so before starting one rather than after.
+        Some(_) if autostart && circles_dispatcher::RedisUrl::new(url).has_credentials() => {
+            Err(unreachable(format!(
+                "{err}; a private redis-server is started only for a URL without a password: start Redis with that password there, or drop it from --redis-url"
+            )))
+        }
         Some(port) if autostart => match find_on_path("redis-server") {
             Some(program) => Ok(RedisCheck::StartLocal { port, program }),
             None => Err(unreachable(format!(
@@ -183,4 +190,26 @@ fn major_version(program: &Path) -> Option<u32> {
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
     version.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn no_private_server_is_offered_for_a_url_with_a_password() {
+        let port = circles_test_support::free_port();
+        let url = format!("redis://:s3cret@127.0.0.1:{port}");
+        let err = check(&url, true).await.unwrap_err().to_string();
+        assert!(err.contains("only for a URL without a password"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        // Without one, the same unreachable port is offered one.
+        let plain = format!("redis://127.0.0.1:{port}");
+        if find_on_path("redis-server").is_some() {
+            assert!(matches!(
+                check(&plain, true).await,
+                Ok(RedisCheck::StartLocal { port: p, .. }) if p == port
+            ));
+        }
+    }
 }
