@@ -83,12 +83,17 @@ impl Default for Limits {
     }
 }
 
-/// Compiled scripts are cached by their text up to this many source bytes
-/// in all; the cache is emptied when a new entry would pass it.
-const AST_CACHE_BYTES: usize = 8 * 1024 * 1024;
-/// Scripts longer than this are compiled every time rather than cached:
-/// big one-off scripts would only push the small repeated ones out.
+/// Compiled scripts are cached by their text up to this many bytes of heap
+/// in all (text and compiled form, measured as compiled); the cache is
+/// emptied when a new entry would pass it. Measured, not counted in source
+/// bytes: a script compiles to ~100 times its text, and 8 MiB of cached
+/// source was ~800 MiB, past the worker's memory ceiling.
+const AST_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Scripts longer than this, or bigger than [`AST_CACHE_MAX_ENTRY`]
+/// compiled, are compiled every time rather than cached: big one-off
+/// scripts would only push the small repeated ones out.
 const AST_CACHE_MAX_SCRIPT: usize = 64 * 1024;
+const AST_CACHE_MAX_ENTRY: usize = 1024 * 1024;
 /// The values a terminated script carries, telling the limits apart.
 const WALL_TIME_TOKEN: &str = "circles:wall-time";
 const MEMORY_TOKEN: &str = "circles:memory";
@@ -132,7 +137,7 @@ pub struct ScriptEngine {
     cache: Mutex<AstCache>,
 }
 
-/// Compiled scripts by source text, bounded in source bytes.
+/// Compiled scripts by source text, bounded in heap bytes.
 #[derive(Default)]
 struct AstCache {
     entries: HashMap<String, Arc<AST>>,
@@ -312,17 +317,21 @@ impl ScriptEngine {
         if let Some(ast) = self.cache.lock().expect("ast cache").entries.get(script) {
             return Ok(ast.clone());
         }
+        let before = memory::allocated();
         let ast = Arc::new(
             self.engine
                 .compile(script)
                 .map_err(|e| format!("syntax error: {e}"))?,
         );
-        if script.len() <= AST_CACHE_MAX_SCRIPT {
+        // The heap the compiled form took (tasks run one at a time; what
+        // the heartbeat thread allocates meanwhile is noise).
+        let size = script.len() + memory::allocated().saturating_sub(before);
+        if script.len() <= AST_CACHE_MAX_SCRIPT && size <= AST_CACHE_MAX_ENTRY {
             let mut cache = self.cache.lock().expect("ast cache");
-            if cache.bytes + script.len() > AST_CACHE_BYTES {
+            if cache.bytes + size > AST_CACHE_BYTES {
                 *cache = AstCache::default();
             }
-            cache.bytes += script.len();
+            cache.bytes += size;
             cache.entries.insert(script.to_string(), ast.clone());
         }
         Ok(ast)
@@ -849,6 +858,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(CircleStore::open(&dir.path().join("db.redb")).unwrap());
         (dir, ScriptEngine::new(store, limits))
+    }
+
+    #[test]
+    fn the_script_cache_is_bounded_by_what_compiled_scripts_take() {
+        // A 52 KB script of 13,000 statements compiles to ~5 MB: cached
+        // by source bytes, 128 of them (all under the old 8 MiB of
+        // source) held ~700 MB and crashed the worker at its ceiling.
+        let (_d, e) = engine(Limits::default());
+        let baseline = crate::memory::allocated();
+        for i in 0..40 {
+            let script = format!("let a = {i}; {}a", "a+a;".repeat(13_000));
+            e.run(&script, "c", "c", None).unwrap();
+        }
+        let cached = e.cache.lock().unwrap().bytes;
+        assert!(cached <= AST_CACHE_BYTES, "{cached}");
+        let grown = crate::memory::allocated().saturating_sub(baseline);
+        assert!(grown < 120 << 20, "heap grew by {} MiB", grown >> 20);
+        // Small scripts are still cached.
+        e.run("40 + 2", "c", "c", None).unwrap();
+        assert!(e.cache.lock().unwrap().entries.contains_key("40 + 2"));
     }
 
     #[test]
