@@ -10,6 +10,7 @@
 use circles_dispatcher::text::clip;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -71,6 +72,10 @@ struct RunnerSlot {
     config: Mutex<RunnerConfig>,
     /// Held for the whole of an operation on this runner.
     op: tokio::sync::Mutex<()>,
+    /// Whether the state file may record it: not while `add_runner` is
+    /// still installing it (another operation's save would make a runner
+    /// whose add then failed come back at the next start).
+    saved: AtomicBool,
 }
 
 impl RunnerSlot {
@@ -228,6 +233,7 @@ impl Supervisor {
                 (
                     c.name.clone(),
                     Arc::new(RunnerSlot {
+                        saved: AtomicBool::new(true),
                         config: Mutex::new(c),
                         op: tokio::sync::Mutex::new(()),
                     }),
@@ -314,7 +320,12 @@ impl Supervisor {
 
     fn save(&self) -> Result<(), SupervisorError> {
         let _write = self.store_write.lock().expect("store lock");
-        let configs: Vec<RunnerConfig> = self.slots().iter().map(|s| s.config()).collect();
+        let configs: Vec<RunnerConfig> = self
+            .slots()
+            .iter()
+            .filter(|s| s.saved.load(Ordering::SeqCst))
+            .map(|s| s.config())
+            .collect();
         self.store.save(&configs)
     }
 
@@ -474,6 +485,7 @@ impl Supervisor {
         // Reserve the name (and the circle) before anything is installed, so
         // a concurrent add of the same one is refused.
         let slot = Arc::new(RunnerSlot {
+            saved: AtomicBool::new(false),
             config: Mutex::new(config.clone()),
             op: tokio::sync::Mutex::new(()),
         });
@@ -505,6 +517,7 @@ impl Supervisor {
                 let _ = manager.remove(&w).await;
                 return Err(e);
             }
+            slot.saved.store(true, Ordering::SeqCst);
             if let Err(e) = self.save() {
                 let _ = manager.remove(&w).await;
                 return Err(e);
@@ -513,10 +526,15 @@ impl Supervisor {
         }
         .await;
         if let Err(e) = result {
+            slot.saved.store(false, Ordering::SeqCst);
             self.runners
                 .write()
                 .expect("runner table")
                 .remove(&req.name);
+            // A save that failed half-way may have recorded it.
+            if let Err(e) = self.save() {
+                tracing::error!("could not update the state file after a failed add: {e}");
+            }
             tracing::warn!(runner = %req.name, "add_runner failed, nothing kept: {e}");
             return Err(e);
         }

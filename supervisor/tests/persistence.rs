@@ -193,3 +193,38 @@ fn kill_9_of_a_runner_a_crash_loop_and_kill_9_of_the_supervisor() {
     assert_eq!(d.wait_exit(Duration::from_secs(30)), Some(0));
     assert!(!alive(worker));
 }
+
+/// A hostile review (stop 18): an `add_runner` still installing was written
+/// to the state file by any other operation's save meanwhile, so a runner
+/// whose add then failed ("nothing kept") came back at the next start.
+#[test]
+fn a_failed_add_never_reaches_the_state_file() {
+    let redis = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // Up for two seconds, never ready, then gone: the add fails.
+    let slow = script(tmp.path(), "slow-worker", "#!/bin/sh\nsleep 2\nexit 1\n");
+    let d = Daemon::start(tmp.path(), &redis.url(), &[], &[]);
+    let h = d.http();
+    h.ok(
+        "add_runner",
+        json!({"name": "other", "circle_public_key": KEY_ONE}),
+    );
+    let adding = {
+        let h = d.http();
+        std::thread::spawn(move || {
+            h.call(
+                "add_runner",
+                json!({"name": "doomed", "circle_public_key": KEY_TWO, "worker_binary": slow, "start": true}),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    // Another runner's change saves the state while the add is running.
+    h.ok("remove_runner", json!({"name": "other"}));
+    let added = adding.join().unwrap();
+    assert!(added.get("error").is_some(), "{added}");
+    let state = std::fs::read_to_string(tmp.path().join("supervisor.json")).unwrap();
+    assert!(!state.contains("doomed"), "{state}");
+    let runners = h.ok("list_runners", json!({}));
+    assert!(!runners.to_string().contains("doomed"), "{runners}");
+}
