@@ -44,7 +44,8 @@ pub struct WorkerService {
     /// The init script's text, if any: part of the fingerprint, so a
     /// changed script counts as a change.
     pub init_script: Option<String>,
-    /// More environment (from the supervisor's `add_runner`).
+    /// More environment (from the supervisor's `add_runner`); treated as
+    /// secret in a service (kept in 0600 files only).
     pub extra_env: BTreeMap<String, String>,
     /// OS-enforced ceilings of its service (not of a supervised child);
     /// [`DEFAULT_WORKER_LIMITS`] unless chosen.
@@ -128,9 +129,11 @@ pub fn worker_service_spec(w: &WorkerService) -> ServiceSpec {
         || "none".to_string(),
         |s| hex::encode(Sha256::digest(s.as_bytes())),
     );
-    let mut env = w.extra_env.clone();
-    env.insert(ENV_RUST_LOG.to_string(), w.log_level.clone());
-    let mut secret_env = SecretEnv::default();
+    let mut env = BTreeMap::from([(ENV_RUST_LOG.to_string(), w.log_level.clone())]);
+    // A runner's own environment may hold secrets (the supervisor keeps it
+    // in a 0600 file): into a 0600 file here too, never into the unit or
+    // plist that every user may read (or `systemctl show`).
+    let mut secret_env = SecretEnv(w.extra_env.clone());
     redis_url_env(&w.redis_url, &mut env, &mut secret_env);
     let db = db_dir(&w.data_dir, &w.key);
     let mut args: Vec<String> = w.leading_args.clone();
@@ -224,5 +227,36 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
             return Ok(hex::encode(hasher.finalize()));
         }
         hasher.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runners_own_environment_goes_only_into_the_secret_files() {
+        // A hostile review (stop 18): `add_runner`'s env reached the 0644
+        // unit/plist, readable by every user of the host.
+        let w = WorkerService {
+            key: "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+                .parse()
+                .unwrap(),
+            name: "w".into(),
+            program: "/usr/bin/worker".into(),
+            leading_args: Vec::new(),
+            program_sha256: String::new(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            data_dir: "/var/lib/circles".into(),
+            log_dir: "/var/log/circles".into(),
+            log_level: "info".into(),
+            init_script: None,
+            extra_env: BTreeMap::from([("API_TOKEN".into(), "tok-SECRET-123".into())]),
+            limits: DEFAULT_WORKER_LIMITS,
+        };
+        let spec = worker_service_spec(&w);
+        assert!(!spec.env.contains_key("API_TOKEN"), "{:?}", spec.env);
+        assert_eq!(spec.secret_env.0["API_TOKEN"], "tok-SECRET-123");
+        assert!(spec.env.contains_key(ENV_RUST_LOG));
     }
 }
