@@ -66,7 +66,9 @@ pub(crate) async fn serve(
         tracing::debug!("connected");
         let (sink, mut frames) = socket.split();
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
-        let writer = tokio::spawn(write_frames(sink, outbox_rx).in_current_span());
+        let writer = tokio::spawn(
+            write_frames(sink, outbox_rx, shared.idle_timeout).in_current_span(),
+        );
         let mut session = Session {
             shared: Arc::clone(&shared),
             circle,
@@ -88,6 +90,8 @@ pub(crate) async fn serve(
             tokio::select! {
                 biased;
                 () = shutdown.raised() => break EndReason::ServerShutdown,
+                // The writer gave up on a client that stopped reading.
+                () = outbox.closed() => break EndReason::NotReading,
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= idle_timeout {
                         break EndReason::Idle;
@@ -140,7 +144,7 @@ pub(crate) async fn serve(
         match reason {
             // Nobody is left to read the answers: stop waiting for them.
             // The tasks stay queued in Redis and the worker still runs them.
-            EndReason::ClientClosed => plays.abort_all(),
+            EndReason::ClientClosed | EndReason::NotReading => plays.abort_all(),
             EndReason::Idle | EndReason::TooBig => {
                 plays.abort_all();
                 let (code, reason) = match reason {
@@ -176,6 +180,9 @@ pub(crate) async fn serve(
 #[derive(Debug, Clone, Copy)]
 enum EndReason {
     ClientClosed,
+    /// The client read nothing of its answers for the idle timeout: what
+    /// waited for it (up to its plays' outputs) is let go.
+    NotReading,
     ServerShutdown,
     /// Nothing heard for the idle timeout.
     Idle,
@@ -231,25 +238,48 @@ impl TokenBucket {
 }
 
 /// Writes every queued frame, flushing when the queue runs dry so that a
-/// burst of answers costs one write, then closes the socket.
+/// burst of answers costs one write, then closes the socket. Gives up when
+/// a write makes no progress for `stall` (a client that sends but never
+/// reads held its answers — megabytes each — and its connection for good):
+/// the outbox closes, and the connection ends.
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut outbox: mpsc::Receiver<Message>,
+    stall: Duration,
 ) {
     while let Some(message) = outbox.recv().await {
-        let mut result = sink.feed(message).await;
+        let mut result = within(stall, sink.feed(message)).await;
         while result.is_ok() {
             match outbox.try_recv() {
-                Ok(message) => result = sink.feed(message).await,
+                Ok(message) => result = within(stall, sink.feed(message)).await,
                 Err(_) => break,
             }
         }
-        if let Err(e) = result.and(sink.flush().await) {
-            tracing::debug!(error = %e, "write failed");
+        let result = match result {
+            Ok(()) => within(stall, sink.flush()).await,
+            failed => failed,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "write failed; closing the connection");
             return;
         }
     }
     let _ = sink.close().await;
+}
+
+/// `write`, failed once it has made no progress for `stall`.
+async fn within(
+    stall: Duration,
+    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), axum::Error> {
+    tokio::time::timeout(stall, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(axum::Error::new(format!(
+                "the client read nothing for {}s",
+                stall.as_secs()
+            )))
+        })
 }
 
 /// What a connection knows about its client.

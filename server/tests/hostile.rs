@@ -508,3 +508,54 @@ fn raise_open_file_limit(wanted: u64) {
     )
     .unwrap();
 }
+
+/// A hostile review (stop 18): a client that sends plays with megabyte
+/// answers and never reads held ~140 MiB of the server and its connection
+/// for good (the writer waited on it for ever, and with it the idle
+/// check). Now the writer gives up after the idle timeout without
+/// progress and the connection ends, its place given back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_is_let_go() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _w = start_worker(&redis, KEY_ONE, db.path(), &[]);
+    let server = RunningServer::start(ServerConfig {
+        circles: vec![circle(KEY_ONE)],
+        idle_timeout: Duration::from_secs(2),
+        connections: limits(1, 1, Duration::from_secs(30)),
+        ..test_config(&redis)
+    })
+    .await;
+    // A small receive buffer, so the server's writes stall at once.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut reader_never = ws_over(stream, &server).await.unwrap();
+    let big = r#"let s = "x"; while s.len() < 1000000 { s += s; } s"#;
+    // More than its plays in flight (32) and the answers the writer
+    // queues (64): with every slot held, the old server stopped reading,
+    // pinging and checking for idleness.
+    for id in 0..120 {
+        let play = json!({"jsonrpc": "2.0", "id": id, "method": "play", "params": {"script": big}});
+        reader_never
+            .send(Message::text(play.to_string()))
+            .await
+            .unwrap();
+    }
+    // The one place is held, then given back once the server let go.
+    let started = Instant::now();
+    let mut again = None;
+    while again.is_none() && started.elapsed() < Duration::from_secs(20) {
+        if let Ok(ws) = ws_over(connect_from("127.0.0.1", server.addr).await, &server).await {
+            again = Some(ws);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        again.is_some(),
+        "the non-reading client still holds its connection after {:?}",
+        started.elapsed()
+    );
+    drop(reader_never);
+}
