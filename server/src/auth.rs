@@ -129,7 +129,13 @@ pub struct IssuedNonce {
     pub expires_at: u64,
 }
 
-/// Outstanding nonces, keyed by the public key they were issued for.
+/// Who a nonce was issued to: one WebSocket connection. A nonce is
+/// redeemed only by the connection that fetched it, so nobody can push a
+/// user's nonces out by fetching more for the same key elsewhere.
+pub type NonceHolder = u64;
+
+/// Outstanding nonces, keyed by the public key they were issued for and the
+/// connection that asked.
 ///
 /// Bounded: at most `max_nonces` are outstanding at once (all keys
 /// together); [`NonceStore::sweep`] drops expired ones and gives the memory
@@ -144,7 +150,7 @@ pub struct NonceStore {
 
 #[derive(Debug)]
 struct NonceMap {
-    by_key: HashMap<CirclePublicKey, Vec<PendingNonce>>,
+    by_key: HashMap<(CirclePublicKey, NonceHolder), Vec<PendingNonce>>,
     /// Nonces in `by_key`, all keys together.
     count: usize,
     /// Per client address: when its current window began, and how many
@@ -231,9 +237,14 @@ impl NonceStore {
         self.ttl
     }
 
-    /// Issues a fresh random nonce for `key` to a client at `from`, unless
-    /// the store is full or `from` had its share.
-    pub fn issue(&self, key: CirclePublicKey, from: IpAddr) -> Result<IssuedNonce, AuthError> {
+    /// Issues a fresh random nonce for `key` to connection `holder` of a
+    /// client at `from`, unless the store is full or `from` had its share.
+    pub fn issue(
+        &self,
+        key: CirclePublicKey,
+        from: IpAddr,
+        holder: NonceHolder,
+    ) -> Result<IssuedNonce, AuthError> {
         let nonce = hex::encode(secp256k1::rand::random::<[u8; 32]>());
         let now = Instant::now();
         let expires_at = SystemTime::now()
@@ -260,7 +271,7 @@ impl NonceStore {
             return Err(AuthError::TooManyFromAddress);
         }
         window.1 += 1;
-        let pending = map.by_key.entry(key).or_default();
+        let pending = map.by_key.entry((key, holder)).or_default();
         let before = pending.len();
         pending.retain(|p| p.expires > now);
         if pending.len() >= MAX_NONCES_PER_KEY {
@@ -274,14 +285,19 @@ impl NonceStore {
         Ok(IssuedNonce { nonce, expires_at })
     }
 
-    /// Checks that `signature` proves `key` over one of its outstanding
-    /// nonces, and uses that nonce up.
-    pub fn redeem(&self, key: &CirclePublicKey, signature: &EthSignature) -> Result<(), AuthError> {
+    /// Checks that `signature` proves `key` over one of the nonces issued
+    /// for it to `holder`, and uses that nonce up.
+    pub fn redeem(
+        &self,
+        key: &CirclePublicKey,
+        holder: NonceHolder,
+        signature: &EthSignature,
+    ) -> Result<(), AuthError> {
         let now = Instant::now();
         let candidates: Vec<String> = {
             let mut map = self.state.lock().expect("nonce store poisoned");
             let map = &mut *map;
-            match map.by_key.get_mut(key) {
+            match map.by_key.get_mut(&(*key, holder)) {
                 Some(pending) => {
                     let before = pending.len();
                     pending.retain(|p| p.expires > now);
@@ -305,7 +321,7 @@ impl NonceStore {
         let mut map = self.state.lock().expect("nonce store poisoned");
         let pending = map
             .by_key
-            .get_mut(key)
+            .get_mut(&(*key, holder))
             .ok_or_else(|| self.no_valid_nonce())?;
         let position = pending
             .iter()
@@ -313,7 +329,7 @@ impl NonceStore {
             .ok_or_else(|| self.no_valid_nonce())?;
         pending.remove(position);
         if pending.is_empty() {
-            map.by_key.remove(key);
+            map.by_key.remove(&(*key, holder));
         }
         map.count -= 1;
         Ok(())
@@ -412,12 +428,12 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         for v_offset in [0, 27] {
-            let issued = store.issue(pair.public, LOCAL).unwrap();
+            let issued = store.issue(pair.public, LOCAL, 0).unwrap();
             assert_eq!(issued.nonce.len(), 64);
             let sig = EthSignature::parse(&eth_sign(&pair, &issued.nonce, v_offset)).unwrap();
-            store.redeem(&pair.public, &sig).unwrap();
+            store.redeem(&pair.public, 0, &sig).unwrap();
             assert!(matches!(
-                store.redeem(&pair.public, &sig),
+                store.redeem(&pair.public, 0, &sig),
                 Err(AuthError::NoValidNonce { ttl_secs: 60 })
             ));
         }
@@ -431,7 +447,7 @@ mod tests {
             .unwrap()
             .as_secs();
         let issued = store
-            .issue(CircleKeypair::generate().public, LOCAL)
+            .issue(CircleKeypair::generate().public, LOCAL, 0)
             .unwrap();
         assert!((now + 299..=now + 301).contains(&issued.expires_at));
     }
@@ -441,33 +457,33 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         let other = CircleKeypair::generate();
-        let issued = store.issue(pair.public, LOCAL).unwrap();
+        let issued = store.issue(pair.public, LOCAL, 0).unwrap();
 
         let by_other = EthSignature::parse(&eth_sign(&other, &issued.nonce, 27)).unwrap();
         assert_eq!(
-            store.redeem(&pair.public, &by_other),
+            store.redeem(&pair.public, 0, &by_other),
             Err(AuthError::SignatureMismatch)
         );
         let other_text = EthSignature::parse(&eth_sign(&pair, "not the nonce", 27)).unwrap();
         assert_eq!(
-            store.redeem(&pair.public, &other_text),
+            store.redeem(&pair.public, 0, &other_text),
             Err(AuthError::SignatureMismatch)
         );
         // A signature for a key with no nonce at all.
         let for_other_key = EthSignature::parse(&eth_sign(&other, &issued.nonce, 0)).unwrap();
         assert!(matches!(
-            store.redeem(&other.public, &for_other_key),
+            store.redeem(&other.public, 0, &for_other_key),
             Err(AuthError::NoValidNonce { .. })
         ));
         // Failed attempts do not use the nonce up.
         let good = EthSignature::parse(&eth_sign(&pair, &issued.nonce, 0)).unwrap();
-        store.redeem(&pair.public, &good).unwrap();
+        store.redeem(&pair.public, 0, &good).unwrap();
 
         let expired_store = NonceStore::new(Duration::ZERO);
-        let issued = expired_store.issue(pair.public, LOCAL).unwrap();
+        let issued = expired_store.issue(pair.public, LOCAL, 0).unwrap();
         let sig = EthSignature::parse(&eth_sign(&pair, &issued.nonce, 0)).unwrap();
         assert!(matches!(
-            expired_store.redeem(&pair.public, &sig),
+            expired_store.redeem(&pair.public, 0, &sig),
             Err(AuthError::NoValidNonce { ttl_secs: 0 })
         ));
     }
@@ -477,17 +493,17 @@ mod tests {
         let store = NonceStore::new(Duration::from_secs(60));
         let pair = CircleKeypair::generate();
         let issued: Vec<_> = (0..MAX_NONCES_PER_KEY + 1)
-            .map(|_| store.issue(pair.public, LOCAL).unwrap())
+            .map(|_| store.issue(pair.public, LOCAL, 0).unwrap())
             .collect();
         let oldest = EthSignature::parse(&eth_sign(&pair, &issued[0].nonce, 0)).unwrap();
         assert_eq!(
-            store.redeem(&pair.public, &oldest),
+            store.redeem(&pair.public, 0, &oldest),
             Err(AuthError::SignatureMismatch)
         );
         // Any of the others works, in any order.
         for i in [3, 1, MAX_NONCES_PER_KEY] {
             let sig = EthSignature::parse(&eth_sign(&pair, &issued[i].nonce, 0)).unwrap();
-            store.redeem(&pair.public, &sig).unwrap();
+            store.redeem(&pair.public, 0, &sig).unwrap();
         }
     }
 
@@ -496,7 +512,7 @@ mod tests {
         let store = NonceStore::new(Duration::ZERO);
         for _ in 0..MIN_SWEEP_THRESHOLD * 3 {
             store
-                .issue(CircleKeypair::generate().public, LOCAL)
+                .issue(CircleKeypair::generate().public, LOCAL, 0)
                 .unwrap();
         }
         // Without sweeping there would be one entry per key.
@@ -513,24 +529,27 @@ mod tests {
         let key = CircleKeypair::generate().public;
         let flooder = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
         for _ in 0..MAX_NONCES_PER_ADDRESS {
-            store.issue(key, flooder).unwrap();
+            store.issue(key, flooder, 0).unwrap();
         }
         assert_eq!(
-            store.issue(key, flooder),
+            store.issue(key, flooder, 0),
             Err(AuthError::TooManyFromAddress)
         );
         // A /64 is one client: its other addresses share the count.
         let v6 =
             |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
         for _ in 0..MAX_NONCES_PER_ADDRESS {
-            store.issue(key, v6(1)).unwrap();
+            store.issue(key, v6(1), 0).unwrap();
         }
-        assert_eq!(store.issue(key, v6(2)), Err(AuthError::TooManyFromAddress));
+        assert_eq!(
+            store.issue(key, v6(2), 0),
+            Err(AuthError::TooManyFromAddress)
+        );
         // Everybody else is unaffected.
         let pair = CircleKeypair::generate();
-        let issued = store.issue(pair.public, LOCAL).unwrap();
+        let issued = store.issue(pair.public, LOCAL, 0).unwrap();
         let sig = EthSignature::parse(&eth_sign(&pair, &issued.nonce, 0)).unwrap();
-        store.redeem(&pair.public, &sig).unwrap();
+        store.redeem(&pair.public, 0, &sig).unwrap();
     }
 
     #[test]
@@ -540,12 +559,15 @@ mod tests {
         let keys: Vec<_> = (0..12).map(|_| CircleKeypair::generate().public).collect();
         let store = NonceStore::with_capacity(Duration::from_millis(400), 10);
         for key in &keys[..10] {
-            store.issue(*key, LOCAL).unwrap();
+            store.issue(*key, LOCAL, 0).unwrap();
         }
-        assert_eq!(store.issue(keys[10], LOCAL), Err(AuthError::TooManyNonces));
+        assert_eq!(
+            store.issue(keys[10], LOCAL, 0),
+            Err(AuthError::TooManyNonces)
+        );
         std::thread::sleep(Duration::from_millis(450));
         // Expired ones make room again, swept by `issue` itself...
-        store.issue(keys[11], LOCAL).unwrap();
+        store.issue(keys[11], LOCAL, 0).unwrap();
         assert_eq!(store.key_count(), 1);
         // ... or by the periodic sweep.
         std::thread::sleep(Duration::from_millis(450));

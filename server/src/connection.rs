@@ -52,6 +52,8 @@ const OUTBOX_CAPACITY: usize = 64;
 /// made-up keys is slowed to a trickle per connection.
 const NONCE_BURST: f64 = 8.0;
 const NONCES_PER_SEC: f64 = 2.0;
+/// Numbers the connections for [`crate::auth::NonceStore`].
+static NEXT_NONCE_HOLDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Serves one upgraded connection until the client leaves or the server
 /// shuts down.
@@ -77,6 +79,7 @@ pub(crate) async fn serve(
             nonce_allowance: TokenBucket::new(NONCE_BURST, NONCES_PER_SEC),
             auth_allowance: TokenBucket::new(NONCE_BURST, NONCES_PER_SEC),
             peer_ip: peer.ip(),
+            nonce_holder: NEXT_NONCE_HOLDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         let mut plays = JoinSet::new();
         let mut shutdown = shared.shutdown.clone();
@@ -295,6 +298,8 @@ struct Session {
     auth_allowance: TokenBucket,
     /// The client's address, whose share of nonces is bounded.
     peer_ip: std::net::IpAddr,
+    /// This connection, to which the nonces it fetches belong.
+    nonce_holder: crate::auth::NonceHolder,
 }
 
 impl Session {
@@ -378,15 +383,18 @@ impl Session {
         let issued = self
             .shared
             .nonces
-            .issue(key, self.peer_ip)
+            .issue(key, self.peer_ip, self.nonce_holder)
             .map_err(|e| RpcError::new(code::RATE_LIMITED, e.to_string()))?;
         Ok(json!({ "nonce": issued.nonce, "expires_at": issued.expires_at }))
     }
 
     fn authenticate(&mut self, params: AuthenticateParams) -> Result<Value, RpcError> {
         let key = parse_pubkey(&params.pubkey)?;
-        let outcome = EthSignature::parse(&params.signature)
-            .and_then(|signature| self.shared.nonces.redeem(&key, &signature));
+        let outcome = EthSignature::parse(&params.signature).and_then(|signature| {
+            self.shared
+                .nonces
+                .redeem(&key, self.nonce_holder, &signature)
+        });
         match outcome {
             Ok(()) => {
                 tracing::info!(caller = %key, "authenticated");

@@ -277,3 +277,34 @@ async fn without_auth_play_runs_as_anonymous_unless_the_client_authenticates() {
     assert_eq!(answer["result"]["authenticated"], true, "{answer}");
     assert_eq!(client.play("CALLER_ID").await, alice.compressed());
 }
+
+/// A hostile review (stop 18): nonces were kept per key (eight), so anyone
+/// who knew a user's public key could fetch eight more on another
+/// connection while the user signed, and the user's valid signature was
+/// refused as "signature does not match". A nonce now belongs to the
+/// connection that fetched it.
+#[tokio::test(flavor = "multi_thread")]
+async fn nonces_fetched_elsewhere_for_the_same_key_do_not_push_out_the_users() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _worker = start_worker(&redis, KEY_ONE, db.path(), &[]);
+    let server = auth_server(&redis, Duration::from_secs(300)).await;
+    let alice = Wallet::from_seed(0x11);
+    let mut client = Client::connect(&server.url(KEY_ONE)).await;
+    let nonce = fetch_nonce(&mut client, &alice.compressed()).await;
+    // While alice signs: two connections fetch eight each for her key.
+    for _ in 0..2 {
+        let mut other = Client::connect(&server.url(KEY_ONE)).await;
+        for _ in 0..8 {
+            fetch_nonce(&mut other, &alice.compressed()).await;
+        }
+    }
+    let answer = authenticate(
+        &mut client,
+        &alice.compressed(),
+        &alice.eth_sign(&nonce, 27),
+    )
+    .await;
+    assert_eq!(answer["result"], json!({"authenticated": true}), "{answer}");
+    assert_eq!(client.play("CALLER_ID").await, alice.compressed());
+}
