@@ -184,7 +184,7 @@ impl NonceMap {
 /// The share of nonces is per client network: an IPv4 address, or an
 /// IPv6 /64 (one host usually holds a whole /64, and could otherwise take a
 /// fresh share from each of its addresses).
-fn client_network(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_network(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

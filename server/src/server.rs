@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) nonces: NonceStore,
     /// Open connections against their caps.
     pub(crate) admission: Arc<Admission>,
+    /// Plays in flight per client network, against their share.
+    pub(crate) plays: crate::connection::PlayShares,
     /// See [`ServerConfig::idle_timeout`].
     pub(crate) idle_timeout: Duration,
     /// See [`ServerConfig::max_message_bytes`].
@@ -150,6 +152,7 @@ impl Server {
             dispatcher: self.dispatcher,
             nonces: NonceStore::with_capacity(self.config.nonce_ttl, self.config.max_nonces),
             admission: Admission::new(self.config.connections),
+            plays: Default::default(),
             idle_timeout: self.config.idle_timeout,
             max_message_bytes: self.config.max_message_bytes(),
             housekeeping_interval: self

@@ -559,3 +559,63 @@ async fn a_client_that_never_reads_is_let_go() {
     );
     drop(reader_never);
 }
+
+/// A hostile review (stop 18): the server's 1,000 blocking waits were shared
+/// by everyone, so one address with 64 connections of 32 plays each took
+/// them all and plays on every other circle stalled for the play timeout.
+/// Now a client network has at most 128 plays in flight; the rest are
+/// refused at once (-32005, nothing queued) and others are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_cannot_take_every_play_slot() {
+    let redis = RedisServer::start();
+    let db = tempfile::tempdir().unwrap();
+    let _busy = start_worker(&redis, KEY_ONE, db.path(), &[]);
+    let _other = start_worker(&redis, circles_test_support::KEY_TWO, db.path(), &[]);
+    let server = RunningServer::start(test_config(&redis)).await;
+    // The first holds the worker (until the play timeout); the rest queue.
+    let hold = "let i = 0; while i < 1000000000 { i += 1; } i";
+    let mut flooders = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(&server.url(KEY_ONE)).await;
+        for id in 0..32 {
+            c.send_json(
+                &json!({"jsonrpc": "2.0", "id": id, "method": "play", "params": {"script": hold}}),
+            )
+            .await;
+        }
+        flooders.push(c);
+    }
+    // Answered at once: exactly those past the address's 128.
+    let mut refused = 0;
+    for c in &mut flooders {
+        while let Ok(answer) = tokio::time::timeout(Duration::from_millis(1500), c.recv()).await {
+            assert_eq!(answer["error"]["code"], code::RATE_LIMITED, "{answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains("nothing was queued"), "{message}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 5 * 32 - 128);
+    // Another address is served meanwhile, on another circle.
+    let stream = connect_from("127.0.0.2", server.addr).await;
+    let (socket, _) =
+        tokio_tungstenite::client_async(server.url(circles_test_support::KEY_TWO), stream)
+            .await
+            .unwrap();
+    let mut other = socket;
+    other
+        .send(Message::text(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "play", "params": {"script": "40 + 2"}})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+    let answer = loop {
+        match tokio::time::timeout(Duration::from_secs(5), other.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => break text.to_string(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no answer for the other address: {other:?}"),
+        }
+    };
+    assert!(answer.contains("\"result\":\"42\""), "{answer}");
+}
