@@ -49,8 +49,9 @@ const MAX_PLAYS_IN_FLIGHT: usize = 32;
 /// in flight over all its connections. Each waiting play holds one of the
 /// dispatcher's blocking waits (1,000 for the whole server), so without a
 /// share one address with many connections took them all and stalled the
-/// plays of every other circle and client.
-pub(crate) const MAX_PLAYS_PER_NETWORK: usize = 128;
+/// plays of every other circle and client. A quarter of them: a batch
+/// client may well run a few hundred plays at once.
+pub(crate) const MAX_PLAYS_PER_NETWORK: usize = 256;
 /// Answers waiting for the writer.
 const OUTBOX_CAPACITY: usize = 64;
 /// `fetch_nonce` calls a connection may make in a burst, and how fast the
