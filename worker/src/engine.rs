@@ -98,6 +98,11 @@ const AST_CACHE_MAX_ENTRY: usize = 1024 * 1024;
 const WALL_TIME_TOKEN: &str = "circles:wall-time";
 const MEMORY_TOKEN: &str = "circles:memory";
 const OPERATIONS_TOKEN: &str = "circles:operations";
+/// The wall clock (the kernel's coarse clock, a few nanoseconds to read)
+/// is read every this many operations: every one cost a tight loop ~10%,
+/// and every 1,024 let slow native operations (comparing arrays of
+/// megabyte strings, ~0.15 s each) run ten times the wall time.
+const WALL_CLOCK_CHECK_EVERY: u64 = 16;
 const STRING_SIZE_TOKEN: &str = "circles:string-size";
 /// Which limit stopped the task ([`TaskMeter::tripped`]).
 const TRIPPED_NONE: u8 = 0;
@@ -460,20 +465,24 @@ impl TaskMeter {
         {
             return Some(token.into());
         }
-        let tripped = if max_operations > 0
-            && self.operations.fetch_add(1, Ordering::Relaxed) >= max_operations
-        {
+        // Plain loads and stores, not read-modify-write atomics: only the
+        // engine's thread writes these, and this runs before every
+        // operation (a locked instruction each cost a tight loop ~10%).
+        let operations = self.operations.load(Ordering::Relaxed) + 1;
+        self.operations.store(operations, Ordering::Relaxed);
+        let tripped = if max_operations > 0 && operations > max_operations {
             TRIPPED_OPERATIONS
         } else if max_memory > 0 && {
             let now = memory::allocated();
-            self.memory_peak.fetch_max(now, Ordering::Relaxed);
+            if now > self.memory_peak.load(Ordering::Relaxed) {
+                self.memory_peak.store(now, Ordering::Relaxed);
+            }
             now.saturating_sub(self.memory_baseline.load(Ordering::Relaxed)) > max_memory
         } {
             TRIPPED_MEMORY
-        } else if coarse_clock_nanos() > self.deadline_nanos.load(Ordering::Relaxed) {
-            // Every operation: one slow native call (comparing arrays of
-            // megabyte strings) can take seconds, so checking every 1,024
-            // let scripts run ten times their wall time.
+        } else if operations.is_multiple_of(WALL_CLOCK_CHECK_EVERY)
+            && coarse_clock_nanos() > self.deadline_nanos.load(Ordering::Relaxed)
+        {
             TRIPPED_WALL_TIME
         } else {
             return None;
