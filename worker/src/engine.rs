@@ -94,15 +94,15 @@ const AST_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// scripts would only push the small repeated ones out.
 const AST_CACHE_MAX_SCRIPT: usize = 64 * 1024;
 const AST_CACHE_MAX_ENTRY: usize = 1024 * 1024;
-/// The values a terminated script carries, telling the limits apart.
-const WALL_TIME_TOKEN: &str = "circles:wall-time";
-const MEMORY_TOKEN: &str = "circles:memory";
-const OPERATIONS_TOKEN: &str = "circles:operations";
 /// The wall clock (the kernel's coarse clock, a few nanoseconds to read)
 /// is read every this many operations: every one cost a tight loop ~10%,
 /// and every 1,024 let slow native operations (comparing arrays of
 /// megabyte strings, ~0.15 s each) run ten times the wall time.
 const WALL_CLOCK_CHECK_EVERY: u64 = 16;
+/// The values a terminated script carries, telling the limits apart.
+const WALL_TIME_TOKEN: &str = "circles:wall-time";
+const MEMORY_TOKEN: &str = "circles:memory";
+const OPERATIONS_TOKEN: &str = "circles:operations";
 const STRING_SIZE_TOKEN: &str = "circles:string-size";
 /// Which limit stopped the task ([`TaskMeter::tripped`]).
 const TRIPPED_NONE: u8 = 0;
@@ -413,7 +413,7 @@ impl ScriptEngine {
 const NO_SLEEP: &str =
     "sleep is not available to scripts: it would hold the circle where no limit can stop it";
 
-/// A monotonic clock cheap enough to read before every operation: the
+/// A monotonic clock cheap enough to read every few operations: the
 /// kernel's coarse clock (a memory read, a few ms of resolution) on Linux.
 #[cfg(target_os = "linux")]
 fn coarse_clock_nanos() -> u64 {
@@ -454,12 +454,13 @@ impl TaskMeter {
     }
 
     /// Rhai's progress hook, called before every operation: the token of
-    /// the limit that stops the task, if one does.
+    /// the limit that stops the task, if one does. Tripped limits stay
+    /// tripped (see [`TaskMeter::tripped`]).
     fn progress(&self, max_memory: usize, max_operations: u64) -> Option<Dynamic> {
         // A text refused for its size stops the task at its end, not here:
         // Rhai checks progress right after the native call that refused
-        // it, and `print`/`${}` answer that error by formatting the value
-        // themselves, whole — the very text that was refused.
+        // it, and `${}` answers that error by formatting the value itself,
+        // whole — the very text that was refused.
         if self.tripped.load(Ordering::Relaxed) != TRIPPED_STRING_SIZE
             && let Some(token) = self.tripped_token()
         {
