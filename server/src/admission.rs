@@ -119,6 +119,54 @@ impl Drop for Permit {
     }
 }
 
+/// `play` calls one client network (an IPv4 address, an IPv6 /64) may have
+/// in flight over all its connections. Each waiting play holds one of the
+/// dispatcher's blocking waits (1,000 for the whole server), so without a
+/// share one address with many connections took them all and stalled the
+/// plays of every other circle and client. A quarter of them: a batch
+/// client may well run a few hundred plays at once.
+pub(crate) const MAX_PLAYS_PER_NETWORK: usize = 256;
+/// Plays in flight per client network.
+#[derive(Debug, Default)]
+pub(crate) struct PlayShares(Mutex<HashMap<IpAddr, usize>>);
+
+/// One play counted against its client network's share, given back when
+/// dropped (the play ended, or was aborted with its connection).
+pub(crate) struct PlayShare {
+    shares: Arc<PlayShares>,
+    network: IpAddr,
+}
+
+impl PlayShare {
+    /// Counts a play of a client at `ip`, unless its network has
+    /// [`MAX_PLAYS_PER_NETWORK`] in flight already.
+    pub(crate) fn take(shares: &Arc<PlayShares>, ip: IpAddr) -> Option<Self> {
+        let network = crate::auth::client_network(ip);
+        let mut counts = shares.0.lock().expect("play shares");
+        let count = counts.entry(network).or_insert(0);
+        if *count >= MAX_PLAYS_PER_NETWORK {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            shares: Arc::clone(shares),
+            network,
+        })
+    }
+}
+
+impl Drop for PlayShare {
+    fn drop(&mut self) {
+        let mut counts = self.shares.0.lock().expect("play shares");
+        if let Some(count) = counts.get_mut(&self.network) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.network);
+            }
+        }
+    }
+}
+
 /// A TCP listener that applies [`Admission`]; see the module docs.
 #[derive(Debug)]
 pub(crate) struct GuardedListener {

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::admission::{MAX_PLAYS_PER_NETWORK, PlayShare};
 use crate::auth::{AuthError, EthSignature};
 use crate::config::ANONYMOUS_CALLER_ID;
 use crate::rpc::{
@@ -45,13 +46,6 @@ use crate::server::Shared;
 /// without waiting, the reader stops reading until one finishes, so one
 /// client cannot pile up unbounded work (TCP pushes back on it instead).
 const MAX_PLAYS_IN_FLIGHT: usize = 32;
-/// `play` calls one client network (an IPv4 address, an IPv6 /64) may have
-/// in flight over all its connections. Each waiting play holds one of the
-/// dispatcher's blocking waits (1,000 for the whole server), so without a
-/// share one address with many connections took them all and stalled the
-/// plays of every other circle and client. A quarter of them: a batch
-/// client may well run a few hundred plays at once.
-pub(crate) const MAX_PLAYS_PER_NETWORK: usize = 256;
 /// Answers waiting for the writer.
 const OUTBOX_CAPACITY: usize = 64;
 /// `fetch_nonce` calls a connection may make in a burst, and how fast the
@@ -292,47 +286,6 @@ async fn within(
         })
 }
 
-/// Plays in flight per client network.
-#[derive(Debug, Default)]
-pub(crate) struct PlayShares(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
-
-/// One play counted against its client network's share, given back when
-/// dropped (the play ended, or was aborted with its connection).
-struct PlayShare {
-    shared: Arc<Shared>,
-    network: std::net::IpAddr,
-}
-
-impl PlayShare {
-    /// Counts a play of a client at `ip`, unless its network has
-    /// [`MAX_PLAYS_PER_NETWORK`] in flight already.
-    fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<Self> {
-        let network = crate::auth::client_network(ip);
-        let mut counts = shared.plays.0.lock().expect("play shares");
-        let count = counts.entry(network).or_insert(0);
-        if *count >= MAX_PLAYS_PER_NETWORK {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            shared: Arc::clone(shared),
-            network,
-        })
-    }
-}
-
-impl Drop for PlayShare {
-    fn drop(&mut self) {
-        let mut counts = self.shared.plays.0.lock().expect("play shares");
-        if let Some(count) = counts.get_mut(&self.network) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.network);
-            }
-        }
-    }
-}
-
 /// What a connection knows about its client.
 struct Session {
     shared: Arc<Shared>,
@@ -394,7 +347,7 @@ impl Session {
             }
             Call::Play(params) => match self.caller_id() {
                 Ok(caller_id) => {
-                    let Some(share) = PlayShare::take(&self.shared, self.peer_ip) else {
+                    let Some(share) = PlayShare::take(&self.shared.plays, self.peer_ip) else {
                         let error = RpcError::new(
                             code::RATE_LIMITED,
                             format!(

@@ -52,7 +52,7 @@ pub(crate) struct Shared {
     /// Open connections against their caps.
     pub(crate) admission: Arc<Admission>,
     /// Plays in flight per client network, against their share.
-    pub(crate) plays: crate::connection::PlayShares,
+    pub(crate) plays: Arc<crate::admission::PlayShares>,
     /// See [`ServerConfig::idle_timeout`].
     pub(crate) idle_timeout: Duration,
     /// See [`ServerConfig::max_message_bytes`].
