@@ -309,19 +309,16 @@ async fn bad_input_is_refused_or_answered_and_the_worker_keeps_going() {
     // Timeouts past what a date can hold (10^13 s overflowed the expiry
     // check, i64::MAX the duration: each a panic that killed the worker).
     for (n, timeout) in [(4, "10000000000000"), (5, "9223372036854775807")] {
-        let id = uuid_like(n);
-        redis.cli(&[
-            "HSET",
-            &format!("rhai_task_details:{id}"),
-            "script",
-            "6 * 7",
-            "status",
-            "pending",
-            "created_at",
-            "2026-12-01T00:00:00Z",
-            "timeout_secs",
-            timeout,
-        ]);
+        let id = write_task(
+            &redis,
+            n,
+            &[
+                "created_at",
+                "2026-12-01T00:00:00Z",
+                "timeout_secs",
+                timeout,
+            ],
+        );
         redis.cli(&["LPUSH", &queue, &id]);
         let reply = redis.cli(&["BLPOP", &format!("rhai_reply:{id}"), "10"]);
         assert!(reply.contains("42"), "timeout {timeout}: {reply}");
@@ -701,16 +698,19 @@ async fn a_task_taken_by_a_lost_answer_is_still_run() {
 /// What a lost `BLMOVE` answer leaves: task `n` (`6 * 7`) in circle one's
 /// processing list, taken by nobody that knows it. Returns its id.
 fn plant_stray(redis: &RedisServer, n: u32) -> String {
-    let id = uuid_like(n);
-    redis.cli(&[
-        "HSET",
-        &format!("rhai_task_details:{id}"),
-        "script",
-        "6 * 7",
-        "status",
-        "pending",
-    ]);
+    let id = write_task(redis, n, &[]);
     redis.cli(&["LPUSH", &format!("rhai_processing:{KEY_ONE}"), &id]);
+    id
+}
+
+/// Writes task `n`'s hash by hand (`6 * 7`, pending, plus `fields`), as
+/// another Redis client could; returns its id.
+fn write_task(redis: &RedisServer, n: u32, fields: &[&str]) -> String {
+    let id = uuid_like(n);
+    let key = format!("rhai_task_details:{id}");
+    let mut args = vec!["HSET", &key, "script", "6 * 7", "status", "pending"];
+    args.extend_from_slice(fields);
+    redis.cli(&args);
     id
 }
 
